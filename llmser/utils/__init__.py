@@ -1,0 +1,1 @@
+"""Small helpers shared by every part of llmser: atomic file writes, logging."""
