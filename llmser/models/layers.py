@@ -1,0 +1,76 @@
+"""Small building blocks shared by the branches: layer weighting, attentive pooling, task heads."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from llmser.schema import ATTRIBUTE_MAX, ATTRIBUTE_MIN, NUM_CLASSES
+
+
+class LayerWeightedSum(nn.Module):
+    """Learned softmax-weighted sum over an encoder's hidden layers (SUPERB-style).
+
+    Emotion lives in middle layers of speech SSL models more than in the last one, so the
+    branch learns which layers to listen to instead of taking ``last_hidden_state``.
+    """
+
+    def __init__(self, num_layers: int):
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(num_layers))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        # hidden_states: (L, B, T, H) -> (B, T, H)
+        weights = torch.softmax(self.logits, dim=0)
+        return torch.einsum("l,lbth->bth", weights, hidden_states)
+
+
+class AttentiveStatisticsPooling(nn.Module):
+    """Attention-weighted mean and standard deviation over frames (Okabe et al., 2018).
+
+    The challenge baseline's best pooling: the std captures prosodic variability that plain mean
+    pooling averages away. Padded frames get zero attention through ``mask``.
+    """
+
+    def __init__(self, hidden_size: int, attention_size: int = 128):
+        super().__init__()
+        self.attention = nn.Sequential(nn.Linear(hidden_size, attention_size), nn.Tanh(),
+                                       nn.Linear(attention_size, 1))
+        self.output_size = 2 * hidden_size
+
+    def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        # frames: (B, T, H); mask: (B, T) with 1 for real frames
+        scores = self.attention(frames).squeeze(-1)  # (B, T)
+        if mask is not None:
+            scores = scores.masked_fill(~mask.bool(), torch.finfo(scores.dtype).min)
+        weights = torch.softmax(scores, dim=-1).unsqueeze(-1)  # (B, T, 1)
+        mean = (weights * frames).sum(dim=1)  # (B, H)
+        var = (weights * (frames - mean.unsqueeze(1)) ** 2).sum(dim=1)
+        std = torch.sqrt(var.clamp_min(1e-6))
+        return torch.cat([mean, std], dim=-1)  # (B, 2H)
+
+
+class EmotionHeads(nn.Module):
+    """Class logits (8) and attributes (3, in [1, 7]) from one pooled embedding; either head optional."""
+
+    def __init__(self, input_size: int, hidden_size: int = 256, dropout: float = 0.2,
+                 classes: bool = True, attributes: bool = True):
+        super().__init__()
+        if not (classes or attributes):
+            raise ValueError("at least one head (classes or attributes) must be enabled")
+        self.class_head = _mlp(input_size, hidden_size, NUM_CLASSES, dropout) if classes else None
+        self.attribute_head = _mlp(input_size, hidden_size, 3, dropout) if attributes else None
+
+    def forward(self, embedding: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        logits = self.class_head(embedding) if self.class_head is not None else None
+        attributes = None
+        if self.attribute_head is not None:
+            # A bounded output keeps predictions on the 1-7 scale the CCC is computed on.
+            span = ATTRIBUTE_MAX - ATTRIBUTE_MIN
+            attributes = ATTRIBUTE_MIN + span * torch.sigmoid(self.attribute_head(embedding))
+        return logits, attributes
+
+
+def _mlp(input_size: int, hidden_size: int, output_size: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(input_size, hidden_size), nn.GELU(),
+                         nn.Dropout(dropout), nn.Linear(hidden_size, output_size))

@@ -1,0 +1,7 @@
+"""The speech-SSL branch: WavLM (or HuBERT / wav2vec 2.0) with layer weighting, attentive statistics
+pooling and emotion heads."""
+
+from llmser.models.wavlm.config import SSLBranchConfig
+from llmser.models.wavlm.model import EmotionOutput, SSLEmotionModel
+
+__all__ = ["SSLBranchConfig", "SSLEmotionModel", "EmotionOutput"]

@@ -1,0 +1,89 @@
+"""Config of the speech-SSL branch, and the ``tiny`` encoder preset used by tests and the CPU demo."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from llmser.config import from_dict, to_dict
+
+#: A randomly initialised WavLMModel of the same class as microsoft/wavlm-large, small enough to train
+#: from scratch on 2 CPU cores. Same conv strides as the real model (320 samples = 20 ms per frame).
+TINY_WAVLM = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 128,
+    "conv_dim": [32, 32, 32, 32, 32, 32, 32],
+    "num_conv_pos_embeddings": 16,
+    "num_conv_pos_embedding_groups": 4,
+    "feat_extract_norm": "layer",
+    "do_stable_layer_norm": True,
+    "num_buckets": 32,
+    "max_bucket_distance": 128,
+    "apply_spec_augment": False,
+    "layerdrop": 0.0,
+    "hidden_dropout": 0.0,
+    "attention_dropout": 0.0,
+    "activation_dropout": 0.0,
+    "feat_proj_dropout": 0.0,
+    "final_dropout": 0.0,
+}
+
+ENCODER_PRESETS: dict[str, dict] = {"tiny": TINY_WAVLM}
+
+
+@dataclass
+class SSLBranchConfig:
+    """What the WavLM branch is made of and which parts train.
+
+    ``encoder`` is a Hub id (``microsoft/wavlm-large``, ``facebook/hubert-large-ll60k``,
+    ``facebook/wav2vec2-large-robust``), a local folder, or a preset name (``tiny``). A preset has
+    random weights, so it must train end to end (``encoder_mode: finetune``); ``frozen`` and ``lora``
+    are for real checkpoints.
+    """
+
+    encoder: str = "microsoft/wavlm-large"
+    revision: str | None = None
+    encoder_mode: Literal["frozen", "finetune", "lora"] = "frozen"
+    freeze_feature_extractor: bool = True  # the CNN front end stays frozen when the transformer trains
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    # WavLM's attention calls F.multi_head_attention_forward with the raw q/k/v weights, bypassing the
+    # Linear modules, so LoRA there would silently do nothing; the feed-forward layers are real modules
+    # in WavLM, HuBERT and wav2vec 2.0 alike.
+    lora_target_modules: list[str] = field(default_factory=lambda: ["intermediate_dense", "output_dense"])
+    layer_weighting: bool = True
+    pooling_attention_size: int = 128
+    head_hidden_size: int = 256
+    dropout: float = 0.2
+    class_head: bool = True
+    attribute_head: bool = True
+
+    def __post_init__(self) -> None:
+        if self.is_preset and self.encoder_mode != "finetune":
+            raise ValueError(
+                f"encoder {self.encoder!r} is a randomly initialised preset; set encoder_mode: finetune "
+                "(frozen/lora need a pretrained checkpoint: a Hub id or a folder saved with save_pretrained)")
+        if not (self.class_head or self.attribute_head):
+            raise ValueError("enable at least one of class_head / attribute_head")
+
+    @property
+    def is_preset(self) -> bool:
+        return self.encoder in ENCODER_PRESETS
+
+    def save(self, directory: str | Path) -> None:
+        from llmser.utils.io import atomic_write_json
+
+        atomic_write_json(Path(directory) / "config.json", {"branch": "wavlm", **to_dict(self)})
+
+    @classmethod
+    def load(cls, directory: str | Path) -> SSLBranchConfig:
+        data = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))
+        branch = data.pop("branch", "wavlm")
+        if branch != "wavlm":
+            raise ValueError(f"{directory} holds a {branch!r} model, not a WavLM-branch model")
+        return from_dict(cls, data, source=str(Path(directory) / "config.json"))

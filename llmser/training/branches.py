@@ -1,0 +1,64 @@
+"""Registry of trainable branches: a name in a recipe -> its config class and its set-up function.
+
+Adding a branch means adding a folder under ``llmser/models/<name>/`` with ``config.py``,
+``model.py`` and ``training.py`` (whose ``prepare`` builds the model and datasets) and one line
+here. Entries are import paths so that choosing a branch imports only that branch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class BranchSpec:
+    name: str
+    config: str  # "module:Class" of the branch's model config dataclass
+    model: str  # "module:Class" with from_pretrained / save_pretrained
+    prepare: str  # "module:function" (recipe, model_config, corpus, accelerator) -> BranchSetup
+
+    @property
+    def config_cls(self) -> type:
+        return _load(self.config)
+
+    @property
+    def model_cls(self) -> type:
+        return _load(self.model)
+
+    @property
+    def prepare_fn(self):
+        return _load(self.prepare)
+
+
+@dataclass
+class BranchSetup:
+    """What the engine needs from a branch to train and evaluate it."""
+
+    model: Any
+    train_set: Any
+    eval_set: Any
+    test_set: Any
+    collate_fn: Any
+    test_utterances: list
+    class_counts: list[int] | None = None
+    train_labels: list[int] | None = None
+
+
+BRANCHES: dict[str, BranchSpec] = {
+    "wavlm": BranchSpec("wavlm", "llmser.models.wavlm.config:SSLBranchConfig",
+                        "llmser.models.wavlm.model:SSLEmotionModel", "llmser.models.wavlm.training:prepare"),
+}
+
+
+def get_branch(name: str) -> BranchSpec:
+    try:
+        return BRANCHES[name]
+    except KeyError:
+        raise KeyError(f"branch {name!r} is not known; choose one of {', '.join(BRANCHES)}") from None
+
+
+def _load(path: str) -> Any:
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)

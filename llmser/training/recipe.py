@@ -1,0 +1,95 @@
+"""Training recipes: the YAML files under ``adapters/`` mapped onto typed dataclasses.
+
+A recipe names the branch to train, its model config (parsed by that branch's own dataclass), and
+the shared data / optimiser / loss / schedule sections. Any field can be overridden on the command
+line::
+
+    llmser train adapters/wavlm_tiny.yaml optim.lr=5e-4 train.max_steps=200
+    accelerate launch -m llmser.train adapters/wavlm_tiny.yaml data.batch_size=4
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from llmser.config import ConfigError, from_dict, load_config
+from llmser.data.augment import AugmentConfig
+from llmser.training.losses import LossConfig
+
+
+@dataclass
+class DataConfig:
+    corpus: str = "demo_corpus"
+    train_split: str = "train"
+    eval_split: str = "dev"
+    test_split: str = "test"
+    task: Literal["class", "attributes", "all"] = "all"
+    max_seconds: float = 6.0  # longer clips are cropped; keeps memory bounded
+    batch_size: int = 8  # per process; the global batch is batch_size x processes
+    eval_batch_size: int = 16
+    num_workers: int = 0
+    balanced_sampler: bool = False  # class-balanced batches against MSP-Podcast's imbalance
+    sampler_power: float = 0.0  # 0 = uniform over classes, 1 = natural frequencies
+    on_error: Literal["raise", "skip"] = "raise"  # bad corpus rows/files: stop, or skip and report
+    feature_cache: bool = True  # cache a frozen encoder's hidden states on disk
+    cache_dir: str = ".cache/llmser/features"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    encoder_lr: float | None = None  # a lower rate for a fine-tuned encoder; None = lr
+    weight_decay: float = 0.01
+    schedule: Literal["cosine", "exponential", "constant"] = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # cosine floor / exponential end point, as a fraction of lr
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    gradient_accumulation_steps: int = 1
+
+
+@dataclass
+class ScheduleConfig:
+    max_steps: int = 1000  # optimiser steps
+    eval_every: int = 100
+    save_every: int = 100
+    log_every: int = 10
+    early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0 = off
+    metric_for_best: Literal["macro_f1", "ccc_mean", "combined"] = "combined"  # combined = mean of the two
+    seed: int = 0
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "auto"  # auto: bf16 where the GPU has it
+    output_dir: str = "runs/train"
+    keep_checkpoints: int = 2
+    log_with: list[str] = field(default_factory=list)  # e.g. [tensorboard]; skipped if not installed
+    predict_test: bool = True  # after training, predict the test split with the best model
+
+
+@dataclass
+class Recipe:
+    branch: str = "wavlm"
+    model: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+    def model_config(self) -> Any:
+        """The branch's own typed model config, parsed from the ``model:`` section."""
+        from llmser.training.branches import get_branch
+
+        spec = get_branch(self.branch)
+        return from_dict(spec.config_cls, self.model, source=f"model section ({self.branch})")
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
+    """Load a recipe and validate its model section too, so every mistake surfaces before training."""
+    recipe = load_config(Recipe, path, overrides)
+    try:
+        recipe.model_config()
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except KeyError as exc:
+        raise ConfigError(str(exc.args[0])) from None
+    return recipe
