@@ -34,8 +34,10 @@ class AttentiveStatisticsPooling(nn.Module):
 
     def __init__(self, hidden_size: int, attention_size: int = 128):
         super().__init__()
+        # No bias on the score layer: softmax over frames ignores a constant shift, so a bias would get
+        # only float-noise gradients (which AdamW amplifies into random drift).
         self.attention = nn.Sequential(nn.Linear(hidden_size, attention_size), nn.Tanh(),
-                                       nn.Linear(attention_size, 1))
+                                       nn.Linear(attention_size, 1, bias=False))
         self.output_size = 2 * hidden_size
 
     def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -32,6 +32,7 @@ class DataConfig:
     num_workers: int = 0
     balanced_sampler: bool = False  # class-balanced batches against MSP-Podcast's imbalance
     sampler_power: float = 0.0  # 0 = uniform over classes, 1 = natural frequencies
+    sampler_unlabelled_share: float = 0.1  # share of balanced batches drawn from X/O files (attributes only)
     on_error: Literal["raise", "skip"] = "raise"  # bad corpus rows/files: stop, or skip and report
     feature_cache: bool = True  # cache a frozen encoder's hidden states on disk
     cache_dir: str = ".cache/llmser/features"
@@ -63,6 +64,7 @@ class ScheduleConfig:
     output_dir: str = "runs/train"
     keep_checkpoints: int = 2
     log_with: list[str] = field(default_factory=list)  # e.g. [tensorboard]; skipped if not installed
+    ddp_find_unused_parameters: bool = True  # WavLM has parameters no forward uses (e.g. masked_spec_embed)
     predict_test: bool = True  # after training, predict the test split with the best model
 
 

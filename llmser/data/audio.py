@@ -1,0 +1,94 @@
+"""Audio loading: any rate, channel count or sample format in; 16 kHz mono float32 out.
+
+soundfile reads the file (PCM 16/24/32-bit, float), channels are averaged, soxr resamples. Long
+files are cropped while reading (only the frames needed are read, so memory stays bounded) or
+refused, by policy. Every failure is an ``AudioError`` naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+TARGET_SAMPLE_RATE = 16000
+
+
+class AudioError(ValueError):
+    """An audio file llmser cannot use; the message names the file and what to do."""
+
+
+def _info(path: Path):
+    import soundfile as sf
+
+    if not path.is_file():
+        raise AudioError(f"{path}: audio file not found; check the corpus Audios/ folder or the path given")
+    try:
+        return sf.info(str(path))
+    except Exception as exc:  # noqa: BLE001 - soundfile raises several types for bad files
+        raise AudioError(f"{path}: not a readable audio file ({exc}); re-export it as WAV "
+                         "(e.g. sox in.xxx -r 16000 -c 1 out.wav) or remove it from the corpus") from None
+
+
+def audio_duration(path: str | Path) -> float:
+    """Duration in seconds from the header only."""
+    info = _info(Path(path))
+    return info.frames / info.samplerate
+
+
+def load_audio(path: str | Path, *, sample_rate: int = TARGET_SAMPLE_RATE, max_seconds: float | None = None,
+               on_long: Literal["crop", "error"] = "crop", min_rms: float = 1e-4) -> np.ndarray:
+    """Read ``path`` as mono float32 at ``sample_rate``; crop (or refuse) beyond ``max_seconds``."""
+    import soundfile as sf
+
+    path = Path(path)
+    info = _info(path)
+    frames = info.frames
+    if max_seconds is not None and frames > max_seconds * info.samplerate:
+        if on_long == "error":
+            raise AudioError(f"{path}: {frames / info.samplerate:.1f} s is longer than max_seconds={max_seconds}; "
+                             "raise the limit, crop the file, or use load_audio_chunks")
+        frames = int(max_seconds * info.samplerate)
+    try:
+        data, rate = sf.read(str(path), frames=frames, dtype="float32", always_2d=True)
+    except Exception as exc:  # noqa: BLE001
+        raise AudioError(f"{path}: the file is corrupt or truncated ({exc}); re-export or remove it") from None
+    return _to_mono_16k(data, rate, sample_rate, path, min_rms)
+
+
+def load_audio_chunks(path: str | Path, *, chunk_seconds: float, sample_rate: int = TARGET_SAMPLE_RATE,
+                      min_rms: float = 1e-4) -> list[np.ndarray]:
+    """Cut a long file into ``chunk_seconds`` pieces read block by block (bounded memory)."""
+    import soundfile as sf
+
+    path = Path(path)
+    info = _info(path)
+    block = int(chunk_seconds * info.samplerate)
+    chunks = []
+    for data in sf.blocks(str(path), blocksize=block, dtype="float32", always_2d=True):
+        if len(data) < 0.5 * info.samplerate and chunks:
+            continue  # a last sliver under 0.5 s carries no usable emotion
+        try:
+            chunks.append(_to_mono_16k(data, info.samplerate, sample_rate, path, min_rms))
+        except AudioError:
+            continue  # a silent stretch inside a long recording is skipped, not fatal
+    if not chunks:
+        raise AudioError(f"{path}: no non-silent audio found; check the recording")
+    return chunks
+
+
+def _to_mono_16k(data: np.ndarray, rate: int, target: int, path: Path, min_rms: float) -> np.ndarray:
+    if data.size == 0:
+        raise AudioError(f"{path}: the file has no samples (zero length); remove it from the corpus")
+    if not np.isfinite(data).all():
+        raise AudioError(f"{path}: the audio holds NaN or infinite samples; re-export it from the source")
+    wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if rate != target:
+        import soxr
+
+        wave = soxr.resample(wave, rate, target)
+    wave = np.ascontiguousarray(wave, dtype=np.float32)
+    if float(np.sqrt(np.mean(wave.astype(np.float64) ** 2))) < min_rms:
+        raise AudioError(f"{path}: the audio is silent (RMS below {min_rms}); check the recording or remove it")
+    return wave

@@ -1,0 +1,1 @@
+"""Inference: prior baselines, constrained label scoring, prompt voting and the Predictor."""

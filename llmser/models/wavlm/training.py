@@ -1,0 +1,74 @@
+"""How the engine trains the WavLM branch: model, datasets (cached when the encoder is frozen), collate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmser.models.wavlm.config import SSLBranchConfig
+from llmser.models.wavlm.model import SSLEmotionModel
+from llmser.schema import NUM_CLASSES
+from llmser.training.branches import BranchSetup
+from llmser.training.data import (
+    AudioExampleDataset,
+    CachedHiddenDataset,
+    collate_hidden,
+    collate_waveforms,
+    fill_feature_cache,
+)
+from llmser.training.recipe import Recipe
+from llmser.utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+
+def prepare(recipe: Recipe, config: SSLBranchConfig, corpus: Any, accelerator: Any) -> BranchSetup:
+    data = recipe.data
+    train_utts = corpus.utterances(corpus.resolve_split(data.train_split), task=data.task)
+    eval_utts = corpus.utterances(corpus.resolve_split(data.eval_split), task=data.task) if data.eval_split else []
+    test_utts = corpus.utterances(corpus.resolve_split(data.test_split), task="all") if data.test_split else []
+    model = SSLEmotionModel.from_config(config)
+    counts = [0] * NUM_CLASSES
+    for utt in train_utts:
+        if utt.class_index is not None:
+            counts[utt.class_index] += 1
+    labels = [u.class_index if u.class_index is not None else -1 for u in train_utts]
+
+    augmenter = _augmenter(recipe)
+    use_cache = model.encoder_is_frozen and data.feature_cache
+    if use_cache and augmenter is not None:
+        logger.warning("waveform augmentation is on, so the frozen encoder's features are not cached "
+                       "(augmented audio changes every epoch); set data.augment off to cache them")
+        use_cache = False
+    if use_cache:
+        cache = _fill_cache(model, train_utts + eval_utts + test_utts, recipe, accelerator)
+        sets = [CachedHiddenDataset(u, cache) for u in (train_utts, eval_utts, test_utts)]
+        collate = collate_hidden
+    else:
+        sets = [AudioExampleDataset(train_utts, max_seconds=data.max_seconds, augmenter=augmenter,
+                                    seed=recipe.train.seed),
+                AudioExampleDataset(eval_utts, max_seconds=data.max_seconds),
+                AudioExampleDataset(test_utts, max_seconds=data.max_seconds)]
+        collate = collate_waveforms
+    return BranchSetup(model=model, train_set=sets[0], eval_set=sets[1] if eval_utts else None,
+                       test_set=sets[2] if test_utts else None, collate_fn=collate, test_utterances=test_utts,
+                       class_counts=counts, train_labels=labels)
+
+
+def _augmenter(recipe: Recipe):
+    from llmser.data.augment import WaveformAugmenter
+
+    augment = recipe.data.augment
+    return WaveformAugmenter(augment) if augment.any_enabled() else None
+
+
+def _fill_cache(model: SSLEmotionModel, utterances: list, recipe: Recipe, accelerator: Any):
+    from llmser.training.feature_cache import FeatureCache, encoder_fingerprint
+
+    cache = FeatureCache(recipe.data.cache_dir, encoder_fingerprint(model.encoder),
+                         {"sample_rate": 16000, "max_seconds": recipe.data.max_seconds, "dtype": "float16",
+                          "normalise": "utterance"})
+    fill_feature_cache(model, utterances, cache, max_seconds=recipe.data.max_seconds,
+                       batch_size=recipe.data.eval_batch_size, rank=accelerator.process_index,
+                       world_size=accelerator.num_processes, progress=accelerator.is_main_process)
+    accelerator.wait_for_everyone()
+    return cache

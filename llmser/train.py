@@ -1,0 +1,105 @@
+"""Train any llmser branch from a recipe; the entry point for ``accelerate launch``.
+
+    # one process (CPU or one GPU)
+    llmser train adapters/wavlm_tiny.yaml
+    # two CPU processes (gloo) on this machine; same global batch as one process with batch_size 8
+    accelerate launch --config_file scripts/accelerate/cpu_2proc.yaml -m llmser.train \
+        adapters/wavlm_tiny.yaml data.batch_size=4
+    # 8 GPUs, bf16
+    accelerate launch --config_file scripts/accelerate/multi_gpu.yaml -m llmser.train adapters/wavlm_large.yaml
+    # continue the latest checkpoint of the run's output_dir
+    llmser train adapters/wavlm_tiny.yaml --resume
+
+After training, the best model (``output_dir/best``) predicts the test split: ``test_predictions.csv``
+and a full report in ``output_dir/test/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from llmser.utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="YAML recipe (see adapters/)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=3e-4 train.max_steps=50")
+    parser.add_argument("--resume", nargs="?", const="latest", default=None,
+                        help="continue from a checkpoint folder (default: the latest in output_dir)")
+
+
+def run(recipe_path: str | Path, overrides: list[str] | None = None, resume: str | None = None) -> dict[str, Any]:
+    """Train, then predict and report the test split; returns the final metrics."""
+    import torch
+    from accelerate.utils import set_seed
+
+    from llmser.data.msp_podcast import MSPPodcast, ReaderConfig
+    from llmser.training.branches import get_branch
+    from llmser.training.engine import Trainer, _available_trackers, _mixed_precision, ddp_kwargs
+    from llmser.training.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path, overrides)
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(),  # else 2 CPU processes each think they are alone
+                              mixed_precision=_mixed_precision(recipe.train.mixed_precision),
+                              log_with=_available_trackers(recipe.train.log_with) or None,
+                              project_dir=recipe.train.output_dir,
+                              kwargs_handlers=ddp_kwargs(recipe))
+    set_seed(recipe.train.seed)
+    corpus = MSPPodcast.from_folder(recipe.data.corpus, ReaderConfig(on_error=recipe.data.on_error))
+    spec = get_branch(recipe.branch)
+    setup = spec.prepare_fn(recipe, recipe.model_config(), corpus, accelerator)
+    trainer = Trainer(recipe, setup.model, setup.train_set, setup.eval_set, setup.collate_fn,
+                      class_counts=setup.class_counts, train_labels=setup.train_labels, accelerator=accelerator)
+    state = trainer.fit(resume=resume)
+    result: dict[str, Any] = {"step": state["step"], "best_step": state.get("best_step"),
+                              "dev": state.get("best_metrics", {}), "train_seconds": state.get("train_seconds")}
+    if recipe.train.predict_test and setup.test_set is not None:
+        result["test"] = predict_test(trainer, spec, setup)
+    if accelerator.is_main_process:
+        from llmser.utils.io import atomic_write_json
+
+        atomic_write_json(Path(recipe.train.output_dir) / "metrics.json", result)
+    return result
+
+
+def predict_test(trainer: Any, spec: Any, setup: Any) -> dict[str, Any]:
+    """Score the test split with the best model; the main process writes predictions and the report."""
+    from llmser.evaluation.predictions import Predictions
+    from llmser.evaluation.report import evaluate
+
+    output_dir = Path(trainer.recipe.train.output_dir)
+    best_dir = output_dir / "best"
+    trainer.accelerator.wait_for_everyone()
+    if best_dir.is_dir():
+        best = spec.model_cls.from_pretrained(best_dir)
+        trainer.accelerator.unwrap_model(trainer.model).load_state_dict(best.state_dict())
+    out = trainer.evaluate(setup.test_set, desc="test")
+    if not trainer.is_main:
+        return out.metrics
+    names = [setup.test_utterances[i].file_name for i in out.indices]
+    predictions = Predictions.from_probs(names, out.probs, attributes=out.attributes) if out.probs is not None \
+        else Predictions(file_names=names, classes=None, probs=None, attributes=out.attributes, extras={})
+    predictions.write_csv(output_dir / "test_predictions.csv")
+    report = evaluate(predictions, setup.test_utterances, output_dir / "test",
+                      title=f"{trainer.recipe.branch} branch, test split")
+    logger.info("test: %s", {k: round(v, 4) for k, v in out.metrics.items()})
+    return {"metrics": out.metrics, "report": str(output_dir / "test" / "report.md"),
+            "macro_f1": (report.get("task1") or {}).get("macro_f1")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llmser.train", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    run(args.recipe, args.overrides, args.resume)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
