@@ -158,6 +158,17 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    from llmser.planning import build_parser as build_plan_parser
+    from llmser.planning import plan_command
+
+    p = sub.add_parser("plan", help="parameters and GPU memory per process for full-size models (meta device)",
+                       description="Build a recipe's models at full size on the meta device (nothing downloaded) "
+                                   "and estimate GPU memory for full fine-tuning, LoRA and QLoRA.")
+    build_plan_parser(p)
+    p.set_defaults(handler=plan_command)
+
+
 #: name -> parser builder; the order is the order of ``llmser --help``.
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "make-demo-corpus": _add_make_demo_corpus,
@@ -165,6 +176,7 @@ COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "evaluate": _add_evaluate,
     "validate-submission": _add_validate_submission,
     "train": _add_train,
+    "plan": _add_plan,
 }
 
 

@@ -1,0 +1,331 @@
+"""``llmser plan``: parameter counts and per-process GPU memory of llmser's full-size systems.
+
+Nothing is downloaded and nothing is allocated: the models are built on the ``meta`` device from
+the configs written out in ``full_configs.py`` (or a local ``config.json``), so the whole table for
+LLaMA-3-8B + Whisper-large-v3 + WavLM-large takes seconds on a laptop::
+
+    llmser plan                                    # all three full-size branches
+    llmser plan text-llama3-8b --batch-size 4 --seq-len 1024
+    llmser plan audio-llm-full --audio-seconds 15 --gradient-checkpointing
+    llmser plan adapters/wavlm_large.yaml --accelerate-config scripts/accelerate/multi_gpu.yaml
+    llmser plan text-llama3-8b --accelerate-config scripts/accelerate/fsdp.yaml --json plan.json
+
+The formulas, assumptions and a comparison with published figures are in docs/planning.md.
+Heavy imports (torch, transformers, peft) happen inside the functions, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from llmser.config import ConfigError
+
+LLAMA3_8B = "meta-llama/Meta-Llama-3-8B-Instruct"
+WHISPER_LARGE_V3 = "openai/whisper-large-v3"
+WAVLM_LARGE = "microsoft/wavlm-large"
+SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
+WHISPER_TINY_EN = "openai/whisper-tiny.en"
+WAVLM_LORA_TARGETS = ["intermediate_dense", "output_dense"]  # as llmser.models.wavlm.config
+
+
+def _preset(name: str, branch: str, **kwargs: Any) -> Callable[[], Any]:
+    def make() -> Any:
+        from llmser.planning.memory import PlanSpec
+
+        return PlanSpec(name=name, branch=branch, **kwargs)
+
+    return make
+
+
+#: name -> the default full-size recipe of a branch (and the CPU demo's small models).
+PRESETS: dict[str, Callable[[], Any]] = {
+    "text-llama3-8b": _preset("text-llama3-8b", "text_llm", llm=LLAMA3_8B, method="lora", batch_size=8,
+                              seq_len=512),
+    "audio-llm-full": _preset("audio-llm-full", "audio_llm", llm=LLAMA3_8B, whisper=WHISPER_LARGE_V3,
+                              wavlm=WAVLM_LARGE, method="lora", batch_size=8, seq_len=256, audio_seconds=15.0),
+    "wavlm-large": _preset("wavlm-large", "wavlm", wavlm=WAVLM_LARGE, method="full", batch_size=16,
+                           audio_seconds=15.0, head_hidden_size=1024, lora_target_modules=WAVLM_LORA_TARGETS),
+    "text-smollm2-135m": _preset("text-smollm2-135m", "text_llm", llm=SMOLLM2, method="lora", batch_size=8,
+                                 seq_len=256),
+    "audio-llm-demo": _preset("audio-llm-demo", "audio_llm", llm=SMOLLM2, whisper=WHISPER_TINY_EN,
+                              method="lora", batch_size=8, seq_len=128, audio_seconds=6.0),
+}
+ALL_PRESETS = ["text-llama3-8b", "audio-llm-full", "wavlm-large"]
+GPU_SIZES_GIB = (24, 40, 80)
+
+
+# --------------------------------------------------------------------------------------------------
+# Recipes
+
+
+def spec_from_recipe(path: str | Path) -> Any:
+    """A PlanSpec from a training recipe's ``branch:``, ``model:`` and ``data:`` sections.
+
+    Lenient on purpose: other sections and unknown model keys are ignored, so any recipe of any
+    branch can be planned. Model keys read: ``encoder``, ``base_model``/``llm``, ``whisper``,
+    ``wavlm``, ``quantization``, ``method``/``encoder_mode``, ``lora_r``, ``lora_alpha``,
+    ``lora_dropout``, ``lora_target_modules``, Q-Former sizes, head sizes.
+    """
+    import dataclasses
+
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping with a branch: and a model: section")
+    branch = data.get("branch")
+    presets = {"text_llm": "text-llama3-8b", "audio_llm": "audio-llm-full", "wavlm": "wavlm-large"}
+    if branch not in presets:
+        raise ConfigError(f"{path}: branch {branch!r} is not one of {', '.join(presets)}; set branch: to one of them")
+    model = data.get("model") or {}
+    data_section = data.get("data") or {}
+    train = data.get("train") or {}
+    if not isinstance(model, dict) or not isinstance(data_section, dict) or not isinstance(train, dict):
+        raise ConfigError(f"{path}: the model:, data: and train: sections must be mappings")
+    base = PRESETS[presets[branch]]()
+    changes: dict[str, Any] = {"name": str(path)}
+    if branch == "wavlm":
+        changes["wavlm"] = model.get("encoder", base.wavlm)
+        mode = model.get("encoder_mode", "frozen")
+        changes["method"] = {"finetune": "full", "frozen": "frozen", "lora": "lora"}.get(mode, mode)
+        for key in ("freeze_feature_extractor", "layer_weighting", "pooling_attention_size", "head_hidden_size"):
+            if key in model:
+                changes[key] = model[key]
+    else:
+        changes["llm"] = _first(model, ("base_model", "llm", "llm_model", "model_name"), base.llm)
+        changes["method"] = _llm_method(model, base.method)
+        if branch == "audio_llm":
+            encoder = model.get("encoder")
+            changes["whisper"] = _first(model, ("whisper", "whisper_encoder", "speech_encoder"),
+                                        encoder if encoder and "wavlm" not in str(encoder).lower() else base.whisper)
+            wavlm = model.get("wavlm", model.get("use_wavlm", base.wavlm))
+            changes["wavlm"] = WAVLM_LARGE if wavlm is True else (wavlm or None)
+            for key, names in (("qformer_layers", ("qformer_layers", "qformer_num_layers")),
+                               ("qformer_hidden_size", ("qformer_hidden_size",)),
+                               ("window_seconds", ("window_seconds", "second_per_window")),
+                               ("queries_per_window", ("queries_per_window", "num_query_tokens")),
+                               ("trim_audio_padding", ("trim_audio_padding",))):
+                value = _first(model, names, None)
+                if value is not None:
+                    changes[key] = value
+    for key in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"):
+        if key in model:
+            changes[key] = model[key]
+    if "batch_size" in data_section:
+        changes["batch_size"] = int(data_section["batch_size"])
+    if "max_seconds" in data_section:
+        changes["audio_seconds"] = float(data_section["max_seconds"])
+    seq_len = _first(data_section, ("max_length", "max_tokens", "max_seq_length", "seq_len"),
+                     _first(model, ("max_length", "max_seq_length"), None))
+    if seq_len is not None:
+        changes["seq_len"] = int(seq_len)
+    gc = _first(train, ("gradient_checkpointing",), _first(model, ("gradient_checkpointing",), None))
+    if gc is not None:
+        changes["gradient_checkpointing"] = bool(gc)
+    return dataclasses.replace(base, **changes)
+
+
+def _first(section: dict[str, Any], keys: tuple[str, ...], default: Any) -> Any:
+    for key in keys:
+        if section.get(key) is not None:
+            return section[key]
+    return default
+
+
+def _llm_method(model: dict[str, Any], default: str) -> str:
+    from llmser.planning.memory import METHODS
+
+    explicit = _first(model, ("method", "finetuning", "tuning", "train_mode"), None)
+    if explicit is not None:
+        explicit = {"full_finetune": "full", "finetune": "full", "peft": "lora"}.get(str(explicit), str(explicit))
+        if explicit not in METHODS:
+            raise ConfigError(f"model.method {explicit!r} is not one of {', '.join(METHODS)}")
+        return explicit
+    quantization = str(model.get("quantization", "none")).lower()
+    if quantization in ("4bit", "nf4", "int4", "qlora"):
+        return "qlora"
+    if quantization in ("8bit", "int8"):
+        return "lora-8bit"
+    return default
+
+
+def resolve_specs(target: str) -> list[Any]:
+    """``all``, a preset name, or a YAML recipe path -> the PlanSpecs to plan."""
+    if target == "all":
+        return [PRESETS[name]() for name in ALL_PRESETS]
+    if target in PRESETS:
+        return [PRESETS[target]()]
+    path = Path(target)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"recipe {path} does not exist; recipes live under adapters/ (e.g. adapters/*.yaml)")
+        return [spec_from_recipe(path)]
+    raise ConfigError(f"{target!r} is neither a preset ({', '.join(['all', *PRESETS])}) nor a YAML recipe path")
+
+
+# --------------------------------------------------------------------------------------------------
+# Table
+
+
+def format_params(n: float) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{int(n)}"
+
+
+def fits_on(total_bytes: float) -> str:
+    """The smallest of the common GPU sizes (24, 40, 80 GB cards have that many GiB) that holds it."""
+    from llmser.planning.memory import GIB
+
+    for size in GPU_SIZES_GIB:
+        if total_bytes <= size * GIB:
+            return f"{size} GB"
+    return f"> {GPU_SIZES_GIB[-1]} GB"
+
+
+def format_plan(plan: Any) -> str:
+    """The plan as a plain-text table: parameters per component, then memory per method."""
+    from llmser.planning.memory import GIB, METHODS
+
+    spec = plan.spec
+    methods = spec.methods
+    mark = {m: METHODS[m].label + ("*" if m == spec.method else "") for m in methods}
+    lines = [f"== {spec.name}: {spec.branch} branch (* = the recipe's method)"]
+    lines.append(f"   per process: {_workload_line(plan)}")
+    lines.append(f"   LoRA: r={spec.lora_r}, alpha={spec.lora_alpha}, targets={_targets(spec.lora_target_modules)}; "
+                 f"{plan.parallel.describe()}")
+    roles = {"body": "", "frozen": " (frozen)", "trained": " (always trained)"}
+    names = [c.name + roles[c.role] for c in plan.components]
+    name_width = max(len("component"), *(len(n) for n in names)) + 2
+    header = f"{'component':<{name_width}}{'params':>10}  {'trained:':<8}" + "".join(f"{mark[m]:>12}" for m in methods)
+    lines += ["", header]
+    for name, c in zip(names, plan.components):
+        lines.append(f"{name:<{name_width}}{format_params(c.counts[methods[0]].total):>10}  {'':<8}"
+                     + "".join(f"{format_params(c.counts[m].trained):>12}" for m in methods))
+    lines.append(f"{'total':<{name_width}}{format_params(plan.total_params()):>10}  {'':<8}"
+                 + "".join(f"{format_params(plan.trained_params(m)):>12}" for m in methods))
+
+    cols = plan.columns
+    labels = [mark[m] + ("+GC" if gc else "") for m, gc in cols]
+    width = max(11, *(len(label) + 2 for label in labels))
+    lines += ["", f"{'GPU memory per process (GiB)':<34}" + "".join(f"{label:>{width}}" for label in labels)]
+    rows = [("weights", "weights"), ("gradients", "gradients"),
+            ("optimizer (AdamW" + (" + fp32 master)" if plan.assumptions.master_weights else ")"), "optimizer"),
+            ("activations", "activations"), ("CUDA context + fragmentation", "overhead"), ("total", "total")]
+    for label, key in rows:
+        values = [getattr(plan.estimate(m, gc), key) / GIB for m, gc in cols]
+        lines.append(f"  {label:<32}" + "".join(f"{v:>{width}.2f}" for v in values))
+    lines.append(f"  {'fits on':<32}" + "".join(f"{fits_on(plan.estimate(m, gc).total):>{width}}" for m, gc in cols))
+    lines.append("   " + _fit_summary(plan, labels))
+    return "\n".join(lines)
+
+
+def _targets(targets: Any) -> str:
+    return targets if isinstance(targets, str) else ",".join(targets)
+
+
+def _workload_line(plan: Any) -> str:
+    w, spec = plan.workload, plan.spec
+    if spec.branch == "text_llm":
+        return f"batch {spec.batch_size} x {spec.seq_len} text tokens, bf16"
+    if spec.branch == "wavlm":
+        return f"batch {spec.batch_size} x {spec.audio_seconds:g} s of audio = {w['encoder_frames']} WavLM frames, bf16"
+    padded = "" if spec.trim_audio_padding else f" (padded to {w['whisper_chunks'] * 30} s)"
+    return (f"batch {spec.batch_size} x {spec.audio_seconds:g} s of audio{padded} -> {w['encoder_frames']} encoder "
+            f"frames -> {w['windows']} windows of {w['frames_per_window']} frames -> {w['speech_tokens']} speech "
+            f"tokens + {w['text_tokens']} text tokens = {w['llm_tokens']} LLM tokens, bf16")
+
+
+def _fit_summary(plan: Any, labels: list[str]) -> str:
+    groups: dict[str, list[str]] = {}
+    for label, (m, gc) in zip(labels, plan.columns):
+        groups.setdefault(fits_on(plan.estimate(m, gc).total), []).append(label)
+    order = [f"{s} GB" for s in GPU_SIZES_GIB] + [f"> {GPU_SIZES_GIB[-1]} GB"]
+    parts = [f"{key}: {', '.join(groups[key])}" for key in order if key in groups]
+    return "smallest GPU that fits -> " + " | ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(
+        prog="llmser plan", description="Parameter counts and per-process GPU memory of llmser's full-size "
+                                        "models (built on the meta device: nothing is downloaded or allocated).")
+    parser.add_argument("target", nargs="?", default="all",
+                        help=f"a YAML recipe, or a preset: all (default), {', '.join(PRESETS)}")
+    parser.add_argument("--accelerate-config", default=None,
+                        help="accelerate YAML: num_processes and distributed_type (FSDP/DeepSpeed shard, DDP replicates)")
+    parser.add_argument("--batch-size", type=int, default=None, help="examples per process (default: recipe/preset)")
+    parser.add_argument("--seq-len", type=int, default=None, help="text tokens per example (default: recipe/preset)")
+    parser.add_argument("--audio-seconds", type=float, default=None, help="seconds of audio per example")
+    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                        help="estimate with (or without) gradient checkpointing only (default: both)")
+    parser.add_argument("--lora-r", type=int, default=None, help="LoRA rank (default: recipe/preset, 8)")
+    parser.add_argument("--lora-targets", default=None,
+                        help="comma-separated LoRA target modules, or all-linear (default: q_proj,v_proj)")
+    parser.add_argument("--trim-audio-padding", action="store_true",
+                        help="audio-LLM: window only the real audio, not Whisper's 30-s padding")
+    parser.add_argument("--no-master-weights", action="store_true",
+                        help="pure bf16 training: no fp32 master copy of trained weights (12 instead of 16 B/param)")
+    parser.add_argument("--no-kbit-upcast", action="store_true",
+                        help="QLoRA: keep non-quantised weights in bf16 (peft's k-bit preparation casts them to fp32)")
+    parser.add_argument("--overhead-gib", type=float, default=1.0, help="CUDA context + fragmentation (default: 1)")
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the plans as JSON")
+    return parser
+
+
+def run_plan(args: argparse.Namespace) -> list[Any]:
+    """Build the plans an argparse namespace asks for (see ``build_parser``)."""
+    import dataclasses
+
+    from llmser.planning.memory import Assumptions, Parallelism, build_plan
+
+    parallel = Parallelism.from_accelerate_config(args.accelerate_config) if args.accelerate_config else None
+    assumptions = Assumptions(master_weights=not args.no_master_weights, kbit_upcast=not args.no_kbit_upcast,
+                              overhead_gib=args.overhead_gib)
+    overrides = {key: value for key, value in (
+        ("batch_size", args.batch_size), ("seq_len", args.seq_len), ("audio_seconds", args.audio_seconds),
+        ("gradient_checkpointing", args.gradient_checkpointing), ("lora_r", args.lora_r)) if value is not None}
+    if args.lora_targets:
+        targets = [t.strip() for t in args.lora_targets.split(",") if t.strip()]
+        overrides["lora_target_modules"] = targets[0] if targets == ["all-linear"] else targets
+    if args.trim_audio_padding:
+        overrides["trim_audio_padding"] = True
+    specs = [dataclasses.replace(spec, **overrides) for spec in resolve_specs(args.target)]
+    return [build_plan(spec, parallel, assumptions) for spec in specs]
+
+
+def plan_main(argv: list[str] | None = None) -> int:
+    """``llmser plan ...``: print the tables; 0 on success, 2 on a bad recipe / preset / config."""
+    return plan_command(build_parser().parse_args(argv))
+
+
+def plan_command(args: argparse.Namespace) -> int:
+    """Run a parsed ``llmser plan`` command line (for a parser made with ``build_parser(subparser)``)."""
+    try:
+        plans = run_plan(args)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"llmser plan: error: {exc}", file=sys.stderr)
+        return 2
+    print("\n\n".join(format_plan(plan) for plan in plans))
+    if args.json:
+        from llmser.utils.io import atomic_write_json
+
+        atomic_write_json(args.json, [plan.to_dict() for plan in plans])
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+__all__ = ["ALL_PRESETS", "PRESETS", "build_parser", "fits_on", "format_params", "format_plan", "plan_command",
+           "plan_main", "resolve_specs", "run_plan", "spec_from_recipe"]
