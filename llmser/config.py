@@ -125,13 +125,15 @@ def _build(cls: type, data: Any, prefix: str, issues: list[str]) -> Any:
     for key in data:
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"; did you mean {prefix}{close[0]!r}?" if close else f"; valid keys: {', '.join(fields)}"
-            issues.append(f"unknown key {prefix}{key!r}{hint}")
+            # the whole dotted key in one quote ('optim.lr'), so it can be pasted back as an override
+            hint = f"; did you mean {prefix + close[0]!r}?" if close else f"; valid keys: {', '.join(fields)}"
+            issues.append(f"unknown key {prefix + str(key)!r}{hint}")
     kwargs: dict[str, Any] = {}
     for name, field in fields.items():
         if name not in data:
             if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-                issues.append(f"missing required key {prefix}{name!r}")
+                issues.append(f"missing required key {prefix + name!r}; add it to the recipe or pass "
+                              f"{prefix + name}=VALUE")
             continue
         kwargs[name] = _coerce(hints[name], data[name], f"{prefix}{name}", issues)
     try:

@@ -7,6 +7,8 @@ refused, by policy. Every failure is an ``AudioError`` naming the file and the f
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -31,6 +33,31 @@ def _info(path: Path):
                          "(e.g. sox in.xxx -r 16000 -c 1 out.wav) or remove it from the corpus") from None
 
 
+def _check_wav_complete(path: Path) -> None:
+    """Refuse a WAV whose data chunk is shorter than its header declares (a cut-off copy or download).
+
+    libsndfile quietly reads what is there, so a half-copied file would otherwise train as a shorter
+    clip. Only the chunk headers are read. Streaming writers put 0 or 0xFFFFFFFF in the size field;
+    those are left alone.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return  # not a plain RIFF/WAVE file (FLAC, RF64, ...): soundfile checks it
+        offset = 12
+        while offset + 8 <= size:
+            handle.seek(offset)
+            chunk_id, chunk_size = struct.unpack("<4sI", handle.read(8))
+            if chunk_id == b"data":
+                present = size - offset - 8
+                if chunk_size not in (0, 0xFFFFFFFF) and present < chunk_size:
+                    raise AudioError(f"{path}: the file is truncated (its header declares {chunk_size} bytes of "
+                                     f"audio, {present} are present); copy or download it again, or remove it")
+                return
+            offset += 8 + chunk_size + (chunk_size & 1)  # chunks are padded to an even size
+
+
 def audio_duration(path: str | Path) -> float:
     """Duration in seconds from the header only."""
     info = _info(Path(path))
@@ -44,6 +71,7 @@ def load_audio(path: str | Path, *, sample_rate: int = TARGET_SAMPLE_RATE, max_s
 
     path = Path(path)
     info = _info(path)
+    _check_wav_complete(path)
     frames = info.frames
     if max_seconds is not None and frames > max_seconds * info.samplerate:
         if on_long == "error":
@@ -59,23 +87,33 @@ def load_audio(path: str | Path, *, sample_rate: int = TARGET_SAMPLE_RATE, max_s
 
 def load_audio_chunks(path: str | Path, *, chunk_seconds: float, sample_rate: int = TARGET_SAMPLE_RATE,
                       min_rms: float = 1e-4) -> list[np.ndarray]:
-    """Cut a long file into ``chunk_seconds`` pieces read block by block (bounded memory)."""
+    """Cut a long file into ``chunk_seconds`` pieces read block by block; all of them, as a list."""
+    return list(iter_audio_chunks(path, chunk_seconds=chunk_seconds, sample_rate=sample_rate, min_rms=min_rms))
+
+
+def iter_audio_chunks(path: str | Path, *, chunk_seconds: float, sample_rate: int = TARGET_SAMPLE_RATE,
+                      min_rms: float = 1e-4) -> Iterator[np.ndarray]:
+    """Yield ``chunk_seconds`` pieces one at a time, so memory holds one block however long the file."""
     import soundfile as sf
 
     path = Path(path)
     info = _info(path)
+    _check_wav_complete(path)
     block = int(chunk_seconds * info.samplerate)
-    chunks = []
+    if block <= 0:
+        raise AudioError(f"{path}: chunk_seconds={chunk_seconds} gives empty chunks; use a positive length")
+    found = False
     for data in sf.blocks(str(path), blocksize=block, dtype="float32", always_2d=True):
-        if len(data) < 0.5 * info.samplerate and chunks:
+        if len(data) < 0.5 * info.samplerate and found:
             continue  # a last sliver under 0.5 s carries no usable emotion
         try:
-            chunks.append(_to_mono_16k(data, info.samplerate, sample_rate, path, min_rms))
+            chunk = _to_mono_16k(data, info.samplerate, sample_rate, path, min_rms)
         except AudioError:
             continue  # a silent stretch inside a long recording is skipped, not fatal
-    if not chunks:
-        raise AudioError(f"{path}: no non-silent audio found; check the recording")
-    return chunks
+        found = True
+        yield chunk
+    if not found:
+        raise AudioError(f"{path}: no non-silent audio found; check the recording or remove it")
 
 
 def _to_mono_16k(data: np.ndarray, rate: int, target: int, path: Path, min_rms: float) -> np.ndarray:

@@ -251,6 +251,9 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str
                     for i, row in enumerate(reader)]
     except UnicodeDecodeError as exc:
         raise CorpusError(f"{path}: not UTF-8 text ({exc}); re-save it as UTF-8") from None
+    except csv.Error as exc:  # e.g. an unclosed quote that swallows the rest of the file
+        raise CorpusError(f"{path}: not a readable CSV file ({exc}); check its quoting, or re-export it as "
+                          "plain comma-separated UTF-8") from None
 
 
 def _number(value: str, name: str, where: str, problems: list[Problem], allow_empty: bool) -> float | None:
@@ -275,6 +278,10 @@ def _parse_row(root: Path, row: dict[str, str], where: str, problems: list[Probl
     name = row["FileName"]
     if not name:
         problems.append(Problem(where, "FileName is empty"))
+        return None
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        problems.append(Problem(where, f"FileName {name!r} points outside Audios/; give the file's name "
+                                       "relative to the Audios/ folder"))
         return None
     split = row["Split_Set"]
     if not split:
@@ -319,7 +326,8 @@ def _read_transcript(root: Path, name: str, where: str, problems: list[Problem],
                                        "(e.g. iconv -f latin1 -t utf-8)"))
         return None
     if not text and config.require_transcripts:
-        problems.append(Problem(where, f"transcript {path} is empty"))
+        problems.append(Problem(where, f"transcript {path} is empty; write the words into it, or delete it "
+                                       "and let `llmser predict` transcribe the audio"))
     return text or None
 
 

@@ -183,6 +183,11 @@ def _check_names(names: list[str], n_values: int) -> list[str]:
         problems.append("no files to write")
     if any(not name.strip() for name in names):
         problems.append("empty file name(s)")
+    # the reader strips cells, so such names would not read back as written
+    odd = [name for name in names if name.strip() and (name != name.strip() or "\n" in name or "\r" in name)]
+    if odd:
+        problems.append(f"{len(odd)} file name(s) with surrounding spaces or line breaks, e.g. "
+                        f"{odd[:MAX_LISTED_NAMES]}; pass the names as they appear in the corpus")
     duplicates = _repeated(names)
     if duplicates:
         problems.append(f"{len(duplicates)} duplicate file name(s), e.g. {duplicates[:MAX_LISTED_NAMES]}")
@@ -196,8 +201,14 @@ def _read(
     path = Path(path)
     if not path.is_file():
         raise SubmissionError(f"submission file {path} does not exist")
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        rows = list(csv.reader(handle))
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            rows = list(csv.reader(handle))
+    except UnicodeDecodeError as exc:
+        raise SubmissionError(f"{path}: not UTF-8 text ({exc}); write it with write_task1/write_task2 "
+                              "or re-save it as UTF-8 CSV") from None
+    except csv.Error as exc:
+        raise SubmissionError(f"{path}: not a readable CSV file ({exc}); write it with write_task1/write_task2") from None
     file_problems: list[str] = []
     found = [cell.strip() for cell in rows[0]] if rows else []
     if found != header:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -50,6 +52,15 @@ class AttentiveStatisticsPooling(nn.Module):
         var = (weights * (frames - mean.unsqueeze(1)) ** 2).sum(dim=1)
         std = torch.sqrt(var.clamp_min(1e-6))
         return torch.cat([mean, std], dim=-1)  # (B, 2H)
+
+
+@dataclass
+class EmotionOutput:
+    """What every branch's forward returns: the engine's losses read the first two, fusion the third."""
+
+    class_logits: torch.Tensor | None  # (B, 8)
+    attributes: torch.Tensor | None  # (B, 3) on the 1-7 scale
+    embedding: torch.Tensor  # (B, D) pooled, for fusion
 
 
 class EmotionHeads(nn.Module):

@@ -4,6 +4,10 @@ A checkpoint folder ``checkpoint-<step>/`` holds the trainable weights, the opti
 in safetensors, hyper-parameters in JSON), the scheduler and trainer state, and every process's RNG
 state, so ``--resume`` continues exactly where the run stopped. Folders are written under a
 temporary name and renamed when complete: a kill mid-save leaves the previous checkpoint intact.
+
+Loading is safetensors only: a folder holding only pickles (``.bin``, ``.pt``, ...) is refused,
+because unpickling runs whatever code the file carries. A truncated or foreign file gets a
+``CheckpointError`` naming it and what to do, not a low-level deserialisation error.
 """
 
 from __future__ import annotations
@@ -18,9 +22,47 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from llmser.utils.io import atomic_write_json
+from llmser.utils.io import atomic_write_json, recover_dir, replace_dir
 
 CHECKPOINT_PREFIX = "checkpoint-"
+#: Pickle-based weight files: never loaded (``torch.load`` of an untrusted file can run any code).
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or weights file llmser will not or cannot load; the message names it and the fix."""
+
+
+def refuse_pickles(path: Path) -> None:
+    """Raise if ``path`` is (or is a folder holding only) pickle weights, with the way to convert them."""
+    path = Path(path)
+    if path.is_file():
+        pickles = [path] if path.suffix in PICKLE_SUFFIXES else []
+    elif path.is_dir() and not any(path.glob("*.safetensors")):
+        pickles = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    else:
+        pickles = []
+    if pickles:
+        names = ", ".join(p.name for p in pickles[:5])
+        raise CheckpointError(
+            f"{path}: holds only pickle weights ({names}); llmser loads safetensors only, because unpickling "
+            "an untrusted file can run arbitrary code. If you trust the file, convert it once: "
+            "safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors')")
+
+
+def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file`` with errors that name the file and say what to do."""
+    path = Path(path)
+    refuse_pickles(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; the folder is incomplete")
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises SafetensorError/OSError/ValueError variants
+        raise CheckpointError(
+            f"{path}: not a complete safetensors file ({exc}); it was probably cut short by a crash, a full "
+            "disk or a partial download. Resume from an earlier checkpoint-<step> folder, or copy or "
+            "download it again") from None
 
 
 def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -83,7 +125,7 @@ def save_checkpoint(directory: Path, *, model: torch.nn.Module, optimizer: torch
     tmp = directory.with_name(directory.name + ".partial")
     if is_main:
         if tmp.exists():
-            shutil.rmtree(tmp)
+            shutil.rmtree(tmp)  # left by a kill mid-save; never loaded
         tmp.mkdir(parents=True)
         save_file(trainable_state_dict(model), str(tmp / "trainable.safetensors"))
         tensors, meta = _optimizer_to_files(optimizer)
@@ -97,9 +139,7 @@ def save_checkpoint(directory: Path, *, model: torch.nn.Module, optimizer: torch
     if barrier is not None:
         barrier()
     if is_main:
-        if directory.exists():
-            shutil.rmtree(directory)
-        tmp.rename(directory)
+        replace_dir(tmp, directory)  # an existing folder of that step stays until the new one is in place
     if barrier is not None:
         barrier()
     return directory
@@ -108,24 +148,39 @@ def save_checkpoint(directory: Path, *, model: torch.nn.Module, optimizer: torch
 def load_checkpoint(directory: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: Any, rank: int) -> dict[str, Any]:
     """Restore everything ``save_checkpoint`` wrote; returns the trainer state."""
+    directory = Path(directory)
+    recover_dir(directory)
+    refuse_pickles(directory)
     required = ["trainable.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json",
                 "trainer_state.json"]
     missing = [name for name in required if not (directory / name).is_file()]
     if missing:
         raise FileNotFoundError(f"checkpoint {directory} is incomplete (missing {', '.join(missing)}); "
                                 "resume from an earlier checkpoint-<step> folder")
-    weights = load_file(str(directory / "trainable.safetensors"))
-    unexpected = model.load_state_dict(weights, strict=False).unexpected_keys
+    weights = load_safetensors(directory / "trainable.safetensors")
+    try:
+        unexpected = model.load_state_dict(weights, strict=False).unexpected_keys
+    except RuntimeError as exc:  # shape mismatches
+        raise CheckpointError(f"checkpoint {directory} does not fit this model ({str(exc)[:300]}); resume with "
+                              "the recipe that wrote it, or start a new output_dir") from None
     if unexpected:
-        raise ValueError(f"checkpoint {directory} does not fit this model (unexpected {unexpected[:5]}); "
-                         "was it written by another recipe?")
-    meta = json.loads((directory / "optimizer.json").read_text())
-    optimizer.load_state_dict(_optimizer_from_files(load_file(str(directory / "optimizer.safetensors")), meta))
-    scheduler.load_state_dict(json.loads((directory / "scheduler.json").read_text()))
+        raise CheckpointError(f"checkpoint {directory} does not fit this model (unexpected {unexpected[:5]}); "
+                              "was it written by another recipe? Resume with that recipe or start a new output_dir")
+    meta = _read_json(directory / "optimizer.json")
+    optimizer.load_state_dict(_optimizer_from_files(load_safetensors(directory / "optimizer.safetensors"), meta))
+    scheduler.load_state_dict(_read_json(directory / "scheduler.json"))
     rng_file = directory / f"rng_rank{rank}.json"
     if rng_file.is_file():
-        set_rng_state(json.loads(rng_file.read_text()))
-    return json.loads((directory / "trainer_state.json").read_text())
+        set_rng_state(_read_json(rng_file))
+    return _read_json(directory / "trainer_state.json")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc}); the checkpoint is damaged, resume from an "
+                              "earlier checkpoint-<step> folder") from None
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:

@@ -307,13 +307,10 @@ class Trainer:
             shutil.rmtree(tmp)
         model.save_pretrained(tmp)
         from llmser.config import save_config
+        from llmser.utils.io import replace_dir
 
         save_config(self.recipe, tmp / "recipe.yaml")
-        if best_dir.exists():
-            import shutil
-
-            shutil.rmtree(best_dir)
-        tmp.rename(best_dir)
+        replace_dir(tmp, best_dir)  # a kill at any point leaves a complete best/ (or its backup)
 
     def save_checkpoint(self) -> Path:
         acc = self.accelerator

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,6 +58,42 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any, indent: int = 2) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False, default=_json_default) + "\n")
+
+
+def replace_dir(completed: str | Path, target: str | Path) -> Path:
+    """Move a fully written folder ``completed`` to ``target``, replacing any folder there.
+
+    Folders cannot be swapped atomically, so the old ``target`` is first renamed to a backup
+    (``.<name>.old``) and deleted only after the new one is in place: a kill at any point leaves a
+    complete folder at ``target`` or at the backup, and ``recover_dir(target)`` puts the backup back.
+    Deleting ``target`` first (then renaming) would leave nothing if killed in between.
+    """
+    completed, target = Path(completed), Path(target)
+    backup = _backup_of(target)
+    if target.exists():
+        if backup.exists():
+            shutil.rmtree(backup)  # a stale backup from an earlier kill; target is the good copy
+        target.rename(backup)
+    completed.rename(target)
+    shutil.rmtree(backup, ignore_errors=True)
+    return target
+
+
+def recover_dir(target: str | Path) -> Path | None:
+    """Undo a kill inside ``replace_dir``: restore ``target`` from its backup when only the backup exists."""
+    target = Path(target)
+    backup = _backup_of(target)
+    if not target.exists() and backup.is_dir():
+        try:
+            backup.rename(target)
+        except OSError:
+            if not target.exists():  # another process restored it first: fine
+                raise
+    return target if target.exists() else None
+
+
+def _backup_of(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
 
 
 def _json_default(obj: Any) -> Any:

@@ -16,13 +16,12 @@ heads), plus ``encoder/`` (transformers format) when the encoder weights trained
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from llmser.models.layers import AttentiveStatisticsPooling, EmotionHeads, LayerWeightedSum
+from llmser.models.layers import AttentiveStatisticsPooling, EmotionHeads, EmotionOutput, LayerWeightedSum
 from llmser.models.wavlm.config import ENCODER_PRESETS, SSLBranchConfig
 from llmser.utils.logging import get_logger
 
@@ -31,13 +30,6 @@ logger = get_logger(__name__)
 WEIGHTS_NAME = "model.safetensors"
 ENCODER_DIR = "encoder"
 ADAPTER_DIR = "encoder_adapter"
-
-
-@dataclass
-class EmotionOutput:
-    class_logits: torch.Tensor | None  # (B, 8)
-    attributes: torch.Tensor | None  # (B, 3) on the 1-7 scale
-    embedding: torch.Tensor  # (B, D) pooled, for fusion
 
 
 def build_encoder(config: SSLBranchConfig, encoder_path: str | Path | None = None) -> nn.Module:
@@ -186,10 +178,12 @@ class SSLEmotionModel(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> SSLEmotionModel:
-        from safetensors.torch import load_file
+    def from_pretrained(cls, directory: str | Path, revision: str | None = None) -> SSLEmotionModel:
+        """Rebuild from a folder saved by ``save_pretrained`` or a Hub id (offline from the HF cache too)."""
+        from llmser.hub.io import resolve_pretrained
+        from llmser.training.checkpoint import load_safetensors
 
-        directory = Path(directory)
+        directory = resolve_pretrained(directory, revision)
         if not (directory / "config.json").is_file():
             raise FileNotFoundError(f"{directory} has no config.json; is it a folder saved by "
                                     "SSLEmotionModel.save_pretrained?")
@@ -202,7 +196,7 @@ class SSLEmotionModel(nn.Module):
         weights = directory / WEIGHTS_NAME
         if not weights.is_file():
             raise FileNotFoundError(f"{weights} is missing; the folder is incomplete")
-        state = load_file(str(weights))
+        state = load_safetensors(weights)
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("encoder.")]
         if missing or unexpected:

@@ -1,0 +1,390 @@
+"""Hub sharing: manifest, model card, push/pull at the huggingface_hub API boundary, offline cache, adapters.
+
+No test touches the network: HfApi methods and snapshot_download are replaced, and the "Hub" is a
+folder laid out as the Hugging Face cache (models--org--name/{refs/main, snapshots/<sha>/...}).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from llmser.hub import card as hub_card
+from llmser.hub import io as hub_io
+from llmser.hub.manifest import MANIFEST_NAME, BaseModelRef, ManifestError, Member, SystemManifest
+
+TOKEN = "hf_SECRETtokenDoNotPrint0123456789"
+SHA = "a" * 40
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def _fake_wavlm_member(folder: Path, name: str = "wavlm") -> Member:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    sub = folder / name
+    sub.mkdir(parents=True, exist_ok=True)
+    (sub / "config.json").write_text(json.dumps({"branch": "wavlm"}), encoding="utf-8")
+    save_file({"w": np.zeros(2, dtype=np.float32)}, str(sub / "model.safetensors"))
+    return Member(name=name, kind="wavlm", subfolder=name, base_models={"encoder": BaseModelRef("microsoft/wavlm-large")})
+
+
+def _report() -> dict:
+    per_class = {code: {"name": name, "precision": 0.5, "recall": 0.25, "f1": 0.3333, "support": 3, "predicted": 2}
+                 for code, name in zip("ASHUFDCN", ("Angry", "Sad", "Happy", "Surprise", "Fear", "Disgust",
+                                                   "Contempt", "Neutral"))}
+    return {"title": "tiny system, test", "task1": {"macro_f1": 0.4123, "accuracy": 0.5, "n": 24, "per_class": per_class},
+            "task2": {"ccc": {"arousal": 0.61, "valence": 0.42, "dominance": 0.5}, "ccc_mean": 0.51, "n": 24}}
+
+
+def _populate_cache(cache: Path, repo_id: str, folder: Path, sha: str = SHA) -> Path:
+    """Lay ``folder`` out as huggingface_hub's cache does after a download of ``repo_id`` at main."""
+    storage = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = storage / "snapshots" / sha
+    shutil.copytree(folder, snapshot, dirs_exist_ok=True)
+    (storage / "refs").mkdir(parents=True, exist_ok=True)
+    (storage / "refs" / "main").write_text(sha, encoding="utf-8")
+    return snapshot
+
+
+@pytest.fixture
+def llmser_logs(caplog):
+    """caplog sees llmser's logs (its logger does not propagate to the root)."""
+    logger = logging.getLogger("llmser")
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.DEBUG, logger="llmser")
+    yield caplog
+    logger.removeHandler(caplog.handler)
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, tmp_path):
+    """HfApi.create_repo / upload_folder recorded; an upload lands in a fake HF cache (the 'Hub')."""
+    from huggingface_hub import HfApi
+
+    calls: dict[str, list] = {"create_repo": [], "upload_folder": []}
+    cache = tmp_path / "hf-cache"
+
+    def create_repo(self, repo_id, **kwargs):
+        calls["create_repo"].append({"repo_id": repo_id, **kwargs})
+        return f"https://huggingface.co/{repo_id}"
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        calls["upload_folder"].append({"repo_id": repo_id, "folder_path": folder_path, **kwargs})
+        _populate_cache(cache, repo_id, Path(folder_path))
+        return f"https://huggingface.co/{repo_id}/commit/{SHA}"
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return {"calls": calls, "cache": cache}
+
+
+# ---------------------------------------------------------------------------------- manifest
+
+
+def test_manifest_round_trip(tmp_path):
+    member = _fake_wavlm_member(tmp_path)
+    manifest = SystemManifest.create([member], prompts={"text_plain": "name: text_plain\nverbalisation: noun\n"},
+                                     ensemble={"method": "mean_probs", "members": ["wavlm"]})
+    path = manifest.save(tmp_path)
+    assert path.name == MANIFEST_NAME
+    data = json.loads(path.read_text())
+    assert list(data)[:2] == ["format", "format_version"]
+    assert set(data["versions"]) >= {"llmser", "torch", "transformers", "peft", "huggingface_hub"}
+    assert list(data["verbalisations"]) == ["noun"]  # only what the prompts use
+    loaded = SystemManifest.load(tmp_path)
+    assert loaded == manifest
+    assert loaded.member("wavlm").base_models["encoder"].id == "microsoft/wavlm-large"
+    assert loaded.version_differences() == {}
+
+
+def test_manifest_reports_every_problem_at_once():
+    manifest = SystemManifest.create([
+        Member("a", "wavlm", "a"),
+        Member("a", "transformer", "../outside"),
+        Member("llm", "text_llm", "llm", prompts=["missing_prompt"]),
+    ], verbalisations={"short": ["x"] * 3}, ensemble={"members": ["a", "ghost"]})
+    with pytest.raises(ManifestError) as info:
+        manifest.validate()
+    message = str(info.value)
+    for expected in ("'a' is used more than once", "kind 'transformer'", "'../outside' must be a relative path",
+                     "base_models.llm", "missing_prompt", "'short' needs 8 words", "unknown members ['ghost']"):
+        assert expected in message
+    assert "7 problem(s)" in message
+
+
+def test_manifest_load_errors_name_the_file(tmp_path):
+    with pytest.raises(ManifestError, match="not an llmser system folder"):
+        SystemManifest.load(tmp_path)
+    member = _fake_wavlm_member(tmp_path)
+    data = SystemManifest.create([member]).to_dict()
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps({**data, "memebers": []}))
+    with pytest.raises(ManifestError, match=r"(?s)llmser.json.*did you mean 'members'"):
+        SystemManifest.load(tmp_path)
+    data["label_map"]["classes"] = list("SAHUFDCN")
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="label_map differs"):
+        SystemManifest.load(tmp_path)
+    data["label_map"] = SystemManifest.create([member]).label_map
+    data["format_version"] = 99
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="upgrade llmser"):
+        SystemManifest.load(tmp_path)
+
+
+def test_manifest_checks_member_files(tmp_path):
+    member = _fake_wavlm_member(tmp_path)
+    (tmp_path / "wavlm" / "model.safetensors").unlink()
+    (tmp_path / "llm").mkdir()
+    manifest = SystemManifest.create([member, Member("llm", "text_llm", "llm", {"llm": BaseModelRef("org/base")}),
+                                      Member("fusion", "fusion", "fusion")])
+    with pytest.raises(ManifestError) as info:
+        manifest.save(tmp_path)
+    message = str(info.value)
+    assert "model.safetensors is missing" in message
+    assert "no PEFT adapter" in message
+    assert "fusion" in message and "does not exist" in message
+    assert not (tmp_path / MANIFEST_NAME).exists()  # nothing written on failure
+
+
+def test_shared_manifest_refuses_local_base_paths(tmp_path):
+    member = _fake_wavlm_member(tmp_path)
+    member.base_models["encoder"] = BaseModelRef(str(tmp_path / "my-wavlm"))
+    manifest = SystemManifest.create([member])
+    manifest.save(tmp_path)  # fine for local use
+    with pytest.raises(ManifestError, match="local path"):
+        manifest.validate(tmp_path, for_hub=True)
+
+
+# ---------------------------------------------------------------------------------- card
+
+
+def test_card_renders_and_parses_with_huggingface_hub(tmp_path):
+    from huggingface_hub import ModelCard, metadata_load
+
+    member = _fake_wavlm_member(tmp_path)
+    llm = Member("text", "text_llm", "text", {"llm": BaseModelRef("smol")}, prompts=["text_plain"])
+    manifest = SystemManifest.create([member, llm], prompts={"text_plain": "name: text_plain\n"})
+    (tmp_path / "report.json").write_text(json.dumps(_report()))
+    manifest.validate()
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict()))  # card needs no member files
+    path = hub_card.write_card(tmp_path, tmp_path / "report.json", repo_id="org/llmser-tiny")
+
+    card = ModelCard.load(path)
+    assert card.data.library_name == "llmser"
+    assert card.data.base_model == ["microsoft/wavlm-large", "HuggingFaceTB/SmolLM2-135M-Instruct"]
+    assert {"speech-emotion-recognition", "msp-podcast", "peft", "wavlm", "text-llm"} <= set(card.data.tags)
+    assert card.data.datasets == ["MSP-Podcast"]
+    results = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    assert results["Task 1 macro-F1"] == 0.4123 and results["Task 2 CCC valence"] == 0.42
+    assert {r.dataset_split for r in card.data.eval_results} == {"test"}
+    meta = metadata_load(path)
+    assert meta["model-index"][0]["name"] == "llmser-tiny"
+    assert "| Task 1 macro-F1 | 0.4123 |" in card.text
+    assert "llmser pull org/llmser-tiny" in card.text
+    assert "| A | Angry | 0.5000 |" in card.text
+
+
+def test_card_without_report_has_no_model_index(tmp_path):
+    manifest = SystemManifest.create([_fake_wavlm_member(tmp_path)])
+    card = hub_card.render_card(manifest)
+    assert card.data.eval_results is None and "model-index" not in str(card)
+    assert "No evaluation report" in card.text
+
+
+# ---------------------------------------------------------------------------------- safety, push, pull
+
+
+def test_check_safe_folder_refuses_pickles(tmp_path):
+    hub_io.check_safe_folder(tmp_path)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "pytorch_model.bin").write_bytes(b"x")
+    (tmp_path / "optimizer.PT").write_bytes(b"x")
+    with pytest.raises(hub_io.UnsafeFolderError, match=r"optimizer.PT, sub/pytorch_model.bin.*safetensors"):
+        hub_io.check_safe_folder(tmp_path)
+
+
+def test_push_calls_hub_api_and_never_logs_the_token(tmp_path, fake_hub, llmser_logs, capsys):
+    system = tmp_path / "system"
+    SystemManifest.create([_fake_wavlm_member(system)]).save(system)
+    url = hub_io.push(system, "org/llmser-tiny", private=True, token=TOKEN, commit_message="first")
+    assert url.endswith(f"/commit/{SHA}")
+    (create,), (upload,) = fake_hub["calls"]["create_repo"], fake_hub["calls"]["upload_folder"]
+    assert create == {"repo_id": "org/llmser-tiny", "token": TOKEN, "private": True, "exist_ok": True}
+    assert upload["repo_id"] == "org/llmser-tiny" and upload["folder_path"] == str(system)
+    assert upload["token"] == TOKEN and upload["commit_message"] == "first"
+    assert "*.tmp" in upload["ignore_patterns"]
+    assert "pushed org/llmser-tiny" in llmser_logs.text
+    captured = capsys.readouterr()
+    assert TOKEN not in llmser_logs.text + captured.out + captured.err
+
+
+def test_push_refuses_pickles_and_local_bases_before_any_upload(tmp_path, fake_hub):
+    system = tmp_path / "system"
+    member = _fake_wavlm_member(system)
+    SystemManifest.create([member]).save(system)
+    (system / "wavlm" / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(hub_io.UnsafeFolderError):
+        hub_io.push(system, "org/x", token=TOKEN)
+    (system / "wavlm" / "pytorch_model.bin").unlink()
+    member.base_models["encoder"] = BaseModelRef("/home/me/wavlm")
+    SystemManifest.create([member]).save(system)
+    with pytest.raises(ManifestError, match="local path"):
+        hub_io.push(system, "org/x", token=TOKEN)
+    with pytest.raises(hub_io.HubError, match="not a valid Hub repo id"):
+        hub_io.push(system, "not a repo", token=TOKEN)
+    assert fake_hub["calls"] == {"create_repo": [], "upload_folder": []}
+
+
+def test_pull_passes_arguments_to_snapshot_download(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    system = tmp_path / "downloaded"
+    SystemManifest.create([_fake_wavlm_member(system)]).save(system)
+    seen = {}
+
+    def snapshot_download(repo_id, **kwargs):
+        seen.update(repo_id=repo_id, **kwargs)
+        return str(system)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    folder = hub_io.pull("org/llmser-tiny", revision="v1", cache_dir=tmp_path / "c", token=TOKEN)
+    assert folder == system
+    assert seen["repo_id"] == "org/llmser-tiny" and seen["revision"] == "v1" and seen["token"] == TOKEN
+    assert seen["cache_dir"] == str(tmp_path / "c") and seen["local_files_only"] is False
+    assert {"*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt"} <= set(seen["ignore_patterns"])
+
+
+def test_offline_resolve_from_a_populated_cache(tmp_path, monkeypatch):
+    source = tmp_path / "source"
+    SystemManifest.create([_fake_wavlm_member(source)]).save(source)
+    cache = tmp_path / "cache"
+    snapshot = _populate_cache(cache, "org/llmser-tiny", source)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))  # read at call time, not at import
+    assert hub_io.resolve_pretrained("org/llmser-tiny") == snapshot
+    assert hub_io.resolve_pretrained("org/llmser-tiny", revision=SHA, cache_dir=cache) == snapshot
+    assert hub_io.pull("org/llmser-tiny") == snapshot
+    assert hub_io.resolve_pretrained(str(source)) == source  # a folder is used as it is
+    with pytest.raises(hub_io.HubError, match=r"org/other is not in the Hugging Face cache.*offline"):
+        hub_io.resolve_pretrained("org/other")
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        hub_io.resolve_pretrained("./no/such/folder")
+    (snapshot / "extra.pkl").write_bytes(b"x")  # a pickle someone else put into the cache
+    with pytest.raises(hub_io.UnsafeFolderError):
+        hub_io.resolve_pretrained("org/llmser-tiny")
+
+
+def test_cli_parsers_run_push_and_pull(tmp_path, monkeypatch, capsys):
+    from llmser.hub import cli
+
+    parser = argparse.ArgumentParser(prog="llmser")
+    sub = parser.add_subparsers(dest="command")
+    cli.add_push_parser(sub)
+    cli.add_pull_parser(sub)
+    calls = []
+    monkeypatch.setattr(hub_io, "push", lambda folder, repo_id, **kw: calls.append((folder, repo_id, kw)) or "URL")
+    monkeypatch.setattr(hub_io, "pull", lambda repo_id, **kw: calls.append((repo_id, kw)) or tmp_path)
+    args = parser.parse_args(["push", "runs/system", "org/name", "--private"])
+    assert args.handler(args) == 0
+    assert calls[-1][:2] == ("runs/system", "org/name") and calls[-1][2]["private"] is True
+    args = parser.parse_args(["pull", "org/name", "--revision", "v1"])
+    assert args.handler(args) == 0
+    assert calls[-1] == ("org/name", {"revision": "v1", "local_dir": None})
+    assert "URL" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------- real models
+
+
+def test_wavlm_system_push_resolve_load_gives_identical_predictions(tmp_path, fake_hub):
+    import torch
+
+    from llmser.models.wavlm import SSLBranchConfig, SSLEmotionModel
+
+    torch.manual_seed(0)
+    model = SSLEmotionModel.from_config(SSLBranchConfig(encoder="tiny", encoder_mode="finetune")).eval()
+    system = tmp_path / "system"
+    model.save_pretrained(system / "wavlm")
+    member = Member("wavlm", "wavlm", "wavlm", {"encoder": BaseModelRef("tiny")})
+    SystemManifest.create([member], ensemble={"members": ["wavlm"]}).save(system, for_hub=True)
+    hub_card.write_card(system, _report(), repo_id="org/llmser-wavlm")
+    hub_io.push(system, "org/llmser-wavlm")
+
+    folder = hub_io.resolve_pretrained("org/llmser-wavlm")  # offline, from the cache the push filled
+    assert folder != system and (folder / "README.md").is_file()
+    manifest = SystemManifest.load(folder)
+    loaded = SSLEmotionModel.from_pretrained(folder / manifest.member("wavlm").subfolder).eval()
+    values = torch.randn(2, 16000)
+    by_id = hub_io.load_member("org/llmser-wavlm", "wavlm").eval()
+    with torch.no_grad():
+        before, after, again = (m(input_values=values) for m in (model, loaded, by_id))
+    assert torch.equal(before.class_logits, after.class_logits)
+    assert torch.equal(before.attributes, after.attributes)
+    assert torch.equal(before.class_logits, again.class_logits)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_adapter(tmp_path_factory):
+    """A tiny LlamaForCausalLM saved as a base folder, and a LoRA adapter trained on it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    root = tmp_path_factory.mktemp("llama")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    LlamaForCausalLM(config).save_pretrained(root / "base")
+    base = LlamaForCausalLM.from_pretrained(root / "base")
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                 init_lora_weights=False))
+    peft_model.save_pretrained(root / "adapter")
+    ids = torch.tensor([[1, 5, 9, 3]])
+    with torch.no_grad():
+        logits = peft_model(input_ids=ids).logits
+    return {"base": root / "base", "adapter": root / "adapter", "ids": ids, "logits": logits}
+
+
+def test_adapter_base_check_and_plain_peft_load(tiny_llama_adapter):
+    import torch
+    from peft import PeftModel
+    from transformers import LlamaForCausalLM
+
+    base_dir, adapter = tiny_llama_adapter["base"], tiny_llama_adapter["adapter"]
+    assert Path(hub_io.adapter_base(adapter)).resolve() == base_dir.resolve()
+    hub_io.check_adapter_base(adapter, str(base_dir))
+    with pytest.raises(hub_io.AdapterBaseMismatchError) as info:
+        hub_io.check_adapter_base(adapter, "meta-llama/Meta-Llama-3-8B-Instruct")
+    assert str(base_dir) in str(info.value) and "meta-llama/Meta-Llama-3-8B-Instruct" in str(info.value)
+    # once the local base says which Hub model it is a copy of, that Hub id is the same base
+    hub_io.write_source_marker(base_dir, "org/tiny-llama")
+    hub_io.check_adapter_base(adapter, "org/tiny-llama")
+    assert not hub_io.pickle_files(adapter)
+
+    model = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(base_dir), str(adapter)).eval()
+    with torch.no_grad():
+        logits = model(input_ids=tiny_llama_adapter["ids"]).logits
+    torch.testing.assert_close(logits, tiny_llama_adapter["logits"])
+
+
+def test_llm_member_adapter_must_match_manifest_base(tmp_path, tiny_llama_adapter):
+    system = tmp_path / "system"
+    shutil.copytree(tiny_llama_adapter["adapter"], system / "text" / "adapter")
+    good = Member("text", "text_llm", "text", {"llm": BaseModelRef(str(tiny_llama_adapter["base"]))})
+    SystemManifest.create([good]).save(system)
+    bad = Member("text", "text_llm", "text", {"llm": BaseModelRef("org/another-llm")})
+    with pytest.raises(ManifestError, match="trained on .* but it is being loaded onto 'org/another-llm'"):
+        SystemManifest.create([bad]).save(system)
+    with pytest.raises(ManifestError, match="records its base model as the local path"):
+        SystemManifest.create([good]).validate(system, for_hub=True)
