@@ -66,6 +66,41 @@ def _run_predict_prior(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_predict_prompts(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict-prompts", help="instruction-prompt predictions from transcripts (zero-shot or tuned)",
+                       description="Score every label under each prompt variant with an instruct LLM and take the "
+                                   "variants' vote (zero-shot with --llm, or a text-branch adapter with --adapter); "
+                                   "attributes from the rating prompts. Writes predictions and the report.")
+    p.add_argument("--corpus", required=True, help="corpus folder in the MSP-Podcast layout (with transcripts)")
+    p.add_argument("--split", default="test", help="split to predict (default: test)")
+    p.add_argument("--llm", default="smol", help="preset (smol, llama3-8b, tiny), Hub id or folder (default: smol)")
+    p.add_argument("--adapter", default=None, help="a text-branch folder saved by training (mode: sft)")
+    p.add_argument("--prompts", default=None, help="comma-separated prompt variants (default: the adapter's or five)")
+    p.add_argument("--no-ratings", action="store_true", help="skip the attribute rating prompts")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--limit", type=int, default=None, help="only the first N files (quick looks)")
+    p.add_argument("--out", required=True, help="predictions CSV to write; the report goes beside it")
+    p.set_defaults(handler=_run_predict_prompts)
+
+
+def _run_predict_prompts(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from llmser.evaluation.report import evaluate
+    from llmser.inference.prompting import predict_corpus_split
+
+    prompts = args.prompts.split(",") if args.prompts else None
+    predictions, utterances = predict_corpus_split(args.corpus, args.split, llm=args.llm, adapter=args.adapter,
+                                                   prompts=prompts, ratings=not args.no_ratings,
+                                                   batch_size=args.batch_size, limit=args.limit)
+    out = Path(args.out)
+    predictions.write_csv(out)
+    report = evaluate(predictions, utterances, out.parent, title=f"prompt voting ({args.adapter or args.llm})")
+    task1 = report.get("task1") or {}
+    print(f"wrote {len(predictions)} predictions to {out}; macro-F1 {task1.get('macro_f1', float('nan')):.4f}")
+    return 0
+
+
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="score predictions against a corpus split and write the report",
                        description="Macro-F1, per-class scores, confusion matrix, CCCs, extreme-value bins and "
@@ -170,13 +205,28 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
 
 
 #: name -> parser builder; the order is the order of ``llmser --help``.
+def _add_push(sub: argparse._SubParsersAction) -> None:
+    from llmser.hub.cli import add_push_parser
+
+    add_push_parser(sub)
+
+
+def _add_pull(sub: argparse._SubParsersAction) -> None:
+    from llmser.hub.cli import add_pull_parser
+
+    add_pull_parser(sub)
+
+
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "make-demo-corpus": _add_make_demo_corpus,
     "predict-prior": _add_predict_prior,
+    "predict-prompts": _add_predict_prompts,
     "evaluate": _add_evaluate,
     "validate-submission": _add_validate_submission,
     "train": _add_train,
     "plan": _add_plan,
+    "push": _add_push,
+    "pull": _add_pull,
 }
 
 
@@ -198,7 +248,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     for module, name in (("llmser.data.msp_podcast", "CorpusError"), ("llmser.data.audio", "AudioError"),
                          ("llmser.evaluation.submission", "SubmissionError"),
                          ("llmser.evaluation.predictions", "PredictionsError"),
-                         ("llmser.data.demo_corpus", "DemoCorpusError")):
+                         ("llmser.data.demo_corpus", "DemoCorpusError"),
+                         ("llmser.training.checkpoint", "CheckpointError"), ("llmser.hub.io", "HubError"),
+                         ("llmser.models.llm.prompts", "PromptError"),
+                         ("llmser.models.llm.adapter", "AdapterMismatchError"),
+                         ("llmser.models.text_llm.data", "MissingTranscriptError")):
         mod = sys.modules.get(module)
         if mod is not None and hasattr(mod, name):
             errors.append(getattr(mod, name))

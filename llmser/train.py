@@ -43,6 +43,11 @@ def run(recipe_path: str | Path, overrides: list[str] | None = None, resume: str
     from llmser.training.recipe import load_recipe
 
     recipe = load_recipe(recipe_path, overrides)
+    set_seed(recipe.train.seed)
+    corpus = MSPPodcast.from_folder(recipe.data.corpus, ReaderConfig(on_error=recipe.data.on_error))
+    model_config = recipe.model_config()
+    if getattr(model_config, "mode", None) == "sft":  # instruction tuning runs in trl's own trainer
+        return _run_sft(recipe, model_config, corpus, resume)
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available(),  # else 2 CPU processes each think they are alone
@@ -50,10 +55,8 @@ def run(recipe_path: str | Path, overrides: list[str] | None = None, resume: str
                               log_with=_available_trackers(recipe.train.log_with) or None,
                               project_dir=recipe.train.output_dir,
                               kwargs_handlers=ddp_kwargs(recipe))
-    set_seed(recipe.train.seed)
-    corpus = MSPPodcast.from_folder(recipe.data.corpus, ReaderConfig(on_error=recipe.data.on_error))
     spec = get_branch(recipe.branch)
-    setup = spec.prepare_fn(recipe, recipe.model_config(), corpus, accelerator)
+    setup = spec.prepare_fn(recipe, model_config, corpus, accelerator)
     trainer = Trainer(recipe, setup.model, setup.train_set, setup.eval_set, setup.collate_fn,
                       class_counts=setup.class_counts, train_labels=setup.train_labels, accelerator=accelerator)
     state = trainer.fit(resume=resume)
@@ -68,6 +71,18 @@ def run(recipe_path: str | Path, overrides: list[str] | None = None, resume: str
     return result
 
 
+def _run_sft(recipe: Any, model_config: Any, corpus: Any, resume: str | None) -> dict[str, Any]:
+    from accelerate import PartialState
+
+    from llmser.models.text_llm.sft import run_sft
+    from llmser.utils.io import atomic_write_json
+
+    result = run_sft(recipe, model_config, corpus, resume)
+    if PartialState().is_main_process:
+        atomic_write_json(Path(recipe.train.output_dir) / "metrics.json", result)
+    return result
+
+
 def predict_test(trainer: Any, spec: Any, setup: Any) -> dict[str, Any]:
     """Score the test split with the best model; the main process writes predictions and the report."""
     from llmser.evaluation.predictions import Predictions
@@ -76,9 +91,17 @@ def predict_test(trainer: Any, spec: Any, setup: Any) -> dict[str, Any]:
     output_dir = Path(trainer.recipe.train.output_dir)
     best_dir = output_dir / "best"
     trainer.accelerator.wait_for_everyone()
+    if trainer.is_main:
+        from llmser.utils.io import recover_dir
+
+        recover_dir(best_dir)  # a run killed while replacing best/ left it as a backup
+    trainer.accelerator.wait_for_everyone()
     if best_dir.is_dir():
-        best = spec.model_cls.from_pretrained(best_dir)
-        trainer.accelerator.unwrap_model(trainer.model).load_state_dict(best.state_dict())
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        if hasattr(model, "load_trained_weights"):  # LLM branches: reload the adapter, not the base
+            model.load_trained_weights(best_dir)
+        else:
+            model.load_state_dict(spec.model_cls.from_pretrained(best_dir).state_dict())
     out = trainer.evaluate(setup.test_set, desc="test")
     if not trainer.is_main:
         return out.metrics

@@ -49,6 +49,8 @@ class BranchSetup:
 BRANCHES: dict[str, BranchSpec] = {
     "wavlm": BranchSpec("wavlm", "llmser.models.wavlm.config:SSLBranchConfig",
                         "llmser.models.wavlm.model:SSLEmotionModel", "llmser.models.wavlm.training:prepare"),
+    "text_llm": BranchSpec("text_llm", "llmser.models.text_llm.config:TextBranchConfig",
+                           "llmser.models.text_llm.model:TextEmotionModel", "llmser.models.text_llm.training:prepare"),
 }
 
 

@@ -1,0 +1,113 @@
+"""Instruction-style prediction with an LLM: every prompt variant scores every label, the variants vote.
+
+This is the zero-shot path (a base instruct model, no tuning) and the SFT path (the same model with
+its LoRA adapter). Each class variant gives a probability over the 8 classes by constrained label
+scoring (``LabelScorer``); the variants' plurality vote is the prediction, ties broken by summed
+probability. Rating variants score the digits 1-7 for each attribute and take the expected rating.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from llmser.evaluation.predictions import Predictions
+from llmser.inference.voting import VoteResult, majority_vote
+from llmser.models.llm.prompts import RATINGS, PromptTemplate
+from llmser.models.llm.scoring import LabelScorer
+from llmser.models.text_llm.data import truncate_transcript
+from llmser.schema import ATTRIBUTES, CLASS_CODES
+from llmser.utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+
+
+def class_probabilities(scorer: LabelScorer, transcripts: Sequence[str], template: PromptTemplate,
+                        progress: bool = True) -> np.ndarray:
+    """(N, 8) class probabilities of one prompt variant, columns in ``CLASS_CODES`` order."""
+    prompts = [template.render(scorer.tokenizer, t) for t in transcripts]
+    with _progress(len(prompts), template.name, progress) as bar:
+        return scorer.probabilities(prompts, template.candidates, progress=bar)
+
+
+def expected_ratings(scorer: LabelScorer, transcripts: Sequence[str], template: PromptTemplate,
+                     progress: bool = True) -> np.ndarray:
+    """(N, 3) expected 1-7 rating of each attribute under one rating variant."""
+    values = np.array([float(r) for r in RATINGS])
+    columns = []
+    for attribute in ATTRIBUTES:
+        prompts = [template.render(scorer.tokenizer, t, attribute=attribute) for t in transcripts]
+        with _progress(len(prompts), f"{template.name}:{attribute}", progress) as bar:
+            columns.append(scorer.probabilities(prompts, template.candidates, progress=bar) @ values)
+    return np.stack(columns, axis=1)
+
+
+def predict_with_prompts(model: Any, tokenizer: Any, file_names: Sequence[str], transcripts: Sequence[str],
+                         class_templates: Sequence[PromptTemplate],
+                         rating_templates: Sequence[PromptTemplate] = (), *, batch_size: int = 8,
+                         max_transcript_tokens: int = 128, progress: bool = True) -> tuple[Predictions, VoteResult]:
+    """Predictions over transcripts: the class by the variants' vote (``vote_<variant>`` columns kept),
+    the attributes averaged over the rating variants (none when there are none)."""
+    scorer = LabelScorer(model, tokenizer, batch_size=batch_size)
+    texts = [truncate_transcript(tokenizer, t or "", max_transcript_tokens) for t in transcripts]
+    per_variant = [class_probabilities(scorer, texts, t, progress) for t in class_templates]
+    vote = majority_vote(per_variant, [t.name for t in class_templates])
+    attributes = None
+    if rating_templates:
+        attributes = np.mean([expected_ratings(scorer, texts, t, progress) for t in rating_templates], axis=0)
+    # The vote decides the class; the variants' mean probabilities keep the confidence for ensembles.
+    predictions = Predictions(list(file_names), [CLASS_CODES[i] for i in vote.labels], vote.probs, attributes,
+                              vote.vote_columns(CLASS_CODES))
+    return predictions, vote
+
+
+def load_prompting_model(llm: str = "smol", adapter: str | None = None, *, revision: str | None = None,
+                         quantization: str = "none") -> tuple[Any, Any, list[str] | None]:
+    """A base instruct model (zero-shot) or base + a saved text-branch adapter, ready to score.
+
+    Returns (model, tokenizer, the adapter's prompt variants or None).
+    """
+    from llmser.models.llm.adapter import load_lora
+    from llmser.models.llm.loading import load_causal_lm
+
+    if adapter is None:
+        loaded = load_causal_lm(llm, revision=revision, quantization=quantization)
+        return loaded.model, loaded.tokenizer, None
+    from transformers import AutoTokenizer
+
+    from llmser.models.text_llm.config import TextBranchConfig
+
+    config = TextBranchConfig.load(adapter)
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    loaded = load_causal_lm(config.llm, revision=config.revision, quantization=quantization, tokenizer=tokenizer)
+    return load_lora(loaded.model, adapter, config.llm), tokenizer, list(config.prompts)
+
+
+def predict_corpus_split(corpus_dir: str, split: str, *, llm: str = "smol", adapter: str | None = None,
+                         prompts: list[str] | None = None, ratings: bool = True, batch_size: int = 8,
+                         max_transcript_tokens: int = 128, limit: int | None = None) -> tuple[Predictions, list]:
+    """Prompt-vote predictions for every transcribed file of a corpus split (and the utterances)."""
+    from llmser.data.msp_podcast import MSPPodcast
+    from llmser.models.llm.prompts import load_prompts
+    from llmser.models.text_llm.data import check_transcripts
+    from llmser.models.text_llm.config import DEFAULT_TEXT_PROMPTS
+
+    corpus = MSPPodcast.from_folder(corpus_dir)
+    utterances = corpus.utterances(corpus.resolve_split(split), task="all")[:limit]
+    check_transcripts(utterances, split)
+    model, tokenizer, trained_prompts = load_prompting_model(llm, adapter)
+    names = prompts or trained_prompts or list(DEFAULT_TEXT_PROMPTS)
+    class_templates = load_prompts(names, task="class", inputs="transcript")
+    rating_templates = load_prompts(task="attributes", inputs="transcript") if ratings else []
+    predictions, _ = predict_with_prompts(model, tokenizer, [u.file_name for u in utterances],
+                                          [u.transcript for u in utterances], class_templates, rating_templates,
+                                          batch_size=batch_size, max_transcript_tokens=max_transcript_tokens)
+    return predictions, utterances

@@ -1,0 +1,1 @@
+"""LLaMA-family language models: loading presets, prompt templates, label scoring, the text branch."""

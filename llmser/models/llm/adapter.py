@@ -1,0 +1,63 @@
+"""LoRA/QLoRA adapters on a causal LM: attach, save in the standard PEFT format, reload with a base check.
+
+An adapter folder is exactly what ``peft.PeftModel.save_pretrained`` writes (``adapter_config.json``
++ ``adapter_model.safetensors``), with ``base_model_name_or_path`` set to the base's Hub id (not the
+local copy it was trained from), so plain peft can load it onto that base anywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from llmser.hub.io import AdapterBaseMismatchError, adapter_base, check_adapter_base
+from llmser.models.llm.config import LLMConfig
+from llmser.models.llm.loading import canonical_name
+from llmser.utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+AdapterMismatchError = AdapterBaseMismatchError  # the hub layer owns the check; one error type
+__all__ = ["attach_lora", "load_lora", "save_lora", "check_adapter_base", "adapter_base", "AdapterMismatchError"]
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def attach_lora(model: Any, config: LLMConfig, task_type: str | None = "CAUSAL_LM") -> Any:
+    """Wrap ``model`` with fresh LoRA adapters (after k-bit preparation when it is quantised)."""
+    from peft import get_peft_model
+
+    from llmser.models.quantization import guard_cpu_4bit_gradients, prepare_for_kbit_training
+
+    if config.quantization != "none":
+        model = prepare_for_kbit_training(model, gradient_checkpointing=config.gradient_checkpointing)
+    elif config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    peft_model = get_peft_model(model, config.lora_config(task_type, model.config.num_hidden_layers))
+    guard_cpu_4bit_gradients(peft_model)  # again: peft may have wrapped new 4-bit layers
+    return peft_model
+
+
+def load_lora(model: Any, adapter_dir: str | Path, base: str, *, trainable: bool = False) -> Any:
+    """Put a saved adapter onto ``model`` after checking it was trained on ``base``."""
+    from peft import PeftModel
+
+    from llmser.models.quantization import guard_cpu_4bit_gradients
+
+    check_adapter_base(adapter_dir, base)
+    weights = Path(adapter_dir) / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} is missing (llmser loads safetensors adapters only); "
+                                "re-save the adapter with save_pretrained(safe_serialization=True)")
+    peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    guard_cpu_4bit_gradients(peft_model)
+    return peft_model
+
+
+def save_lora(peft_model: Any, directory: str | Path, base: str) -> None:
+    """Save the adapter in the standard PEFT format, recording ``base``'s Hub id as its base model."""
+    for peft_config in peft_model.peft_config.values():
+        peft_config.base_model_name_or_path = canonical_name(base)
+    # save_embedding_layers=False: llmser never trains embeddings, and "auto" looks the base up online.
+    peft_model.save_pretrained(str(directory), safe_serialization=True, save_embedding_layers=False)

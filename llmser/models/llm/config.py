@@ -1,0 +1,39 @@
+"""Configs of the LLM branches: which base model, how it is quantised, and its LoRA adapter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class LLMConfig:
+    """The base LLM and its adapter. ``llm`` is a preset (llama3-8b, smol, tiny), a Hub id or a folder."""
+
+    llm: str = "llama3-8b"
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPUs that have it
+    quantization: Literal["none", "4bit", "8bit"] = "none"  # 4bit = QLoRA (NF4 + double quantisation)
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    # LoRA on the top N decoder layers only (None = all). Backpropagation then stops at the lowest
+    # adapted layer, so a CPU/small-GPU step costs little more than a forward pass.
+    lora_top_layers: int | None = None
+    gradient_checkpointing: bool = False
+
+    def lora_config(self, task_type: str | None = "CAUSAL_LM", num_layers: int | None = None):
+        """peft's LoraConfig; ``num_layers`` (the base's depth) is needed when ``lora_top_layers`` is set."""
+        from peft import LoraConfig
+
+        layers = None
+        if self.lora_top_layers is not None:
+            if num_layers is None:
+                raise ValueError("lora_top_layers needs the base model's number of layers")
+            layers = list(range(max(0, num_layers - self.lora_top_layers), num_layers))
+        return LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                          target_modules=list(self.lora_target_modules), task_type=task_type,
+                          layers_to_transform=layers)

@@ -1,0 +1,153 @@
+"""Constrained label scoring: the log-likelihood of every answer as a continuation of a prompt.
+
+Free generation can say anything ("The speaker sounds a bit..."), so llmser never parses generated
+text: it scores each candidate answer (a label word, or a rating digit) as the continuation of the
+prompt and takes a softmax over the candidates. That is always a valid label, whatever a transcript
+says, and the scores are probabilities that ensembles can average.
+
+Efficiency (what ``scripts/bench_label_scoring.py`` measures against the naive way): the prompt is
+encoded once per utterance with its key/value cache kept; the first answer token's log-probability is
+read from the prompt's last logits for every candidate at once; only candidates longer than one token
+need a second, short forward over their remaining tokens, run for all candidates of all prompts in one
+batch on the repeated prefix cache. The naive way runs prompt+candidate in full for each candidate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+Reduction = Literal["sum", "mean"]
+
+
+def candidate_token_ids(tokenizer: Any, candidates: Sequence[str], end_of_answer: bool = True) -> list[list[int]]:
+    """Token ids of each answer, with the end-of-turn token so that "sad" and "sadness" differ."""
+    ids = []
+    for text in candidates:
+        tokens = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if end_of_answer and tokenizer.eos_token_id is not None:
+            tokens = tokens + [tokenizer.eos_token_id]
+        if not tokens:
+            raise ValueError(f"candidate answer {text!r} tokenizes to nothing")
+        ids.append(tokens)
+    return ids
+
+
+def prefix_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids for left-padded rows: 0 at each row's first real token, as ``generate`` does."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def score_with_prefix_cache(model: Any, attention_mask: torch.Tensor, candidates: list[list[int]], *,
+                            input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
+                            reduction: Reduction = "sum", pad_token_id: int = 0) -> torch.Tensor:
+    """(B, C) log-likelihoods of C candidate token sequences after B left-padded prefixes.
+
+    The prefix is given as ``input_ids`` or ``inputs_embeds`` (an audio-LLM splices speech there).
+    """
+    device = attention_mask.device
+    out = model(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                position_ids=prefix_positions(attention_mask), use_cache=True, logits_to_keep=1)
+    last = out.logits[:, -1].float().log_softmax(-1)  # (B, V)
+    first = torch.tensor([c[0] for c in candidates], device=device)
+    scores = last[:, first]  # (B, C)
+    rest = max(len(c) for c in candidates) - 1
+    if rest > 0:
+        scores = scores + _score_rest(model, _cache_of(out), attention_mask, candidates, rest, pad_token_id)
+    if reduction == "mean":
+        scores = scores / torch.tensor([len(c) for c in candidates], device=device, dtype=scores.dtype)
+    return scores
+
+
+def _score_rest(model: Any, cache: Any, prefix_mask: torch.Tensor, candidates: list[list[int]], rest: int,
+                pad_token_id: int) -> torch.Tensor:
+    """Log-probability of each candidate's tokens after its first, for every (prefix, candidate) pair."""
+    device = prefix_mask.device
+    batch, num = prefix_mask.shape[0], len(candidates)
+    inputs = torch.full((num, rest), pad_token_id, dtype=torch.long, device=device)
+    targets = torch.zeros((num, rest), dtype=torch.long, device=device)
+    valid = torch.zeros((num, rest), dtype=torch.long, device=device)
+    for c, ids in enumerate(candidates):
+        n = len(ids) - 1
+        if n:
+            inputs[c, :n] = torch.tensor(ids[:-1], device=device)
+            targets[c, :n] = torch.tensor(ids[1:], device=device)
+            valid[c, :n] = 1
+    cache.batch_repeat_interleave(num)  # rows become (prefix b, candidate c) at b * num + c
+    mask = torch.cat([prefix_mask.repeat_interleave(num, 0), valid.repeat(batch, 1)], dim=1)
+    positions = prefix_mask.sum(-1).repeat_interleave(num)[:, None] + torch.arange(rest, device=device)
+    logits = model(input_ids=inputs.repeat(batch, 1), attention_mask=mask, position_ids=positions,
+                   cache=cache, use_cache=True).logits  # (B*C, rest, V)
+    logp = logits.float().log_softmax(-1).gather(-1, targets.repeat(batch, 1)[..., None]).squeeze(-1)
+    return (logp * valid.repeat(batch, 1)).sum(-1).view(batch, num)
+
+
+def _cache_of(output: Any) -> Any:
+    # transformers 5 names the key/value cache ``cache``; 4.x called it ``past_key_values``.
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+@torch.no_grad()
+def score_naive(model: Any, tokenizer: Any, prompts: Sequence[str], candidates: Sequence[str], *,
+                reduction: Reduction = "sum", end_of_answer: bool = True) -> np.ndarray:
+    """Reference implementation: one full forward of prompt + answer per (prompt, candidate) pair."""
+    cands = candidate_token_ids(tokenizer, candidates, end_of_answer)
+    scores = np.zeros((len(prompts), len(cands)))
+    for i, prompt in enumerate(prompts):
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        for c, ids in enumerate(cands):
+            full = torch.tensor([prompt_ids + ids])
+            logp = model(input_ids=full).logits[0].float().log_softmax(-1)
+            positions = torch.arange(len(prompt_ids) - 1, len(prompt_ids) + len(ids) - 1)
+            total = logp[positions, torch.tensor(ids)].sum().item()
+            scores[i, c] = total / len(ids) if reduction == "mean" else total
+    return scores
+
+
+class LabelScorer:
+    """Scores fixed answer sets after rendered prompts, in batches, with the prefix cache."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 8, reduction: Reduction = "sum",
+                 end_of_answer: bool = True):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.reduction = reduction
+        self.end_of_answer = end_of_answer
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def log_likelihoods(self, prompts: Sequence[str], candidates: Sequence[str], progress: Any = None) -> np.ndarray:
+        """(N, C) log-likelihood of each candidate after each prompt."""
+        cands = candidate_token_ids(self.tokenizer, candidates, self.end_of_answer)
+        was_training = self.model.training
+        self.model.eval()
+        rows = []
+        for start in range(0, len(prompts), self.batch_size):
+            batch = list(prompts[start:start + self.batch_size])
+            enc = self.tokenizer(batch, add_special_tokens=False, padding=True, padding_side="left",
+                                 return_tensors="pt").to(self.device)
+            scores = score_with_prefix_cache(self.model, enc["attention_mask"], cands, input_ids=enc["input_ids"],
+                                             reduction=self.reduction, pad_token_id=self.tokenizer.pad_token_id)
+            rows.append(scores.cpu().numpy())
+            if progress is not None:
+                progress.update(len(batch))
+        self.model.train(was_training)
+        return np.concatenate(rows) if rows else np.zeros((0, len(cands)))
+
+    def probabilities(self, prompts: Sequence[str], candidates: Sequence[str], progress: Any = None) -> np.ndarray:
+        """(N, C) softmax over the candidates' log-likelihoods."""
+        return softmax(self.log_likelihoods(prompts, candidates, progress))
+
+
+def softmax(scores: np.ndarray) -> np.ndarray:
+    shifted = scores - scores.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)

@@ -1,0 +1,56 @@
+"""Config of the text branch: the base LLM and adapter (``LLMConfig``) plus how the transcript is read."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from llmser.config import from_dict, to_dict
+from llmser.models.llm.config import LLMConfig
+
+DEFAULT_TEXT_PROMPTS = ["text_plain", "text_definitions", "text_shuffled", "text_annotator", "text_short"]
+CONFIG_NAME = "llmser_config.json"
+
+
+@dataclass
+class TextBranchConfig(LLMConfig):
+    """The text branch: an LLM reads the transcript through a prompt variant.
+
+    ``mode: head`` trains a classification/regression head on the LLM's last hidden state with the
+    engine's losses (weighted CE / focal, 1 - CCC); ``mode: sft`` instruction-tunes the LLM with trl
+    to answer with the verbalised label. Training samples one of ``prompts`` per example and epoch;
+    the head evaluates with the first, SFT votes over all of them.
+    """
+
+    mode: Literal["head", "sft"] = "head"
+    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_TEXT_PROMPTS))
+    prompt_dir: str | None = None  # default: the project's prompts/ folder
+    max_transcript_tokens: int = 128  # longer transcripts are cut (the prompt itself is never cut)
+    head_hidden_size: int = 256
+    dropout: float = 0.1
+    class_head: bool = True
+    attribute_head: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.prompts:
+            raise ValueError("list at least one prompt variant in model.prompts")
+        if self.mode == "head" and not (self.class_head or self.attribute_head):
+            raise ValueError("enable at least one of class_head / attribute_head")
+
+    def save(self, directory: str | Path, name: str = CONFIG_NAME) -> None:
+        from llmser.utils.io import atomic_write_json
+
+        atomic_write_json(Path(directory) / name, {"branch": "text_llm", **to_dict(self)})
+
+    @classmethod
+    def load(cls, directory: str | Path, name: str = CONFIG_NAME) -> TextBranchConfig:
+        path = Path(directory) / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing; is {directory} a folder saved by a text-LLM model?")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        branch = data.pop("branch", "text_llm")
+        if branch != "text_llm":
+            raise ValueError(f"{directory} holds a {branch!r} model, not a text-LLM model")
+        return from_dict(cls, data, source=str(path))

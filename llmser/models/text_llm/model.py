@@ -1,0 +1,136 @@
+"""The text-branch model: a LoRA-tuned causal LM reads a prompted transcript; heads read its last state.
+
+``forward`` runs the LLM's decoder (the LoRA layers are inside it) on a left-padded prompt batch and
+takes the hidden state of the last token - the position where the model is about to answer - as the
+utterance's embedding; ``EmotionHeads`` turn it into 8 class logits and 3 attributes. Skipping the
+LM head saves a (B, T, vocab) matmul: 128k columns for LLaMA-3.
+
+Saved layout (``save_pretrained``), a folder that plain peft understands::
+
+    adapter_config.json, adapter_model.safetensors   # standard PEFT LoRA adapter (base = Hub id)
+    heads.safetensors                                # the classification/regression heads
+    llmser_config.json                               # TextBranchConfig: base, LoRA, prompts
+    tokenizer files                                  # the tokenizer it was trained with
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from llmser.models.layers import EmotionHeads, EmotionOutput
+from llmser.models.llm.adapter import attach_lora, load_lora, save_lora
+from llmser.models.llm.loading import canonical_name, load_causal_lm
+from llmser.models.llm.scoring import prefix_positions
+from llmser.models.text_llm.config import CONFIG_NAME, TextBranchConfig
+from llmser.utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+HEADS_NAME = "heads.safetensors"
+
+
+class TextEmotionModel(nn.Module):
+    """LLM + LoRA + emotion heads. Build with ``from_config``; reload with ``from_pretrained``."""
+
+    def __init__(self, config: TextBranchConfig, llm: Any, tokenizer: Any, base_name: str):
+        super().__init__()
+        self.config = config
+        self.llm = llm  # a peft PeftModel around the causal LM
+        self.tokenizer = tokenizer
+        self.base_name = base_name
+        hidden = llm.get_base_model().config.hidden_size
+        self.heads = EmotionHeads(hidden, config.head_hidden_size, config.dropout,
+                                  classes=config.class_head, attributes=config.attribute_head)
+
+    @classmethod
+    def from_config(cls, config: TextBranchConfig) -> TextEmotionModel:
+        loaded = _load_base(config)
+        return cls(config, attach_lora(loaded.model, config), loaded.tokenizer, loaded.name)
+
+    # ------------------------------------------------------------------ forward
+
+    def decoder(self) -> nn.Module:
+        """The transformer stack without the LM head (LoRA layers included)."""
+        base = self.llm.get_base_model()
+        return base.get_decoder() if hasattr(base, "get_decoder") else base.model
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) left-padded prompts -> (B, H) float32 state of each prompt's last token."""
+        out = self.decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                             position_ids=prefix_positions(attention_mask), use_cache=False)
+        return out.last_hidden_state[:, -1].float()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: object) -> EmotionOutput:
+        embedding = self.embed(input_ids, attention_mask)
+        logits, attributes = self.heads(embedding)
+        return EmotionOutput(class_logits=logits, attributes=attributes, embedding=embedding)
+
+    # ------------------------------------------------------------------ save / load
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_lora(self.llm, directory, self.base_name)
+        tmp = directory / f".{HEADS_NAME}.tmp"
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.heads.state_dict().items()}, str(tmp))
+        tmp.replace(directory / HEADS_NAME)
+        self.tokenizer.save_pretrained(str(directory))
+        self.config.save(directory)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, base: str | None = None,
+                        trainable: bool = False) -> TextEmotionModel:
+        """Rebuild from a saved folder; ``base`` loads the adapter onto another copy of the same base
+        (e.g. a local folder of the Hub model) and is checked against the adapter's record."""
+        from transformers import AutoTokenizer
+
+        from llmser.hub.io import resolve_pretrained
+
+        directory = _require_folder(resolve_pretrained(directory))
+        config = TextBranchConfig.load(directory)
+        if base is not None:
+            config.llm = base
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        loaded = _load_base(config, tokenizer=tokenizer)
+        llm = load_lora(loaded.model, directory, config.llm, trainable=trainable)
+        model = cls(config, llm, tokenizer, loaded.name)
+        model.load_heads(directory)
+        return model
+
+    def load_heads(self, directory: str | Path) -> None:
+        from llmser.training.checkpoint import load_safetensors
+
+        self.heads.load_state_dict(load_safetensors(Path(directory) / HEADS_NAME))
+
+    def load_trained_weights(self, directory: str | Path) -> None:
+        """Load a saved folder's adapter and heads into this model in place (no base reload)."""
+        from peft import set_peft_model_state_dict
+
+        from llmser.models.llm.adapter import ADAPTER_WEIGHTS, check_adapter_base
+        from llmser.training.checkpoint import load_safetensors
+
+        check_adapter_base(directory, self.base_name)
+        set_peft_model_state_dict(self.llm, load_safetensors(Path(directory) / ADAPTER_WEIGHTS))
+        self.load_heads(directory)
+
+
+def _load_base(config: TextBranchConfig, tokenizer: Any = None):
+    loaded = load_causal_lm(config.llm, revision=config.revision, dtype=config.dtype,
+                            quantization=config.quantization, quant_type=config.quant_type, tokenizer=tokenizer)
+    loaded.name = canonical_name(loaded.name)
+    return loaded
+
+
+def _require_folder(directory: str | Path) -> Path:
+    directory = Path(directory)
+    if not (directory / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}; is it a folder saved by "
+                                "TextEmotionModel.save_pretrained (or pull it from the Hub first)?")
+    return directory

@@ -1,0 +1,51 @@
+"""How the engine trains the text branch's head mode: model, prompted datasets, collate.
+
+(``mode: sft`` is trained by trl instead; see ``llmser.models.text_llm.sft``.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmser.models.llm.prompts import load_prompts
+from llmser.models.text_llm.config import TextBranchConfig
+from llmser.models.text_llm.data import PromptCollator, PromptExampleDataset, check_transcripts
+from llmser.models.text_llm.model import TextEmotionModel
+from llmser.schema import NUM_CLASSES
+from llmser.training.branches import BranchSetup
+from llmser.training.recipe import Recipe
+
+
+def split_utterances(recipe: Recipe, corpus: Any) -> tuple[list, list, list]:
+    """Train/eval/test utterances of the recipe's splits, with transcripts checked up front."""
+    data = recipe.data
+    train = corpus.utterances(corpus.resolve_split(data.train_split), task=data.task)
+    dev = corpus.utterances(corpus.resolve_split(data.eval_split), task=data.task) if data.eval_split else []
+    test = corpus.utterances(corpus.resolve_split(data.test_split), task="all") if data.test_split else []
+    for name, utts in (("train", train), ("eval", dev), ("test", test)):
+        check_transcripts(utts, name)
+    return train, dev, test
+
+
+def prepare(recipe: Recipe, config: TextBranchConfig, corpus: Any, accelerator: Any) -> BranchSetup:
+    if config.mode != "head":
+        raise ValueError("model.mode: sft trains with trl, not the engine; run it with `llmser train` "
+                         "(which dispatches on the mode) rather than the engine directly")
+    train_utts, eval_utts, test_utts = split_utterances(recipe, corpus)
+    templates = load_prompts(config.prompts, task="class", inputs="transcript", folder=config.prompt_dir)
+    model = TextEmotionModel.from_config(config)
+    tok = model.tokenizer
+
+    def dataset(utts: list, train: bool) -> PromptExampleDataset:
+        return PromptExampleDataset(utts, templates, tok, max_transcript_tokens=config.max_transcript_tokens,
+                                    sample_variants=train, seed=recipe.train.seed)
+
+    counts = [0] * NUM_CLASSES
+    for utt in train_utts:
+        if utt.class_index is not None:
+            counts[utt.class_index] += 1
+    return BranchSetup(model=model, train_set=dataset(train_utts, True),
+                       eval_set=dataset(eval_utts, False) if eval_utts else None,
+                       test_set=dataset(test_utts, False) if test_utts else None,
+                       collate_fn=PromptCollator(tok), test_utterances=test_utts, class_counts=counts,
+                       train_labels=[u.class_index if u.class_index is not None else -1 for u in train_utts])
