@@ -13,7 +13,7 @@ import torch
 from llmser.inference.voting import majority_vote
 from llmser.models.llm.adapter import AdapterMismatchError, check_adapter_base
 from llmser.models.llm.loading import load_causal_lm
-from llmser.models.llm.prompts import PromptError, PromptTemplate, load_prompt_file, load_prompts
+from llmser.models.llm.prompts import PromptError, load_prompt_file, load_prompts
 from llmser.models.llm.scoring import LabelScorer, score_naive
 from llmser.models.llm.tokenizer import build_tiny_tokenizer
 from llmser.models.text_llm.config import TextBranchConfig

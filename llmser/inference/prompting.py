@@ -97,8 +97,8 @@ def predict_corpus_split(corpus_dir: str, split: str, *, llm: str = "smol", adap
     """Prompt-vote predictions for every transcribed file of a corpus split (and the utterances)."""
     from llmser.data.msp_podcast import MSPPodcast
     from llmser.models.llm.prompts import load_prompts
-    from llmser.models.text_llm.data import check_transcripts
     from llmser.models.text_llm.config import DEFAULT_TEXT_PROMPTS
+    from llmser.models.text_llm.data import check_transcripts
 
     corpus = MSPPodcast.from_folder(corpus_dir)
     utterances = corpus.utterances(corpus.resolve_split(split), task="all")[:limit]

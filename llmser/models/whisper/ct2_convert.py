@@ -45,7 +45,6 @@ import numpy as np
 from llmser.utils.logging import get_logger
 
 if TYPE_CHECKING:
-    import torch
     from transformers import WhisperConfig, WhisperTokenizerFast
 
 logger = get_logger(__name__)
