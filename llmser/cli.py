@@ -143,6 +143,42 @@ def _print_headline(report: dict) -> None:
         print(f"task 2  CCC {cccs}  (n={task2['n']})")
 
 
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="one table of several systems' test scores (from their report.json)",
+                       description="Collect macro-F1 and the CCCs of several reports into one table, printed and "
+                                   "written as JSON (one entry per system).")
+    p.add_argument("reports", nargs="+", metavar="NAME=REPORT_JSON",
+                   help="a system name and its report.json (written by llmser evaluate / train)")
+    p.add_argument("--out", default=None, help="JSON file to write the table to")
+    p.set_defaults(handler=_run_compare)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from llmser.evaluation.report import format_summary_table, summary_row
+    from llmser.utils.io import atomic_write_json
+
+    rows = []
+    for item in args.reports:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise FileNotFoundError(f"{item!r}: give each report as NAME=path/to/report.json")
+        report_path = Path(path)
+        if not report_path.is_file():
+            print(f"llmser compare: {report_path} is missing; {name} left out of the table", file=sys.stderr)
+            continue
+        rows.append(summary_row(name, json.loads(report_path.read_text(encoding="utf-8"))))
+    if not rows:
+        raise FileNotFoundError("none of the reports exist; nothing to compare")
+    print(format_summary_table(rows))
+    if args.out:
+        atomic_write_json(args.out, {"systems": rows})
+        print(f"wrote {args.out}")
+    return 0
+
+
 def _add_validate_submission(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("validate-submission", help="check a challenge submission CSV before uploading it")
     p.add_argument("path", help="task1 (FileName,EmoClass) or task2 (FileName,EmoAct,EmoVal,EmoDom) CSV")
@@ -222,6 +258,7 @@ COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "predict-prior": _add_predict_prior,
     "predict-prompts": _add_predict_prompts,
     "evaluate": _add_evaluate,
+    "compare": _add_compare,
     "validate-submission": _add_validate_submission,
     "train": _add_train,
     "plan": _add_plan,

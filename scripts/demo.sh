@@ -2,11 +2,16 @@
 # llmser's main job, end to end, set-up included:
 #   1. set up the environment (scripts/setup_env.sh),
 #   2. make the synthetic demo corpus (skipped with --corpus DIR: any corpus in the MSP-Podcast layout),
-#   3. the training-prior baseline on the test split, evaluated into a report.
+#   3. the training-prior baseline on the test split, evaluated into a report,
+#   4. the WavLM branch (tiny random WavLM trained end to end),
+#   5. the text branch on transcripts with SmolLM2-135M-Instruct: zero-shot prompt voting, LoRA + head
+#      (the training engine), and LoRA instruction tuning (trl SFT) with prompt voting,
+#   6. one table of every system's test scores (printed, and written as runs/demo/summary.json).
 #
 #   bash scripts/demo.sh                       # demo corpus in ./demo_corpus, results in ./runs/demo
 #   bash scripts/demo.sh --corpus /data/MSP-Podcast --out runs/msp
 #   bash scripts/demo.sh --n 200 --seed 1      # a different/smaller demo corpus
+#   bash scripts/demo.sh --quick               # fewer training steps (a smoke run, not the reported one)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +20,7 @@ OUT="runs/demo"
 N=400
 SEED=0
 SPLIT="test"
+QUICK=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --corpus) CORPUS="$2"; shift 2 ;;
@@ -22,7 +28,8 @@ while [ $# -gt 0 ]; do
     --n) N="$2"; shift 2 ;;
     --seed) SEED="$2"; shift 2 ;;
     --split) SPLIT="$2"; shift 2 ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    --quick) QUICK=1; shift ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "demo.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -48,4 +55,27 @@ mkdir -p "$OUT/prior"
 "${LLMSER[@]}" predict-prior --corpus "$CORPUS" --split "$SPLIT" --out "$OUT/prior/predictions.csv"
 "${LLMSER[@]}" evaluate --predictions "$OUT/prior/predictions.csv" --corpus "$CORPUS" --split "$SPLIT" \
   --out "$OUT/prior" --submission
+
+# Each branch trains from its recipe; the overrides only point it at this corpus and output folder.
+steps() { if [ "$QUICK" = 1 ]; then echo "train.max_steps=$2 train.eval_every=$2 train.save_every=$2"; else echo "train.max_steps=$1"; fi; }
+train() {  # train NAME RECIPE FULL_STEPS QUICK_STEPS [overrides...]
+  local name="$1" recipe="$2" full="$3" quick="$4"; shift 4
+  echo "== $name: llmser train $recipe"
+  # shellcheck disable=SC2046
+  "${LLMSER[@]}" train "$recipe" "data.corpus=$CORPUS" "data.test_split=$SPLIT" "train.output_dir=$OUT/$name" \
+    $(steps "$full" "$quick") "$@"
+}
+
+train wavlm adapters/wavlm_tiny.yaml 300 20
+
+echo "== text_zero_shot: SmolLM2-135M-Instruct, no tuning, vote over five prompt variants"
+"${LLMSER[@]}" predict-prompts --llm smol --corpus "$CORPUS" --split "$SPLIT" --out "$OUT/text_zero_shot/predictions.csv"
+
+train text_head adapters/text_smol.yaml 120 10
+train text_sft adapters/text_smol_sft.yaml 60 6
+
+echo "== summary: test split '$SPLIT'"
+"${LLMSER[@]}" compare prior="$OUT/prior/report.json" wavlm="$OUT/wavlm/test/report.json" \
+  text_zero_shot="$OUT/text_zero_shot/report.json" text_head="$OUT/text_head/test/report.json" \
+  text_sft="$OUT/text_sft/test/report.json" --out "$OUT/summary.json"
 echo "== done: reports under $OUT"

@@ -116,6 +116,12 @@ def spec_from_recipe(path: str | Path) -> Any:
                 value = _first(model, names, None)
                 if value is not None:
                     changes[key] = value
+    if branch in ("text_llm", "audio_llm") and "lora_target_modules" not in model:
+        from llmser.models.llm.config import LLMConfig  # what training would use: the recipe's default
+
+        changes["lora_target_modules"] = LLMConfig().lora_target_modules
+        changes["lora_r"] = LLMConfig().lora_r
+        changes["lora_alpha"] = LLMConfig().lora_alpha
     for key in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"):
         if key in model:
             changes[key] = model[key]
