@@ -253,6 +253,18 @@ def _add_pull(sub: argparse._SubParsersAction) -> None:
     add_pull_parser(sub)
 
 
+def _add_collect_outputs(sub: argparse._SubParsersAction) -> None:
+    from llmser.models.fusion.cli import add_collect_outputs_parser
+
+    add_collect_outputs_parser(sub)
+
+
+def _add_ensemble(sub: argparse._SubParsersAction) -> None:
+    from llmser.ensemble.cli import add_ensemble_parser
+
+    add_ensemble_parser(sub)
+
+
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "make-demo-corpus": _add_make_demo_corpus,
     "predict-prior": _add_predict_prior,
@@ -262,6 +274,8 @@ COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "validate-submission": _add_validate_submission,
     "train": _add_train,
     "plan": _add_plan,
+    "collect-outputs": _add_collect_outputs,
+    "ensemble": _add_ensemble,
     "push": _add_push,
     "pull": _add_pull,
 }

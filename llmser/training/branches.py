@@ -51,6 +51,8 @@ BRANCHES: dict[str, BranchSpec] = {
                         "llmser.models.wavlm.model:SSLEmotionModel", "llmser.models.wavlm.training:prepare"),
     "text_llm": BranchSpec("text_llm", "llmser.models.text_llm.config:TextBranchConfig",
                            "llmser.models.text_llm.model:TextEmotionModel", "llmser.models.text_llm.training:prepare"),
+    "fusion": BranchSpec("fusion", "llmser.models.fusion.config:FusionConfig",
+                         "llmser.models.fusion.model:FusionModel", "llmser.models.fusion.training:prepare"),
 }
 
 

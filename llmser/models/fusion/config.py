@@ -1,0 +1,97 @@
+"""Config of the fusion adapter: which cached branch outputs it combines, and how.
+
+The adapter never runs a branch itself: it reads the branches' cached outputs (see
+:mod:`llmser.models.fusion.data`), so ``outputs_dir`` names the folder ``collect_branch_outputs``
+wrote. The input sizes (``stream_sizes``, ``sequence_sizes``) are read from that folder when
+training starts and saved beside the weights, so ``FusionModel.from_pretrained`` can rebuild the
+model without the data.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from llmser.config import from_dict, to_dict
+
+FUSION_MODES = ("attention", "concat")
+
+
+@dataclass
+class FusionConfig:
+    """What the fusion adapter combines and how.
+
+    ``mode: attention``: every stream is projected to ``hidden``; the ``query`` stream (default: the
+    first one, e.g. the audio-LLM speech-token states) attends to the other streams' tokens (frame
+    states where ``sequences`` is on and the cache has them, else each pooled embedding as one token);
+    a learned sigmoid gate mixes the attended and the original query, which is pooled and, beside the
+    key streams' pooled embeddings, fed to the heads. ``mode: concat``: the pooled embeddings, each layer-normed,
+    are concatenated and fed to MLP heads; the baseline the attention mode must beat.
+    """
+
+    streams: list[str] = field(default_factory=lambda: ["wavlm", "text_llm"])
+    outputs_dir: str = ""  # the branch-outputs folder: <outputs_dir>/<stream>/<split>.safetensors
+    mode: Literal["attention", "concat"] = "attention"
+    query: str | None = None  # the attending stream in attention mode; None = streams[0]
+    sequences: bool = True  # use cached sequence states (B, T, D) where a stream has them
+    hidden: int = 128
+    heads: int = 4
+    dropout: float = 0.1
+    head_hidden_size: int = 128
+    class_head: bool = True
+    attribute_head: bool = True
+    # Filled from the cached outputs at training time (and saved), not written in a recipe by hand.
+    stream_sizes: dict[str, int] = field(default_factory=dict)  # stream -> pooled embedding size D
+    sequence_sizes: dict[str, int] = field(default_factory=dict)  # stream -> sequence state size
+
+    def __post_init__(self) -> None:
+        issues = []
+        if not self.streams:
+            issues.append("streams is empty; name at least one branch, e.g. streams: [wavlm, text_llm]")
+        if len(set(self.streams)) != len(self.streams):
+            issues.append(f"streams has repeated names: {self.streams}")
+        if self.mode not in FUSION_MODES:
+            issues.append(f"mode {self.mode!r} is not one of {', '.join(FUSION_MODES)}")
+        if self.mode == "attention" and len(self.streams) < 2:
+            issues.append("mode: attention needs at least two streams (one attends to the others); "
+                          "use mode: concat for a single stream")
+        if self.query is not None and self.query not in self.streams:
+            issues.append(f"query {self.query!r} is not one of the streams {self.streams}")
+        if self.hidden <= 0 or self.heads <= 0 or self.hidden % self.heads:
+            issues.append(f"hidden ({self.hidden}) must be a positive multiple of heads ({self.heads})")
+        if not 0.0 <= self.dropout < 1.0:
+            issues.append(f"dropout must be in [0, 1), got {self.dropout}")
+        if not (self.class_head or self.attribute_head):
+            issues.append("enable at least one of class_head / attribute_head")
+        unknown = sorted((set(self.stream_sizes) | set(self.sequence_sizes)) - set(self.streams))
+        if unknown:
+            issues.append(f"stream_sizes/sequence_sizes name streams {unknown} that are not in streams")
+        if issues:
+            raise ValueError("; ".join(issues))
+
+    @property
+    def query_stream(self) -> str:
+        return self.query or self.streams[0]
+
+    @property
+    def is_resolved(self) -> bool:
+        """Whether the input sizes are known (read from cached outputs or a saved model)."""
+        return all(s in self.stream_sizes for s in self.streams)
+
+    def save(self, directory: str | Path) -> None:
+        from llmser.utils.io import atomic_write_json
+
+        atomic_write_json(Path(directory) / "config.json", {"branch": "fusion", **to_dict(self)})
+
+    @classmethod
+    def load(cls, directory: str | Path) -> FusionConfig:
+        path = Path(directory) / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing; is {directory} a folder saved by FusionModel.save_pretrained?")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        branch = data.pop("branch", "fusion")
+        if branch != "fusion":
+            raise ValueError(f"{directory} holds a {branch!r} model, not a fusion adapter")
+        return from_dict(cls, data, source=str(path))

@@ -1,0 +1,92 @@
+"""How the engine trains the fusion adapter: datasets over cached branch outputs, model sized from them.
+
+    llmser train adapters/fusion_tiny.yaml model.outputs_dir=runs/demo/outputs
+
+The branches must have written their outputs first (``collect_branch_outputs`` +
+``save_branch_outputs``) for the recipe's train, dev and test splits, under ``model.outputs_dir``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from llmser.models.fusion.config import FusionConfig
+from llmser.models.fusion.data import (
+    BranchOutputs,
+    FusionDataset,
+    collate_fusion,
+    load_branch_outputs,
+    missing_files,
+)
+from llmser.models.fusion.model import FusionModel
+from llmser.schema import NUM_CLASSES
+from llmser.training.branches import BranchSetup
+from llmser.training.recipe import Recipe
+from llmser.utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+
+def prepare(recipe: Recipe, config: FusionConfig, corpus: Any, accelerator: Any) -> BranchSetup:
+    if not config.outputs_dir:
+        raise ValueError("model.outputs_dir is empty; point it at the branch-outputs folder "
+                         "(<dir>/<branch>/<split>.safetensors), e.g. model.outputs_dir=runs/demo/outputs")
+    data = recipe.data
+    splits = {"train": (data.train_split, data.task), "eval": (data.eval_split, data.task),
+              "test": (data.test_split, "all")}
+    sets: dict[str, FusionDataset | None] = {}
+    utterances: dict[str, list] = {}
+    resolved = config
+    for role, (split, task) in splits.items():
+        if not split:
+            sets[role], utterances[role] = None, []
+            continue
+        utts = corpus.utterances(corpus.resolve_split(split), task=task)
+        outputs = {s: load_branch_outputs(config.outputs_dir, s, split) for s in config.streams}
+        utts = _drop_uncached(utts, outputs, role, data.on_error)
+        if role == "train":
+            resolved = resolve_sizes(config, outputs)
+        utterances[role] = utts
+        sets[role] = FusionDataset(utts, outputs, sequences=resolved.sequences) if utts else None
+    model = FusionModel(resolved)
+    train_utts = utterances["train"]
+    counts = [0] * NUM_CLASSES
+    for utt in train_utts:
+        if utt.class_index is not None:
+            counts[utt.class_index] += 1
+    return BranchSetup(model=model, train_set=sets["train"], eval_set=sets["eval"], test_set=sets["test"],
+                       collate_fn=collate_fusion, test_utterances=utterances["test"], class_counts=counts,
+                       train_labels=[u.class_index if u.class_index is not None else -1 for u in train_utts])
+
+
+def resolve_sizes(config: FusionConfig, outputs: dict[str, BranchOutputs]) -> FusionConfig:
+    """The config with the input sizes read from the cached outputs; refuses a cache that disagrees
+    with sizes already set (e.g. a model trained on another encoder)."""
+    stream_sizes = {s: int(out.tensors["embedding"].shape[-1]) for s, out in outputs.items()}
+    sequence_sizes = {s: int(out.tensors["sequence"].shape[-1]) for s, out in outputs.items() if out.has_sequence}
+    issues = [f"{s}: config says {config.stream_sizes[s]}, the cache has {size}"
+              for s, size in stream_sizes.items() if s in config.stream_sizes and config.stream_sizes[s] != size]
+    issues += [f"{s} sequence: config says {config.sequence_sizes[s]}, the cache has {size}"
+               for s, size in sequence_sizes.items()
+               if s in config.sequence_sizes and config.sequence_sizes[s] != size]
+    if issues:
+        raise ValueError(f"cached outputs in {config.outputs_dir} do not fit the config's input sizes: "
+                         + "; ".join(issues) + ". Re-collect the outputs or clear stream_sizes/sequence_sizes.")
+    if config.mode == "attention" and config.sequences and not sequence_sizes:
+        logger.info("no stream in %s has cached sequences; attention runs over the pooled embeddings",
+                    config.outputs_dir)
+    return replace(config, stream_sizes=stream_sizes, sequence_sizes=sequence_sizes)
+
+
+def _drop_uncached(utts: list, outputs: dict[str, BranchOutputs], role: str, on_error: str) -> list:
+    absent = missing_files(utts, outputs)
+    if not absent:
+        return utts
+    listed = "; ".join(f"{s}: {len(v)} e.g. {v[:3]}" for s, v in absent.items())
+    if on_error != "skip":
+        raise KeyError(f"{role} split: cached outputs lack files ({listed}); re-collect those branches on this "
+                       "corpus, or set data.on_error: skip to leave those files out")
+    dropped = {name for names in absent.values() for name in names}
+    logger.warning("%s split: leaving out %d file(s) without cached outputs (%s)", role, len(dropped), listed)
+    return [u for u in utts if u.file_name not in dropped]
