@@ -265,6 +265,18 @@ def _add_ensemble(sub: argparse._SubParsersAction) -> None:
     add_ensemble_parser(sub)
 
 
+def _add_build_system(sub: argparse._SubParsersAction) -> None:
+    from llmser.inference.cli import add_build_system_parser
+
+    add_build_system_parser(sub)
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    from llmser.inference.cli import add_predict_parser
+
+    add_predict_parser(sub)
+
+
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "make-demo-corpus": _add_make_demo_corpus,
     "predict-prior": _add_predict_prior,
@@ -275,6 +287,8 @@ COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "train": _add_train,
     "plan": _add_plan,
     "collect-outputs": _add_collect_outputs,
+    "build-system": _add_build_system,
+    "predict": _add_predict,
     "ensemble": _add_ensemble,
     "push": _add_push,
     "pull": _add_pull,

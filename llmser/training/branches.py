@@ -18,6 +18,8 @@ class BranchSpec:
     config: str  # "module:Class" of the branch's model config dataclass
     model: str  # "module:Class" with from_pretrained / save_pretrained
     prepare: str  # "module:function" (recipe, model_config, corpus, accelerator) -> BranchSetup
+    predict_data: str | None = None  # "module:function" (model, recipe, utterances) -> (dataset, collate)
+    reads_transcripts: bool = False  # prediction needs a transcript per file (Whisper makes one if absent)
 
     @property
     def config_cls(self) -> type:
@@ -30,6 +32,12 @@ class BranchSpec:
     @property
     def prepare_fn(self):
         return _load(self.prepare)
+
+    @property
+    def predict_data_fn(self):
+        if self.predict_data is None:
+            raise NotImplementedError(f"branch {self.name!r} cannot predict raw audio files (no predict_data)")
+        return _load(self.predict_data)
 
 
 @dataclass
@@ -48,9 +56,11 @@ class BranchSetup:
 
 BRANCHES: dict[str, BranchSpec] = {
     "wavlm": BranchSpec("wavlm", "llmser.models.wavlm.config:SSLBranchConfig",
-                        "llmser.models.wavlm.model:SSLEmotionModel", "llmser.models.wavlm.training:prepare"),
+                        "llmser.models.wavlm.model:SSLEmotionModel", "llmser.models.wavlm.training:prepare",
+                        predict_data="llmser.models.wavlm.training:predict_data"),
     "text_llm": BranchSpec("text_llm", "llmser.models.text_llm.config:TextBranchConfig",
-                           "llmser.models.text_llm.model:TextEmotionModel", "llmser.models.text_llm.training:prepare"),
+                           "llmser.models.text_llm.model:TextEmotionModel", "llmser.models.text_llm.training:prepare",
+                           predict_data="llmser.models.text_llm.training:predict_data", reads_transcripts=True),
     "fusion": BranchSpec("fusion", "llmser.models.fusion.config:FusionConfig",
                          "llmser.models.fusion.model:FusionModel", "llmser.models.fusion.training:prepare"),
 }

@@ -67,8 +67,11 @@ class PromptExampleDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         utt = self.utterances[index]
+        if utt.transcript is None:
+            raise MissingTranscriptError(f"{utt.audio_path}: no transcript (and none could be made from the audio); "
+                                         "add a transcript file or fix the audio")
         template = self.template_for(index)
-        transcript = truncate_transcript(self.tokenizer, utt.transcript or "", self.max_transcript_tokens)
+        transcript = truncate_transcript(self.tokenizer, utt.transcript, self.max_transcript_tokens)
         return {"index": index, "file_name": utt.file_name, "prompt": template.render(self.tokenizer, transcript),
                 "variant": template.name, **example_targets(utt)}
 

@@ -49,3 +49,12 @@ def prepare(recipe: Recipe, config: TextBranchConfig, corpus: Any, accelerator: 
                        test_set=dataset(test_utts, False) if test_utts else None,
                        collate_fn=PromptCollator(tok), test_utterances=test_utts, class_counts=counts,
                        train_labels=[u.class_index if u.class_index is not None else -1 for u in train_utts])
+
+
+def predict_data(model: TextEmotionModel, recipe: Recipe, utterances: list) -> tuple[Any, Any]:
+    """Dataset + collate for prediction: each file's transcript through the first prompt variant."""
+    config = model.config
+    templates = load_prompts(config.prompts, task="class", inputs="transcript", folder=config.prompt_dir)
+    dataset = PromptExampleDataset(utterances, templates, model.tokenizer,
+                                   max_transcript_tokens=config.max_transcript_tokens)
+    return dataset, PromptCollator(model.tokenizer)

@@ -72,3 +72,8 @@ def _fill_cache(model: SSLEmotionModel, utterances: list, recipe: Recipe, accele
                        world_size=accelerator.num_processes, progress=accelerator.is_main_process)
     accelerator.wait_for_everyone()
     return cache
+
+
+def predict_data(model: SSLEmotionModel, recipe: Recipe, utterances: list) -> tuple[Any, Any]:
+    """Dataset + collate that feed raw audio files to a trained model (``llmser predict``)."""
+    return AudioExampleDataset(utterances, max_seconds=recipe.data.max_seconds), collate_waveforms

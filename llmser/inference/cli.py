@@ -1,0 +1,159 @@
+"""``llmser build-system`` and ``llmser predict``: assemble trained runs, then predict audio files with them.
+
+    llmser build-system --member wavlm=runs/demo/wavlm --member text_llm=runs/demo/text_head \
+        --fusion runs/demo/fusion --out runs/demo/system
+    llmser predict --model runs/demo/system --audio clips/ --out preds.csv [--transcripts DIR] [--submission]
+    accelerate launch --num_processes 2 -m llmser predict ...     # data-parallel: one shard per process
+
+``predict`` resumes: files already in ``--out`` are skipped, and the file is rewritten atomically after
+every chunk, so an interrupted run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+
+
+def add_build_system_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("build-system", help="assemble trained runs into one system folder (llmser.json + members)",
+                       description="Copy the best models of training runs into one folder with an llmser.json "
+                                   "manifest and a model card: what llmser predict and llmser push take.")
+    p.add_argument("--member", action="append", required=True, metavar="NAME=RUN_DIR",
+                   help="a member and its run folder (repeat); NAME must match the fusion adapter's streams")
+    p.add_argument("--fusion", default=None, help="run folder of a trained fusion adapter")
+    p.add_argument("--method", default=None, choices=("fusion", "average", "plurality"),
+                   help="how members combine (default: fusion when given, else average)")
+    p.add_argument("--frame-stride", type=int, default=4, help="the --frame-stride the fusion inputs were collected with")
+    p.add_argument("--report", default=None, help="report.json whose scores go into the model card")
+    p.add_argument("--out", required=True, help="system folder to write")
+    p.set_defaults(handler=run_build_system)
+
+
+def run_build_system(args: argparse.Namespace) -> int:
+    from llmser.inference.system import build_system
+
+    members = {}
+    for item in args.member:
+        name, sep, run = item.partition("=")
+        if not sep or not name or not run:
+            raise FileNotFoundError(f"--member {item!r}: write it as NAME=RUN_DIR")
+        members[name] = run
+    method = args.method or ("fusion" if args.fusion else "average")
+    out = build_system(args.out, members, fusion=args.fusion, method=method,
+                       fusion_frame_stride=args.frame_stride, report=args.report)
+    print(f"system written to {out} ({method} of {', '.join(members)})")
+    return 0
+
+
+def add_predict_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="predict emotion classes and attributes for audio files with a system",
+                       description="Run a trained system (folder or Hub id) on audio files: per file the class, "
+                                   "its probabilities, the attributes and each member's vote.")
+    p.add_argument("--model", required=True, help="system folder (llmser build-system) or Hub id")
+    p.add_argument("--revision", default=None, help="Hub revision")
+    p.add_argument("--audio", required=True, nargs="+", help="audio files and/or folders (searched recursively)")
+    p.add_argument("--transcripts", default=None, help="folder of <stem>.txt transcripts (else Whisper makes them)")
+    p.add_argument("--asr", default="smol", help="Whisper preset/id for missing transcripts (default: smol)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out", required=True, help="predictions CSV (resumed if it exists)")
+    p.add_argument("--submission", action="store_true", help="also write the challenge submission files beside it")
+    p.set_defaults(handler=run_predict)
+
+
+def audio_files(items: list[str]) -> list[Path]:
+    """The audio files named or found (recursively, sorted) in the given folders."""
+    files: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{path} does not exist; pass audio files or folders to --audio")
+    names = [f.name for f in files]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise FileNotFoundError(f"file names repeat ({duplicates[:3]}); predictions are keyed by file name, so "
+                                "predict each folder into its own CSV")
+    return files
+
+
+def read_transcripts(folder: str | None) -> dict[str, str]:
+    if folder is None:
+        return {}
+    out = {}
+    for path in sorted(Path(folder).glob("*.txt")):
+        try:
+            out[path.stem] = path.read_text(encoding="utf-8").strip()
+        except UnicodeDecodeError:
+            print(f"llmser predict: {path} is not UTF-8; it will be transcribed instead (re-save it as UTF-8)")
+    return out
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
+    from llmser.evaluation.predictions import Predictions
+    from llmser.inference.predictor import Predictor, concat_predictions
+
+    state = PartialState()
+    out = Path(args.out)
+    files = audio_files(args.audio)
+    done = Predictions.read_csv(out) if out.is_file() else None
+    finished = set(done.file_names) if done is not None else set()
+    todo = [f for f in files if f.name not in finished]
+    if finished and state.is_main_process:
+        print(f"resuming {out}: {len(finished)} file(s) already predicted, {len(todo)} to go")
+    shard = todo[state.process_index::state.num_processes]  # data-parallel: one shard per process
+    predictor = Predictor.from_pretrained(args.model, args.revision, asr=args.asr)
+    transcripts = read_transcripts(args.transcripts)
+    parts = [done] if done is not None else []
+    skipped: dict[str, str] = {}
+    chunk = max(args.batch_size * 8, 1)
+    for start in range(0, len(shard), chunk):
+        result = predictor(shard[start:start + chunk], transcripts, batch_size=args.batch_size,
+                           progress=state.is_main_process)
+        skipped.update(result.skipped)
+        parts.append(result.predictions)
+        if state.num_processes == 1:  # checkpoint the CSV so an interrupted run resumes here
+            concat_predictions(parts).write_csv(out)
+    merged = _gather(state, parts)
+    if state.is_main_process:
+        merged.write_csv(out)
+        if args.submission:
+            from llmser.evaluation.submission import write_submissions
+
+            write_submissions(out.parent, merged)
+        print(f"wrote {len(merged)} predictions to {out}; skipped {len(skipped)} unreadable file(s)")
+        for name, why in sorted(skipped.items()):
+            print(f"  skipped {name}: {why}")
+    return 0
+
+
+def _gather(state, parts):
+    from llmser.inference.predictor import concat_predictions
+
+    if state.num_processes == 1:
+        return concat_predictions(parts)
+    from accelerate.utils import gather_object
+
+    gathered = gather_object([concat_predictions(parts)])
+    seen, unique = set(), []
+    for predictions in gathered:  # the resumed rows are in every process's list: keep one copy
+        keep = [i for i, n in enumerate(predictions.file_names) if n not in seen]
+        seen.update(predictions.file_names)
+        unique.append(_rows(predictions, keep))
+    return concat_predictions(unique)
+
+
+def _rows(p, rows):
+    from llmser.evaluation.predictions import Predictions
+
+    return Predictions([p.file_names[i] for i in rows], [p.classes[i] for i in rows] if p.classes else None,
+                       p.probs[rows] if p.probs is not None else None,
+                       p.attributes[rows] if p.attributes is not None else None,
+                       {k: [v[i] for i in rows] for k, v in p.extras.items()})

@@ -1,0 +1,239 @@
+"""Predict emotions for audio files with a trained system (a folder from ``build_system`` or a Hub id).
+
+    from llmser.inference.predictor import Predictor
+
+    predictor = Predictor.from_pretrained("runs/demo/system")        # or "org/llmser-msp"
+    result = predictor(["a.wav", "b.wav"])                           # transcripts made by Whisper if absent
+    result.predictions.write_csv("preds.csv")
+
+Each member runs its own forward (WavLM on the waveform, the text LLM on the transcript through its
+prompt, the audio-LLM on both); the system's method combines them: the fusion adapter on the members'
+embeddings (and WavLM frame states), or the average / plurality vote of the members' probabilities.
+A file that cannot be read is reported in ``result.skipped`` and left out; it never stops the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from llmser.evaluation.predictions import Predictions
+from llmser.schema import CLASS_CODES
+from llmser.utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+
+@dataclass
+class LoadedMember:
+    name: str
+    branch: str
+    model: Any
+    recipe: Any
+    spec: Any
+
+
+@dataclass
+class PredictResult:
+    predictions: Predictions
+    skipped: dict[str, str] = field(default_factory=dict)  # file -> why it was skipped
+
+
+def _utterance(path: Path, transcript: str | None):
+    from llmser.data.msp_podcast import Utterance
+
+    return Utterance(file_name=path.name, audio_path=path, split="predict", emo_class=None, arousal=None,
+                     valence=None, dominance=None, speaker="", gender="", transcript=transcript)
+
+
+class Predictor:
+    """A loaded system: its members, the optional fusion adapter, and how they combine."""
+
+    def __init__(self, members: list[LoadedMember], method: str, fusion: Any = None, fusion_frame_stride: int = 4,
+                 asr: str = "smol"):
+        self.members = members
+        self.method = method
+        self.fusion = fusion
+        self.fusion_frame_stride = fusion_frame_stride
+        self.asr = asr
+        self._whisper = None
+
+    @classmethod
+    def from_pretrained(cls, id_or_path: str | Path, revision: str | None = None, asr: str = "smol") -> Predictor:
+        from llmser.hub.io import resolve_pretrained
+        from llmser.hub.manifest import SystemManifest
+        from llmser.training.branches import get_branch
+        from llmser.training.recipe import load_recipe
+
+        folder = resolve_pretrained(id_or_path, revision)
+        manifest = SystemManifest.load(folder)
+        ensemble = manifest.ensemble or {}
+        members, fusion = [], None
+        for member in manifest.members:
+            sub = folder / member.subfolder
+            recipe = load_recipe(sub / "recipe.yaml")
+            spec = get_branch(member.kind)
+            model = spec.model_cls.from_pretrained(sub).eval()
+            if member.kind == "fusion":
+                fusion = model
+            else:
+                members.append(LoadedMember(member.name, member.kind, model, recipe, spec))
+        method = ensemble.get("method", "fusion" if fusion is not None else "average")
+        return cls(members, method, fusion, int(ensemble.get("fusion_frame_stride", 4)), asr)
+
+    # ------------------------------------------------------------------ transcripts
+
+    @property
+    def needs_transcripts(self) -> bool:
+        return any(m.spec.reads_transcripts for m in self.members)
+
+    def transcripts_for(self, paths: list[Path], given: Mapping[str, str]) -> dict[str, str]:
+        """Given transcripts by file name (or stem); the rest are made with Whisper."""
+        found = {p.name: given.get(p.name, given.get(p.stem)) for p in paths}
+        todo = [p for p in paths if not (found[p.name] or "").strip()]
+        if todo and self.needs_transcripts:
+            from llmser.inference.transcribe import transcribe
+            from llmser.models.whisper.loading import load_whisper_for_transcription
+
+            logger.info("transcribing %d file(s) without a transcript with Whisper (%s)", len(todo), self.asr)
+            self._whisper = self._whisper or load_whisper_for_transcription(self.asr)
+            for path, text in zip(todo, self._transcribe(todo, transcribe)):
+                found[path.name] = text
+        return {k: v or "" for k, v in found.items() if v is not None}
+
+    def _transcribe(self, paths: list[Path], transcribe: Any) -> list[str | None]:
+        """Batch transcription; if a file in the batch is unreadable, file by file (None = unreadable)."""
+        from llmser.data.audio import AudioError
+
+        try:
+            return transcribe(paths, whisper=self._whisper, progress=False)
+        except (AudioError, OSError, ValueError):
+            texts: list[str | None] = []
+            for path in paths:
+                try:
+                    texts += transcribe([path], whisper=self._whisper, progress=False)
+                except (AudioError, OSError, ValueError):
+                    texts.append(None)  # the audio members report why when they read it
+            return texts
+
+    # ------------------------------------------------------------------ prediction
+
+    @torch.no_grad()
+    def predict_batch(self, paths: list[Path], transcripts: Mapping[str, str]) -> tuple[Predictions | None,
+                                                                                         dict[str, str]]:
+        """One batch of files -> predictions for the readable ones, and the skipped ones with the reason."""
+        from llmser.data.audio import AudioError
+
+        utterances = [_utterance(p, transcripts.get(p.name)) for p in paths]
+        outputs: dict[str, dict[str, torch.Tensor]] = {}
+        skipped: dict[str, str] = {}
+        keep = list(range(len(utterances)))
+        for member in self.members:
+            dataset, collate = member.spec.predict_data_fn(member.model, member.recipe, utterances)
+            examples = []
+            for i in list(keep):
+                try:
+                    examples.append(dataset[i])
+                except (AudioError, OSError, ValueError) as exc:
+                    skipped[utterances[i].file_name] = str(exc)
+                    keep.remove(i)
+            examples = [e for e in examples if e["index"] in keep]
+            if not examples:
+                return None, skipped
+            outputs[member.name] = self._forward(member, collate(examples))
+            outputs[member.name]["index"] = torch.tensor([e["index"] for e in examples])
+        # Members may have dropped different files: keep those every member read.
+        common = [i for i in keep if all(i in out["index"].tolist() for out in outputs.values())]
+        for name, out in outputs.items():
+            rows = [out["index"].tolist().index(i) for i in common]
+            outputs[name] = {k: (v[rows] if isinstance(v, torch.Tensor) else [v[r] for r in rows])
+                             for k, v in out.items()}
+        names = [utterances[i].file_name for i in common]
+        return self._combine(names, outputs), skipped
+
+    def _forward(self, member: LoadedMember, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        out = member.model(**batch)
+        result: dict[str, Any] = {"embedding": out.embedding.float()}
+        if out.class_logits is not None:
+            result["probs"] = torch.softmax(out.class_logits.float(), -1)
+        if out.attributes is not None:
+            result["attributes"] = out.attributes.float()
+        if self.fusion is not None and member.branch == "wavlm":
+            from llmser.models.fusion.data import pool_frames, wavlm_sequence
+
+            frames, mask = wavlm_sequence(member.model, batch)
+            frames, mask = pool_frames(frames, mask, self.fusion_frame_stride)
+            result["sequence"] = [f[m] for f, m in zip(frames, mask)]
+        return result
+
+    def _combine(self, names: list[str], outputs: dict[str, dict[str, Any]]) -> Predictions:
+        from llmser.inference.voting import majority_vote
+
+        with_probs = {n: o["probs"].numpy() for n, o in outputs.items() if "probs" in o}
+        votes = {f"vote_{n}": [CLASS_CODES[i] for i in p.argmax(1)] for n, p in with_probs.items()}
+        if self.method == "fusion":
+            out = self.fusion(**self._fusion_batch(outputs))
+            probs = torch.softmax(out.class_logits.float(), -1).numpy() if out.class_logits is not None else None
+            attrs = out.attributes.float().numpy() if out.attributes is not None else None
+            return Predictions(names, None, probs, attrs, votes)
+        attrs = [o["attributes"].numpy() for o in outputs.values() if "attributes" in o]
+        attributes = np.mean(attrs, axis=0) if attrs else None
+        if not with_probs:
+            return Predictions(names, None, None, attributes, votes)
+        if self.method == "plurality":
+            vote = majority_vote(list(with_probs.values()), list(with_probs))
+            return Predictions(names, [CLASS_CODES[i] for i in vote.labels], vote.probs, attributes, votes)
+        return Predictions(names, None, np.mean(list(with_probs.values()), axis=0), attributes, votes)
+
+    def _fusion_batch(self, outputs: dict[str, dict[str, Any]]) -> dict[str, torch.Tensor]:
+        from llmser.models.fusion.data import embedding_key, mask_key, pad_sequences, sequence_key
+
+        batch: dict[str, torch.Tensor] = {}
+        for stream in self.fusion.config.streams:
+            if stream not in outputs:
+                raise KeyError(f"the fusion adapter reads stream {stream!r}, which no member of this system "
+                               f"produces (members: {', '.join(outputs)})")
+            batch[embedding_key(stream)] = outputs[stream]["embedding"]
+            if self.fusion.config.sequences and "sequence" in outputs[stream]:
+                batch[sequence_key(stream)], batch[mask_key(stream)] = pad_sequences(outputs[stream]["sequence"])
+        return batch
+
+    def __call__(self, audio: Sequence[str | Path], transcripts: Mapping[str, str] | None = None, *,
+                 batch_size: int = 8, progress: bool = True) -> PredictResult:
+        from tqdm.auto import tqdm
+
+        paths = [Path(p) for p in audio]
+        parts: list[Predictions] = []
+        skipped: dict[str, str] = {}
+        with tqdm(total=len(paths), desc="predicting", unit="file", disable=not progress) as bar:
+            for start in range(0, len(paths), batch_size):
+                chunk = paths[start:start + batch_size]
+                texts = self.transcripts_for(chunk, transcripts or {}) if self.needs_transcripts else {}
+                predictions, bad = self.predict_batch(chunk, texts)
+                skipped.update(bad)
+                if predictions is not None:
+                    parts.append(predictions)
+                bar.update(len(chunk))
+        for name, why in skipped.items():
+            logger.warning("skipped %s: %s", name, why)
+        return PredictResult(concat_predictions(parts), skipped)
+
+
+def concat_predictions(parts: Sequence[Predictions]) -> Predictions:
+    """Row-wise concatenation of predictions with the same columns (empty parts are dropped)."""
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return Predictions([], None, None, None, {})
+    first = parts[0]
+    return Predictions(
+        [n for p in parts for n in p.file_names],
+        [c for p in parts for c in p.classes] if first.classes is not None else None,
+        np.concatenate([p.probs for p in parts]) if first.probs is not None else None,
+        np.concatenate([p.attributes for p in parts]) if first.attributes is not None else None,
+        {k: [v for p in parts for v in p.extras[k]] for k in first.extras},
+    )

@@ -1,0 +1,85 @@
+"""Assemble trained runs into one system folder: members, optional fusion adapter, manifest, card.
+
+    llmser build-system --member wavlm=runs/demo/wavlm --member text_llm=runs/demo/text_head \
+        --fusion runs/demo/fusion --method fusion --out runs/demo/system
+
+Each member is the ``best/`` folder of a training run (its ``save_pretrained`` files plus the
+``recipe.yaml`` it was trained with), copied without optimizer state or pickles. The folder is a
+valid Hub model repo (``llmser push``) and what ``Predictor.from_pretrained`` / ``llmser predict`` load.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from llmser.utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+METHODS = ("fusion", "average", "plurality")
+_SKIP = ("*.tmp", "*.partial", "optimizer*", "scheduler*", "rng_state*", "*.bin", "*.pt", "*.pth", "*.pkl")
+
+
+def _best_folder(run_dir: str | Path) -> Path:
+    run_dir = Path(run_dir)
+    best = run_dir / "best" if (run_dir / "best").is_dir() else run_dir
+    if not (best / "recipe.yaml").is_file():
+        raise FileNotFoundError(f"{best / 'recipe.yaml'} is missing; give the folder of a finished `llmser train` "
+                                "run (it writes best/ with the recipe)")
+    return best
+
+
+def _member_entry(name: str, best: Path) -> tuple[Any, dict[str, str]]:
+    from llmser.hub.manifest import BaseModelRef, Member
+    from llmser.training.recipe import load_recipe
+
+    recipe = load_recipe(best / "recipe.yaml")
+    config = recipe.model_config()
+    bases: dict[str, BaseModelRef] = {}
+    prompts: dict[str, str] = {}
+    if recipe.branch in ("text_llm", "audio_llm"):
+        from llmser.models.llm.loading import canonical_name
+        from llmser.models.llm.prompts import default_prompt_dir
+
+        bases["llm"] = BaseModelRef(canonical_name(config.llm), config.revision)
+        folder = Path(config.prompt_dir) if getattr(config, "prompt_dir", None) else default_prompt_dir()
+        prompts = {p: (folder / f"{p}.yaml").read_text(encoding="utf-8") for p in config.prompts}
+    if recipe.branch == "wavlm" and not getattr(config, "is_preset", False):
+        bases["encoder"] = BaseModelRef(config.encoder, config.revision)
+    return Member(name, recipe.branch, name, bases, list(prompts)), prompts
+
+
+def build_system(out_dir: str | Path, members: dict[str, str | Path], *, fusion: str | Path | None = None,
+                 method: str | None = None, fusion_frame_stride: int = 4, report: str | Path | None = None) -> Path:
+    """Copy the runs' best models into ``out_dir`` and write ``llmser.json`` and a model card (with the
+    scores of ``report``). ``method`` defaults to fusion when a fusion run is given, else average."""
+    from llmser.hub.manifest import SystemManifest
+    from llmser.utils.io import replace_dir
+
+    method = method or ("fusion" if fusion is not None else "average")
+    if method not in METHODS:
+        raise ValueError(f"method {method!r} is not one of {', '.join(METHODS)}")
+    if method == "fusion" and fusion is None:
+        raise ValueError("method fusion needs --fusion RUN_DIR (a trained fusion adapter)")
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    entries, prompts = [], {}
+    for name, run in {**members, **({"fusion": fusion} if fusion else {})}.items():
+        best = _best_folder(run)
+        shutil.copytree(best, tmp / name, ignore=shutil.ignore_patterns(*_SKIP))
+        member, used = _member_entry(name, best)
+        entries.append(member)
+        prompts.update(used)
+    ensemble = {"method": method, "members": list(members), "fusion_frame_stride": fusion_frame_stride}
+    manifest = SystemManifest.create(entries, prompts=prompts, ensemble=ensemble)
+    manifest.save(tmp)
+    from llmser.hub.card import write_card
+
+    write_card(tmp, report)  # model card README.md (with the evaluation table when a report is given)
+    replace_dir(tmp, out_dir)
+    logger.info("system with members %s (%s) written to %s", ", ".join(members), method, out_dir)
+    return out_dir
