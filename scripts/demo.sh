@@ -6,7 +6,10 @@
 #   4. the WavLM branch (tiny random WavLM trained end to end),
 #   5. the text branch on transcripts with SmolLM2-135M-Instruct: zero-shot prompt voting, LoRA + head
 #      (the training engine), and LoRA instruction tuning (trl SFT) with prompt voting,
-#   6. one table of every system's test scores (printed, and written as runs/demo/summary.json).
+#   6. the SALMONN-style audio-LLM (Whisper tiny.en -> window-level Q-Former -> SmolLM2 + LoRA), speech + transcript,
+#   7. the fusion adapter (and its concatenation baseline) on the branches' cached outputs, the ensembles
+#      (plurality vote, averaging, RandomForest stacking), and the whole system on raw audio (build-system + predict),
+#   8. one table of every system's test scores (printed, and written as runs/demo/summary.json).
 #
 #   bash scripts/demo.sh                       # demo corpus in ./demo_corpus, results in ./runs/demo
 #   bash scripts/demo.sh --corpus /data/MSP-Podcast --out runs/msp
@@ -73,9 +76,38 @@ echo "== text_zero_shot: SmolLM2-135M-Instruct, no tuning, vote over five prompt
 
 train text_head adapters/text_smol.yaml 120 10
 train text_sft adapters/text_smol_sft.yaml 60 6
+# The audio-LLM hears the voice and reads the words (speech-only: model.inputs=speech, see docs/audio_llm.md).
+train audio_speech_text adapters/audio_smol.yaml 40 4 model.inputs=speech+transcript
+
+echo "== branch outputs for fusion and ensembles (train/dev/test)"
+"${LLMSER[@]}" collect-outputs "$OUT/wavlm" --out "$OUT/outputs" --frames --corpus "$CORPUS"
+"${LLMSER[@]}" collect-outputs "$OUT/text_head" --out "$OUT/outputs" --name text_llm --corpus "$CORPUS"
+"${LLMSER[@]}" collect-outputs "$OUT/audio_speech_text" --out "$OUT/outputs" --name audio_llm --corpus "$CORPUS"
+
+train fusion adapters/fusion_tiny.yaml 300 20 "model.outputs_dir=$OUT/outputs" "model.streams=[audio_llm,text_llm,wavlm]"
+train fusion_concat adapters/fusion_tiny.yaml 300 20 "model.outputs_dir=$OUT/outputs" \
+  "model.streams=[audio_llm,text_llm,wavlm]" model.mode=concat
+
+echo "== ensembles of the branches (plurality, averaging, RandomForest stacking fitted on dev)"
+"${LLMSER[@]}" ensemble ensembles/demo.yaml "members.wavlm.outputs=$OUT/outputs" \
+  "members.text_llm.outputs=$OUT/outputs" "members.audio_llm.outputs=$OUT/outputs" "predict_split=$SPLIT" \
+  --corpus "$CORPUS" --out "$OUT/ensemble"
+
+echo "== the whole system on raw audio: llmser build-system + llmser predict"
+"${LLMSER[@]}" build-system --member "wavlm=$OUT/wavlm" --member "text_llm=$OUT/text_head" \
+  --member "audio_llm=$OUT/audio_speech_text" --fusion "$OUT/fusion" --report "$OUT/fusion/test/report.json" \
+  --out "$OUT/system"
+rm -rf "$OUT/system_predictions"  # a rebuilt system predicts afresh (predict resumes an existing CSV)
+"${LLMSER[@]}" predict --model "$OUT/system" --corpus "$CORPUS" --split "$SPLIT" \
+  --out "$OUT/system_predictions/predictions.csv" --submission
+"${LLMSER[@]}" evaluate --predictions "$OUT/system_predictions/predictions.csv" --corpus "$CORPUS" \
+  --split "$SPLIT" --out "$OUT/system_predictions"
 
 echo "== summary: test split '$SPLIT'"
 "${LLMSER[@]}" compare prior="$OUT/prior/report.json" wavlm="$OUT/wavlm/test/report.json" \
   text_zero_shot="$OUT/text_zero_shot/report.json" text_head="$OUT/text_head/test/report.json" \
-  text_sft="$OUT/text_sft/test/report.json" --out "$OUT/summary.json"
+  text_sft="$OUT/text_sft/test/report.json" audio_speech_text="$OUT/audio_speech_text/test/report.json" fusion_concat="$OUT/fusion_concat/test/report.json" \
+  fusion="$OUT/fusion/test/report.json" ensemble_plurality="$OUT/ensemble/plurality/report.json" \
+  ensemble_average="$OUT/ensemble/average/report.json" ensemble_stacking="$OUT/ensemble/stacking/report.json" \
+  system_predict="$OUT/system_predictions/report.json" --out "$OUT/summary.json"
 echo "== done: reports under $OUT"

@@ -223,6 +223,8 @@ def _check_manifest_for_hub(folder: Path) -> None:
 MEMBER_LOADERS: dict[str, str] = {
     "wavlm": "llmser.models.wavlm:SSLEmotionModel",
     "text_llm": "llmser.models.text_llm.model:TextEmotionModel",
+    "audio_llm": "llmser.models.audio_llm.model:AudioLLMModel",
+    "fusion": "llmser.models.fusion.model:FusionModel",
 }
 
 

@@ -54,7 +54,10 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
                                    "its probabilities, the attributes and each member's vote.")
     p.add_argument("--model", required=True, help="system folder (llmser build-system) or Hub id")
     p.add_argument("--revision", default=None, help="Hub revision")
-    p.add_argument("--audio", required=True, nargs="+", help="audio files and/or folders (searched recursively)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--audio", nargs="+", help="audio files and/or folders (searched recursively)")
+    source.add_argument("--corpus", help="predict a split of a corpus in the MSP-Podcast layout (with --split)")
+    p.add_argument("--split", default="test", help="the corpus split to predict (default: test)")
     p.add_argument("--transcripts", default=None, help="folder of <stem>.txt transcripts (else Whisper makes them)")
     p.add_argument("--asr", default="smol", help="Whisper preset/id for missing transcripts (default: smol)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -102,7 +105,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     state = PartialState()
     out = Path(args.out)
-    files = audio_files(args.audio)
+    files, transcripts = _inputs(args)
     done = Predictions.read_csv(out) if out.is_file() else None
     finished = set(done.file_names) if done is not None else set()
     todo = [f for f in files if f.name not in finished]
@@ -110,7 +113,6 @@ def run_predict(args: argparse.Namespace) -> int:
         print(f"resuming {out}: {len(finished)} file(s) already predicted, {len(todo)} to go")
     shard = todo[state.process_index::state.num_processes]  # data-parallel: one shard per process
     predictor = Predictor.from_pretrained(args.model, args.revision, asr=args.asr)
-    transcripts = read_transcripts(args.transcripts)
     parts = [done] if done is not None else []
     skipped: dict[str, str] = {}
     chunk = max(args.batch_size * 8, 1)
@@ -132,6 +134,19 @@ def run_predict(args: argparse.Namespace) -> int:
         for name, why in sorted(skipped.items()):
             print(f"  skipped {name}: {why}")
     return 0
+
+
+def _inputs(args: argparse.Namespace) -> tuple[list[Path], dict[str, str]]:
+    """The files to predict and the transcripts known for them (a corpus brings its own)."""
+    transcripts = read_transcripts(args.transcripts)
+    if args.corpus is None:
+        return audio_files(args.audio), transcripts
+    from llmser.data.msp_podcast import MSPPodcast
+
+    corpus = MSPPodcast.from_folder(args.corpus)
+    utterances = corpus.utterances(corpus.resolve_split(args.split), task="all")
+    transcripts.update({u.file_name: u.transcript for u in utterances if u.transcript})
+    return [Path(u.audio_path) for u in utterances], transcripts
 
 
 def _gather(state, parts):

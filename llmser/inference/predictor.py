@@ -90,7 +90,8 @@ class Predictor:
 
     @property
     def needs_transcripts(self) -> bool:
-        return any(m.spec.reads_transcripts for m in self.members)
+        return any(m.spec.reads_transcripts and "transcript" in getattr(m.model.config, "inputs", "transcript")
+                   for m in self.members)
 
     def transcripts_for(self, paths: list[Path], given: Mapping[str, str]) -> dict[str, str]:
         """Given transcripts by file name (or stem); the rest are made with Whisper."""

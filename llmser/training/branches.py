@@ -61,6 +61,9 @@ BRANCHES: dict[str, BranchSpec] = {
     "text_llm": BranchSpec("text_llm", "llmser.models.text_llm.config:TextBranchConfig",
                            "llmser.models.text_llm.model:TextEmotionModel", "llmser.models.text_llm.training:prepare",
                            predict_data="llmser.models.text_llm.training:predict_data", reads_transcripts=True),
+    "audio_llm": BranchSpec("audio_llm", "llmser.models.audio_llm.config:AudioLLMConfig",
+                            "llmser.models.audio_llm.model:AudioLLMModel", "llmser.models.audio_llm.training:prepare",
+                            predict_data="llmser.models.audio_llm.training:predict_data", reads_transcripts=True),
     "fusion": BranchSpec("fusion", "llmser.models.fusion.config:FusionConfig",
                          "llmser.models.fusion.model:FusionModel", "llmser.models.fusion.training:prepare"),
 }

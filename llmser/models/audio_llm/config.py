@@ -1,0 +1,87 @@
+"""Config of the audio-LLM branch: the base LLM and adapter (``LLMConfig``) plus the speech front end."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from llmser.config import from_dict, to_dict
+from llmser.models.llm.config import LLMConfig
+
+DEFAULT_SPEECH_PROMPTS = ["speech_plain", "speech_definitions", "speech_shuffled", "speech_annotator", "speech_short"]
+CONFIG_NAME = "llmser_config.json"
+SECOND_ENCODERS = {"wavlm-tiny"}  # presets; any other value is a Hub id or folder of a WavLM/HuBERT model
+
+
+@dataclass
+class AudioLLMConfig(LLMConfig):
+    """An LLM that hears the speech: frozen encoders, a window-level Q-Former, a projection, LoRA.
+
+    The windows follow SALMONN (bytedance/SALMONN ``models/salmonn.py``): 0.333 s windows with a 0.333 s
+    stride (17 of Whisper's 50 frames per second) and one learned query per window, so a clip of d
+    seconds becomes about 3*d speech tokens. SALMONN drops a trailing partial window; here it is
+    zero-padded and kept, so a 0.2-s clip still gives one token.
+
+    The model returns the eight verbalised answers' log-likelihoods after the sampled prompt variant as
+    ``class_logits`` (the first answer token in training, the whole answer in evaluation; see
+    ``model.py``), so the engine's class loss is a loss on the answer tokens normalised over the label
+    set, and evaluation uses the same scores that voting does.
+    """
+
+    whisper: str = "large-v3"  # large-v3 | smol (tiny.en) | tiny (random) | Hub id | folder
+    whisper_revision: str | None = None
+    second_encoder: str | None = None  # None | wavlm-tiny | Hub id / folder of a WavLM/HuBERT model
+    max_audio_seconds: float = 30.0  # audio is cropped here; below 30 s Whisper's window is cropped too
+    window_seconds: float = 0.333333
+    stride_seconds: float = 0.333333
+    num_queries: int = 1
+    qformer_layers: int = 2
+    qformer_hidden: int | None = None  # default: Whisper's d_model (SALMONN: 768, BERT-base)
+    qformer_heads: int | None = None  # default: qformer_hidden // 64 (at least 1)
+    qformer_intermediate: int | None = None  # default: 4 x qformer_hidden
+    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_SPEECH_PROMPTS))
+    prompt_dir: str | None = None
+    inputs: Literal["speech", "speech+transcript"] = "speech"
+    max_transcript_tokens: int = 96
+    attribute_head: bool = True  # a small regression head on the mean speech token (task 2)
+    head_hidden_size: int = 128
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        issues = []
+        if not self.prompts:
+            issues.append("list at least one prompt variant in model.prompts")
+        if self.window_seconds <= 0 or self.stride_seconds <= 0:
+            issues.append(f"window_seconds and stride_seconds must be > 0 (got {self.window_seconds}, "
+                          f"{self.stride_seconds})")
+        if self.num_queries < 1 or self.qformer_layers < 1:
+            issues.append("num_queries and qformer_layers must be >= 1")
+        if self.max_audio_seconds <= 0:
+            issues.append(f"max_audio_seconds must be > 0, got {self.max_audio_seconds}")
+        if issues:
+            raise ValueError("\n".join(issues))
+
+    @property
+    def encoder_window_seconds(self) -> float | None:
+        """Whisper's input window: cropped to the audio limit when that is shorter than 30 s."""
+        import math
+
+        return float(math.ceil(self.max_audio_seconds)) if self.max_audio_seconds < 30 else None
+
+    def save(self, directory: str | Path, name: str = CONFIG_NAME) -> None:
+        from llmser.utils.io import atomic_write_json
+
+        atomic_write_json(Path(directory) / name, {"branch": "audio_llm", **to_dict(self)})
+
+    @classmethod
+    def load(cls, directory: str | Path, name: str = CONFIG_NAME) -> AudioLLMConfig:
+        path = Path(directory) / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing; is {directory} a folder saved by an audio-LLM model?")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        branch = data.pop("branch", "audio_llm")
+        if branch != "audio_llm":
+            raise ValueError(f"{directory} holds a {branch!r} model, not an audio-LLM model")
+        return from_dict(cls, data, source=str(path))

@@ -1,0 +1,487 @@
+"""The audio-LLM: frozen speech encoders -> window-level Q-Former -> speech tokens spliced into an LLM prompt.
+
+Data flow for a batch (shapes as ``# (...)`` comments below)::
+
+    encoder frames (B, T, D)  [Whisper, + a second encoder concatenated per frame; cached on disk]
+      -> LayerNorm -> windows of w frames, stride s: (B*nW, w, D)
+      -> Blip2QFormerModel: Q learned queries cross-attend each window: (B*nW, Q, Dq)
+      -> (B, nW*Q, Dq) -> Linear -> (B, S, H) speech tokens
+      -> spliced where the rendered prompt has ``<|speech|>``: [prompt before | speech | prompt after],
+         left-padded, attention mask over the real tokens only
+      -> LoRA LLM -> log-likelihood of each of the 8 verbalised answers (= ``class_logits``)
+
+Scoring the answers. Evaluation and voting use the prefix-cache trick of ``llmser.models.llm.scoring``:
+the prompt runs once with its key/value cache kept, the first answer token is read from its last
+logits, and the remaining tokens of every answer run in one short batched forward on the repeated
+cache; ``class_logits`` are the answers' summed log-likelihoods. Training (gradients on) reads only
+the first answer token from the prompt's last logits - the answers of a variant start with distinct
+tokens, so this separates them, and it avoids keeping a cache repeated 8-23 times for the backward
+pass (which cost ~5 GB and minutes per step for SmolLM2 on CPU). The engine's class loss is then
+cross-entropy over the answers' first tokens: the LM loss on the answer, normalised over the labels.
+If two answers of a variant share a first token, training falls back to whole-answer scores. Voting (``vote``) encodes the audio and runs the Q-Former once, then
+reuses the speech tokens for every prompt variant in one batch.
+
+Saved layout (``save_pretrained``)::
+
+    adapter_config.json, adapter_model.safetensors   # standard PEFT LoRA adapter (base = Hub id)
+    speech_modules.safetensors                       # layer norms, Q-Former, queries, projection, head
+    llmser_config.json                               # AudioLLMConfig (branch "audio_llm")
+    tokenizer files
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from llmser.models.audio_llm.config import CONFIG_NAME, AudioLLMConfig
+from llmser.models.layers import EmotionHeads, EmotionOutput
+from llmser.models.llm.adapter import attach_lora, load_lora, save_lora
+from llmser.models.llm.loading import canonical_name, load_causal_lm
+from llmser.models.llm.prompts import SPEECH_PLACEHOLDER, PromptTemplate, load_prompts
+from llmser.models.llm.scoring import candidate_token_ids, prefix_positions
+from llmser.models.whisper.loading import FRAMES_PER_SECOND
+from llmser.utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+SPEECH_MODULES = "speech_modules.safetensors"
+SECOND_ENCODER_SEED = 2468
+
+
+# ---------------------------------------------------------------------- frozen encoders
+
+
+class SpeechEncoders(nn.Module):
+    """Whisper's encoder plus an optional second encoder, frozen; frames (B, T, Dw [+ D2]) at 50 per second."""
+
+    def __init__(self, whisper: Any, feature_extractor: Any, second: nn.Module | None = None):
+        super().__init__()
+        self.whisper = whisper
+        self.feature_extractor = feature_extractor
+        self.second = second
+        self.requires_grad_(False)
+
+    @classmethod
+    def from_config(cls, config: AudioLLMConfig) -> SpeechEncoders:
+        from llmser.models.whisper.loading import load_whisper_encoder
+
+        loaded = load_whisper_encoder(config.whisper, revision=config.whisper_revision,
+                                      window_seconds=config.encoder_window_seconds)
+        return cls(loaded.encoder, loaded.feature_extractor, _second_encoder(config.second_encoder))
+
+    @property
+    def whisper_size(self) -> int:
+        return int(self.whisper.config.d_model)
+
+    @property
+    def second_size(self) -> int:
+        return int(self.second.config.hidden_size) if self.second is not None else 0
+
+    @torch.no_grad()
+    def forward(self, waves: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames (B, T, D) of 16-kHz waves and their mask (B, T); T covers the longest real clip only."""
+        from llmser.models.whisper.loading import log_mel
+
+        self.eval()
+        device = next(self.whisper.parameters()).device
+        features, lengths = log_mel(self.feature_extractor, waves)
+        frames = self.whisper(features.to(device, self.whisper.dtype)).last_hidden_state.float()  # (B, Tw, Dw)
+        lengths = lengths.clamp(max=frames.shape[1])
+        frames = frames[:, : int(lengths.max())]
+        if self.second is not None:
+            frames = torch.cat([frames, self._second_frames(waves, frames.shape[1], device)], dim=-1)
+        mask = torch.arange(frames.shape[1])[None] < lengths[:, None]  # (B, T)
+        return frames, mask.to(device)
+
+    def _second_frames(self, waves: Sequence[np.ndarray], length: int, device: torch.device) -> torch.Tensor:
+        from llmser.training.data import normalise_wave
+
+        limit = length * 320  # both encoders emit one frame per 20 ms
+        sizes = [min(len(w), limit) for w in waves]
+        values = torch.zeros(len(waves), max(sizes))
+        attention = torch.zeros(len(waves), max(sizes), dtype=torch.long)
+        for i, wave in enumerate(waves):
+            values[i, : sizes[i]] = torch.from_numpy(normalise_wave(np.asarray(wave[: sizes[i]], np.float32)))
+            attention[i, : sizes[i]] = 1
+        hidden = self.second(values.to(device), attention_mask=attention.to(device)).last_hidden_state.float()
+        return _fit_length(hidden, length)  # frame-aligned with Whisper: pad or crop, as SALMONN does
+
+
+def _fit_length(frames: torch.Tensor, length: int) -> torch.Tensor:
+    if frames.shape[1] >= length:
+        return frames[:, :length]
+    return nn.functional.pad(frames, (0, 0, 0, length - frames.shape[1]))
+
+
+def _second_encoder(name: str | None) -> nn.Module | None:
+    if name is None:
+        return None
+    if name == "wavlm-tiny":
+        from transformers import WavLMConfig, WavLMModel
+
+        from llmser.models.wavlm.config import TINY_WAVLM
+
+        with torch.random.fork_rng(devices=[]):  # seeded: a saved tiny model rebuilds the same encoder
+            torch.manual_seed(SECOND_ENCODER_SEED)
+            return WavLMModel(WavLMConfig(**TINY_WAVLM)).eval()
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(name, use_safetensors=True).eval()
+
+
+# ---------------------------------------------------------------------- trainable speech modules
+
+
+class WindowQFormer(nn.Module):
+    """SALMONN's window-level Q-Former: learned queries attend to each window of encoder frames."""
+
+    def __init__(self, config: AudioLLMConfig, whisper_size: int, second_size: int, llm_hidden: int):
+        super().__init__()
+        from transformers import Blip2QFormerConfig, Blip2QFormerModel
+
+        hidden = config.qformer_hidden or whisper_size
+        heads = config.qformer_heads or max(1, hidden // 64)
+        if hidden % heads:
+            raise ValueError(f"qformer_hidden={hidden} is not divisible by qformer_heads={heads}; set model.qformer_heads")
+        self.window = max(1, round(config.window_seconds * FRAMES_PER_SECOND))  # 17 frames for 0.333 s
+        self.stride = max(1, round(config.stride_seconds * FRAMES_PER_SECOND))
+        self.num_queries = config.num_queries
+        self.ln_speech = nn.LayerNorm(whisper_size)
+        self.ln_second = nn.LayerNorm(second_size) if second_size else None
+        qconfig = Blip2QFormerConfig(hidden_size=hidden, num_hidden_layers=config.qformer_layers,
+                                     num_attention_heads=heads, intermediate_size=config.qformer_intermediate or 4 * hidden,
+                                     encoder_hidden_size=whisper_size + second_size, cross_attention_frequency=1)
+        self.qformer = Blip2QFormerModel(qconfig)
+        self.queries = nn.Parameter(torch.randn(1, config.num_queries, hidden) * qconfig.initializer_range)
+        self.projection = nn.Linear(hidden, llm_hidden)
+        self.whisper_size = whisper_size
+
+    @torch.no_grad()
+    def match_embedding_scale(self, embeddings: torch.Tensor) -> None:
+        """Initialise the projection so speech tokens start at the scale of the LLM's word embeddings.
+
+        The Q-Former's outputs are layer-normed (std 1 per feature); with the default Linear init the
+        speech tokens came out ~4x the norm of SmolLM2's word embeddings, and the untrained prompt
+        then collapsed to one answer. Loading saved or SALMONN weights overwrites this init.
+        """
+        target = float(embeddings.detach().float().std())
+        fan_in = self.projection.in_features
+        self.projection.weight.normal_(0.0, target / math.sqrt(fan_in))
+        self.projection.bias.zero_()
+
+    def num_windows(self, frames: torch.Tensor) -> torch.Tensor:
+        """Windows per clip for valid frame counts ``frames`` (B,): a trailing partial window is kept."""
+        extra = (frames - self.window).clamp(min=0)
+        return torch.div(extra + self.stride - 1, self.stride, rounding_mode="floor") + 1
+
+    def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Speech tokens (B, S, H), their mask (B, S) and the Q-Former states (B, S, Dq) they come from."""
+        frames = self._normalise(frames.float())  # (B, T, D)
+        batch, _, dim = frames.shape
+        counts = self.num_windows(frame_mask.sum(-1))  # (B,)
+        n_windows = int(counts.max())
+        length = (n_windows - 1) * self.stride + self.window
+        frames = _fit_length(frames, length)
+        fmask = _fit_length(frame_mask[..., None].float(), length)[..., 0]  # (B, L)
+        windows = frames.unfold(1, self.window, self.stride).permute(0, 1, 3, 2)  # (B, nW, w, D)
+        wmask = fmask.unfold(1, self.window, self.stride)  # (B, nW, w)
+        windows = windows.reshape(batch * n_windows, self.window, dim)
+        wmask = wmask.reshape(batch * n_windows, self.window)
+        wmask = torch.where(wmask.sum(-1, keepdim=True) > 0, wmask, torch.ones_like(wmask))  # empty: dropped below
+        queries = self.queries.expand(batch * n_windows, -1, -1)
+        states = self.qformer(query_embeds=queries, encoder_hidden_states=windows,
+                              encoder_attention_mask=wmask.long()).last_hidden_state  # (B*nW, Q, Dq)
+        states = states.reshape(batch, n_windows * self.num_queries, -1)  # (B, S, Dq)
+        token_mask = (torch.arange(n_windows, device=counts.device)[None] < counts[:, None])
+        token_mask = token_mask.repeat_interleave(self.num_queries, dim=1)  # (B, S)
+        return self.projection(states), token_mask, states
+
+    def _normalise(self, frames: torch.Tensor) -> torch.Tensor:
+        speech = self.ln_speech(frames[..., : self.whisper_size])
+        if self.ln_second is None:
+            return speech
+        return torch.cat([speech, self.ln_second(frames[..., self.whisper_size:])], dim=-1)
+
+
+class AttributeHead(nn.Module):
+    """Arousal/valence/dominance from the mean Q-Former state of the real speech tokens (task 2)."""
+
+    def __init__(self, size: int, hidden: int, dropout: float):
+        super().__init__()
+        self.heads = EmotionHeads(size, hidden, dropout, classes=False, attributes=True)
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = mask.float()[..., None]  # (B, S, 1)
+        pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, Dq)
+        return self.heads(pooled)[1], pooled
+
+
+# ---------------------------------------------------------------------- the model
+
+
+class AudioLLMModel(nn.Module):
+    """Encoders (frozen) + Q-Former/projection (trainable) + LoRA LLM. ``from_config`` / ``from_pretrained``."""
+
+    def __init__(self, config: AudioLLMConfig, encoders: SpeechEncoders, llm: Any, tokenizer: Any, base_name: str):
+        super().__init__()
+        self.config = config
+        self.encoders = encoders
+        self.llm = llm  # peft PeftModel around the causal LM
+        self.tokenizer = tokenizer
+        self.base_name = base_name
+        hidden = llm.get_base_model().config.hidden_size
+        self.speech = WindowQFormer(config, encoders.whisper_size, encoders.second_size, hidden)
+        self.speech.match_embedding_scale(llm.get_input_embeddings().weight)
+        dq = self.speech.queries.shape[-1]
+        self.attribute_head = AttributeHead(dq, config.head_hidden_size, config.dropout) if config.attribute_head else None
+        self.templates = class_templates(config)
+        config.prompts = [t.name for t in self.templates]  # the resolved variants are saved with the weights
+        self.candidates, self.candidate_index = answer_table(tokenizer, self.templates)
+        self.first_tokens_distinct = all(len({self.candidates[i][0] for i in row}) == len(row)
+                                         for row in self.candidate_index)
+        if not self.first_tokens_distinct:
+            logger.warning("two answers of a prompt variant share their first token; training scores whole "
+                           "answers on a repeated prefix cache (slower, more memory)")
+
+    @classmethod
+    def from_config(cls, config: AudioLLMConfig) -> AudioLLMModel:
+        loaded = _load_base(config)
+        encoders = SpeechEncoders.from_config(config)
+        return cls(config, encoders, attach_lora(loaded.model, config), loaded.tokenizer, loaded.name)
+
+    def speech_modules(self) -> nn.ModuleDict:
+        """Everything trained besides LoRA (what ``speech_modules.safetensors`` holds)."""
+        modules = {"speech": self.speech}
+        if self.attribute_head is not None:
+            modules["attribute_head"] = self.attribute_head
+        return nn.ModuleDict(modules)
+
+    # ------------------------------------------------------------------ forward
+
+    def splice(self, tokens: torch.Tensor, token_mask: torch.Tensor, before_ids: torch.Tensor,
+               before_mask: torch.Tensor, after_ids: torch.Tensor, after_mask: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[prompt before | speech tokens | prompt after] per row, left-padded: embeds (B, L, H), mask (B, L)."""
+        embed = self.llm.get_input_embeddings()
+        parts = [embed(before_ids), tokens.to(embed.weight.dtype), embed(after_ids)]
+        embeds = torch.cat(parts, dim=1)  # (B, Lb + S + La, H) with holes
+        mask = torch.cat([before_mask.bool(), token_mask.bool(), after_mask.bool()], dim=1)
+        # Stable sort moves each row's padding to the left and keeps its real tokens in order.
+        order = torch.argsort(mask.int(), dim=1, stable=True)
+        embeds = embeds.gather(1, order[..., None].expand_as(embeds))
+        mask = mask.gather(1, order)
+        keep = int(mask.sum(-1).max())
+        return embeds[:, -keep:], mask[:, -keep:].long()
+
+    def forward(self, speech_frames: torch.Tensor, frame_mask: torch.Tensor, before_ids: torch.Tensor,
+                before_mask: torch.Tensor, after_ids: torch.Tensor, after_mask: torch.Tensor,
+                candidate_index: torch.Tensor, **_: object) -> EmotionOutput:
+        tokens, token_mask, states = self.speech(speech_frames, frame_mask)
+        embeds, mask = self.splice(tokens, token_mask, before_ids, before_mask, after_ids, after_mask)
+        if torch.is_grad_enabled() and self.first_tokens_distinct:
+            class_logits = self.first_token_log_probs(embeds, mask).gather(1, candidate_index)  # (B, 8)
+        else:
+            class_logits = self.answer_log_likelihoods(embeds, mask, candidate_index)
+        attributes, pooled = self.attribute_head(states, token_mask) if self.attribute_head is not None else \
+            (None, _masked_mean(states, token_mask))
+        return EmotionOutput(class_logits=class_logits, attributes=attributes, embedding=pooled)
+
+    def first_token_log_probs(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, U) log-probability of each answer's first token: one prompt forward, no cache to repeat."""
+        out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=prefix_positions(mask),
+                       use_cache=False, logits_to_keep=1)
+        first = torch.tensor([c[0] for c in self.candidates], device=embeds.device)
+        return out.logits[:, -1].float().log_softmax(-1)[:, first]
+
+    def answer_log_likelihoods(self, embeds: torch.Tensor, mask: torch.Tensor,
+                               candidate_index: torch.Tensor) -> torch.Tensor:
+        """(B, 8) summed log-probability of each row's answers (all tokens, end of turn included)."""
+        from llmser.models.llm.scoring import score_with_prefix_cache
+
+        used = candidate_index.unique()  # only the answer sets of the variants in this batch
+        # score_with_prefix_cache runs under no_grad; its undecorated function keeps gradients (fallback).
+        score = score_with_prefix_cache.__wrapped__ if torch.is_grad_enabled() else score_with_prefix_cache
+        scores = score(self.llm, mask, [self.candidates[i] for i in used.tolist()],
+                                         inputs_embeds=embeds, pad_token_id=self.tokenizer.pad_token_id)
+        position = torch.full((len(self.candidates),), -1, dtype=torch.long, device=scores.device)
+        position[used] = torch.arange(len(used), device=scores.device)
+        return scores.gather(1, position[candidate_index])
+
+    # ------------------------------------------------------------------ voting inference
+
+    @torch.no_grad()
+    def vote_probabilities(self, speech_frames: torch.Tensor, frame_mask: torch.Tensor,
+                           templates: Sequence[PromptTemplate] | None = None,
+                           transcripts: Sequence[str] | None = None) -> np.ndarray:
+        """(K, B, 8) class probabilities of K prompt variants, the audio encoded once and shared.
+
+        The Q-Former runs once; its speech tokens are repeated for every variant, and the (variant,
+        clip) prompts are scored in one batch per answer set (variants with the same verbalisation
+        share one), so no prompt pays for another verbalisation's answers.
+        """
+        templates = list(templates or self.templates)
+        self.eval()
+        tokens, token_mask, _ = self.speech(speech_frames, frame_mask)  # once per clip
+        batch = tokens.shape[0]
+        texts = list(transcripts) if transcripts is not None else [None] * batch
+        probs = torch.zeros(len(templates), batch, len(templates[0].candidates))
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for k, template in enumerate(templates):
+            groups.setdefault(template.candidates, []).append(k)
+        for candidates, members in groups.items():
+            rows = [prompt_pieces(self.tokenizer, templates[k], text) for k in members for text in texts]
+            ids = pad_pieces(self.tokenizer, rows, device=tokens.device)  # row i*B + b: variant members[i], clip b
+            repeat = len(members)
+            embeds, mask = self.splice(tokens.repeat(repeat, 1, 1), token_mask.repeat(repeat, 1), *ids)
+            scores = self.score_answers(embeds, mask, candidate_token_ids(self.tokenizer, candidates))
+            probs[members] = scores.softmax(-1).view(repeat, batch, -1).cpu()
+        return probs.numpy()
+
+    def score_answers(self, embeds: torch.Tensor, mask: torch.Tensor, candidates: list[list[int]]) -> torch.Tensor:
+        """(N, C) summed log-likelihoods of ``candidates`` after N spliced prompts (prefix cache, no grad)."""
+        from llmser.models.llm.scoring import score_with_prefix_cache
+
+        return score_with_prefix_cache(self.llm, mask, candidates, inputs_embeds=embeds,
+                                       pad_token_id=self.tokenizer.pad_token_id)
+
+    def vote(self, speech_frames: torch.Tensor, frame_mask: torch.Tensor,
+             templates: Sequence[PromptTemplate] | None = None, transcripts: Sequence[str] | None = None):
+        """Each variant's vote, the majority label (ties by summed probability) and the mean probabilities."""
+        from llmser.inference.voting import majority_vote
+
+        templates = list(templates or self.templates)
+        probs = self.vote_probabilities(speech_frames, frame_mask, templates, transcripts)
+        return majority_vote(probs, [t.name for t in templates])
+
+    # ------------------------------------------------------------------ save / load
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_lora(self.llm, directory, self.base_name)
+        tmp = directory / f".{SPEECH_MODULES}.tmp"
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.speech_modules().state_dict().items()}, str(tmp))
+        tmp.replace(directory / SPEECH_MODULES)
+        self.tokenizer.save_pretrained(str(directory))
+        self.config.save(directory)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, base: str | None = None, trainable: bool = False) -> AudioLLMModel:
+        """Rebuild from a saved folder; ``base`` puts the adapter on another copy of the same base LLM."""
+        from transformers import AutoTokenizer
+
+        directory = Path(directory)
+        if not (directory / CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}; is it a folder saved by "
+                                    "AudioLLMModel.save_pretrained?")
+        config = AudioLLMConfig.load(directory)
+        if base is not None:
+            config.llm = base
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        loaded = _load_base(config, tokenizer=tokenizer)
+        llm = load_lora(loaded.model, directory, config.llm, trainable=trainable)
+        model = cls(config, SpeechEncoders.from_config(config), llm, tokenizer, loaded.name)
+        model.load_speech_modules(directory)
+        return model
+
+    def load_speech_modules(self, directory: str | Path) -> None:
+        from safetensors.torch import load_file
+
+        path = Path(directory) / SPEECH_MODULES
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing; the folder is incomplete (save it again)")
+        self.speech_modules().load_state_dict(load_file(str(path)))
+
+    def load_trained_weights(self, directory: str | Path) -> None:
+        """Load a saved folder's adapter and speech modules into this model in place (no base reload)."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        from llmser.models.llm.adapter import ADAPTER_WEIGHTS, check_adapter_base
+
+        check_adapter_base(directory, self.base_name)
+        set_peft_model_state_dict(self.llm, load_file(str(Path(directory) / ADAPTER_WEIGHTS)))
+        self.load_speech_modules(directory)
+
+
+# ---------------------------------------------------------------------- prompts and answers
+
+
+def class_templates(config: AudioLLMConfig) -> list[PromptTemplate]:
+    """The configured class prompts that read ``config.inputs``; listing one that reads other inputs is an error."""
+    templates = load_prompts(config.prompts, task="class", folder=config.prompt_dir)
+    wrong = [t.name for t in templates if t.inputs != config.inputs]
+    if wrong and config.inputs == "speech+transcript" and len(wrong) == len(templates):
+        # The default speech-only list with inputs speech+transcript: use every speech+transcript prompt.
+        return load_prompts(task="class", inputs="speech+transcript", folder=config.prompt_dir)
+    if wrong:
+        raise ValueError(f"model.prompts {wrong} do not read {config.inputs!r}; list prompts whose inputs is "
+                         f"{config.inputs!r} (see prompts/*.yaml)")
+    return templates
+
+
+def answer_table(tokenizer: Any, templates: Sequence[PromptTemplate]) -> tuple[list[list[int]], list[list[int]]]:
+    """The union of the templates' answer token sequences, and per template the 8 indices into it."""
+    union: list[list[int]] = []
+    index = []
+    for template in templates:
+        row = []
+        for ids in candidate_token_ids(tokenizer, template.candidates):
+            if ids not in union:
+                union.append(ids)
+            row.append(union.index(ids))
+        index.append(row)
+    return union, index
+
+
+def prompt_pieces(tokenizer: Any, template: PromptTemplate, transcript: str | None = None) -> tuple[list[int], list[int]]:
+    """Token ids of the rendered prompt before and after the speech placeholder."""
+    text = template.render(tokenizer, transcript)
+    before, after = text.split(SPEECH_PLACEHOLDER)
+    encode = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"] if s else []  # noqa: E731
+    return encode(before), encode(after)
+
+
+def pad_pieces(tokenizer: Any, pieces: Sequence[tuple[list[int], list[int]]], device: Any = None) -> list[torch.Tensor]:
+    """before_ids, before_mask, after_ids, after_mask: (B, L) tensors, right-padded (``splice`` re-packs)."""
+    out = []
+    for part in (0, 1):
+        rows = [p[part] for p in pieces]
+        width = max(1, max(len(r) for r in rows))
+        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, : len(r)] = 1
+        out += [ids.to(device), mask.to(device)]
+    return out
+
+
+def _masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    weights = mask.float()[..., None]
+    return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+def _load_base(config: AudioLLMConfig, tokenizer: Any = None):
+    loaded = load_causal_lm(config.llm, revision=config.revision, dtype=config.dtype,
+                            quantization=config.quantization, quant_type=config.quant_type, tokenizer=tokenizer)
+    loaded.name = canonical_name(loaded.name)
+    return loaded
+
+
+def speech_token_count(seconds: float, config: AudioLLMConfig) -> int:
+    """Speech tokens a clip of ``seconds`` becomes (for planning prompt lengths)."""
+    frames = max(1, math.ceil(seconds * FRAMES_PER_SECOND))
+    window = max(1, round(config.window_seconds * FRAMES_PER_SECOND))
+    stride = max(1, round(config.stride_seconds * FRAMES_PER_SECOND))
+    return (math.ceil(max(frames - window, 0) / stride) + 1) * config.num_queries

@@ -1,0 +1,115 @@
+"""How the engine trains the audio-LLM branch: model, cached speech frames, prompted datasets, collate.
+
+    llmser train adapters/audio_smol.yaml
+    llmser train adapters/audio_smol.yaml model.inputs=speech+transcript
+    accelerate launch --config_file scripts/accelerate/cpu_2proc.yaml -m llmser.train adapters/audio_smol.yaml \
+        data.batch_size=4
+
+The engine's class loss reads ``class_logits``: the verbalised answers' log-likelihoods (see
+``AudioLLMConfig``). ``predict_with_voting`` scores a split with every prompt variant on one
+shared encoding of each clip and takes their vote.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from llmser.models.audio_llm.config import AudioLLMConfig
+from llmser.models.audio_llm.data import (
+    SpeechPromptCollator,
+    SpeechPromptDataset,
+    fill_speech_cache,
+    speech_cache,
+)
+from llmser.models.audio_llm.model import AudioLLMModel
+from llmser.schema import NUM_CLASSES
+from llmser.training.branches import BranchSetup
+from llmser.training.recipe import Recipe
+from llmser.utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+
+def split_utterances(recipe: Recipe, corpus: Any, config: AudioLLMConfig) -> tuple[list, list, list]:
+    """Train/eval/test utterances; transcripts are checked up front when the prompts read them."""
+    from llmser.models.text_llm.data import check_transcripts
+
+    data = recipe.data
+    train = corpus.utterances(corpus.resolve_split(data.train_split), task=data.task)
+    dev = corpus.utterances(corpus.resolve_split(data.eval_split), task=data.task) if data.eval_split else []
+    test = corpus.utterances(corpus.resolve_split(data.test_split), task="all") if data.test_split else []
+    if "transcript" in config.inputs:
+        for name, utts in (("train", train), ("eval", dev), ("test", test)):
+            check_transcripts(utts, name)
+    return train, dev, test
+
+
+def prepare(recipe: Recipe, config: AudioLLMConfig, corpus: Any, accelerator: Any) -> BranchSetup:
+    if recipe.data.augment.any_enabled():
+        logger.warning("the audio-LLM reads cached frozen-encoder frames; data.augment is ignored")
+    train_utts, eval_utts, test_utts = split_utterances(recipe, corpus, config)
+    model = AudioLLMModel.from_config(config)
+    model.encoders.to(accelerator.device)
+    cache = speech_cache(model, recipe.data.cache_dir)
+    fill_speech_cache(model, train_utts + eval_utts + test_utts, cache, batch_size=recipe.data.eval_batch_size,
+                      rank=accelerator.process_index, world_size=accelerator.num_processes,
+                      progress=accelerator.is_main_process)
+    accelerator.wait_for_everyone()
+
+    def dataset(utts: list, train: bool) -> SpeechPromptDataset:
+        return SpeechPromptDataset(utts, cache, model, sample_variants=train, seed=recipe.train.seed)
+
+    counts = [0] * NUM_CLASSES
+    for utt in train_utts:
+        if utt.class_index is not None:
+            counts[utt.class_index] += 1
+    return BranchSetup(model=model, train_set=dataset(train_utts, True),
+                       eval_set=dataset(eval_utts, False) if eval_utts else None,
+                       test_set=dataset(test_utts, False) if test_utts else None,
+                       collate_fn=SpeechPromptCollator(model.tokenizer), test_utterances=test_utts,
+                       class_counts=counts,
+                       train_labels=[u.class_index if u.class_index is not None else -1 for u in train_utts])
+
+
+@torch.no_grad()
+def predict_with_voting(model: AudioLLMModel, utterances: Sequence, cache: Any, *, batch_size: int = 8,
+                        progress: bool = True):
+    """Predictions for ``utterances`` by the vote of every prompt variant (audio encoded once per clip).
+
+    Returns (Predictions with ``vote_<variant>`` columns, VoteResult over all utterances).
+    """
+    from tqdm.auto import tqdm
+
+    from llmser.evaluation.predictions import Predictions
+    from llmser.inference.voting import majority_vote
+    from llmser.schema import CLASS_CODES
+
+    dataset = SpeechPromptDataset(utterances, cache, model)
+    collate = SpeechPromptCollator(model.tokenizer)
+    device = next(model.speech.parameters()).device
+    probs, attributes = [], []
+    needs_text = any("transcript" in t.inputs for t in model.templates)
+    for start in tqdm(range(0, len(dataset), batch_size), disable=not progress, desc="voting", leave=False):
+        idx = range(start, min(start + batch_size, len(dataset)))
+        batch = collate([dataset[i] for i in idx])
+        frames, mask = batch["speech_frames"].to(device), batch["frame_mask"].to(device)
+        texts = [utterances[i].transcript or "" for i in idx] if needs_text else None
+        probs.append(model.vote_probabilities(frames, mask, transcripts=texts))  # (K, b, 8)
+        if model.attribute_head is not None:
+            _, token_mask, states = model.speech(frames, mask)
+            attributes.append(model.attribute_head(states, token_mask)[0].float().cpu().numpy())
+    vote = majority_vote(np.concatenate(probs, axis=1), [t.name for t in model.templates])
+    predictions = Predictions([u.file_name for u in utterances], [CLASS_CODES[i] for i in vote.labels], vote.probs,
+                              np.concatenate(attributes) if attributes else None, vote.vote_columns(CLASS_CODES))
+    return predictions, vote
+
+
+def predict_data(model: AudioLLMModel, recipe: Recipe, utterances: list) -> tuple[Any, Any]:
+    """Dataset + collate for raw audio files (``llmser predict``): frames encoded as each file is read."""
+    from llmser.models.audio_llm.data import EncodeOnRead
+
+    return SpeechPromptDataset(utterances, EncodeOnRead(model), model), SpeechPromptCollator(model.tokenizer)

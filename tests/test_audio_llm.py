@@ -1,0 +1,372 @@
+"""The audio-LLM branch on tiny presets: windows, splicing, trainability, voting, save/load, SALMONN import, training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from llmser.models.audio_llm.config import AudioLLMConfig
+from llmser.models.audio_llm.model import AudioLLMModel, pad_pieces, prompt_pieces, speech_token_count
+from llmser.models.llm.scoring import candidate_token_ids
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(**kw) -> AudioLLMConfig:
+    base = {"llm": "tiny", "whisper": "tiny", "max_audio_seconds": 6.0, "qformer_hidden": 32, "lora_r": 4,
+            "lora_alpha": 8, "lora_dropout": 0.0, "head_hidden_size": 16, "dropout": 0.0}
+    return AudioLLMConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = AudioLLMModel.from_config(_config())
+    with torch.no_grad():  # a non-trivial adapter, so save/load checks mean something
+        for name, param in m.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    return m.eval()
+
+
+def _waves(*seconds: float) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [(0.1 * rng.standard_normal(int(16000 * s))).astype(np.float32) for s in seconds]
+
+
+def _batch(model: AudioLLMModel, seconds=(2.0, 0.5), variants=(0, 4)) -> dict:
+    frames, mask = model.encoders(_waves(*seconds))
+    pieces = [prompt_pieces(model.tokenizer, model.templates[v]) for v in variants]
+    ids = pad_pieces(model.tokenizer, pieces)
+    index = torch.tensor([model.candidate_index[v] for v in variants])
+    return dict(zip(["before_ids", "before_mask", "after_ids", "after_mask"], ids),
+                speech_frames=frames, frame_mask=mask, candidate_index=index)
+
+
+# ---------------------------------------------------------------------- windows and splicing
+
+
+def test_speech_token_count_grows_with_audio_length(model):
+    frames, mask = model.encoders(_waves(0.2, 1.0, 3.0))
+    tokens, token_mask, _ = model.speech(frames, mask)
+    counts = token_mask.sum(-1).tolist()
+    assert counts == [1, 3, 9]  # 17-frame (0.34 s) windows, one query each; a partial window is kept
+    assert counts == [speech_token_count(s, model.config) for s in (0.2, 1.0, 3.0)]
+    assert tokens.shape == (3, 9, model.llm.get_base_model().config.hidden_size)
+    assert model.speech.window == 17 and model.speech.stride == 17  # SALMONN: round(1500 * 0.333333 / 30)
+
+
+def test_speech_tokens_of_a_clip_do_not_depend_on_batch_padding(model):
+    frames, mask = model.encoders(_waves(2.0, 0.5))
+    alone_frames, alone_mask = model.encoders(_waves(0.5))
+    with torch.no_grad():
+        batched, bmask, _ = model.speech(frames, mask)
+        alone, _, _ = model.speech(alone_frames, alone_mask)
+    n = int(bmask[1].sum())
+    torch.testing.assert_close(batched[1, :n], alone[0, :n], atol=2e-4, rtol=1e-3)
+
+
+def test_speech_tokens_are_spliced_at_the_placeholder(model):
+    batch = _batch(model)
+    with torch.no_grad():
+        tokens, token_mask, _ = model.speech(batch["speech_frames"], batch["frame_mask"])
+        embeds, mask = model.splice(tokens, token_mask, batch["before_ids"], batch["before_mask"],
+                                    batch["after_ids"], batch["after_mask"])
+    embed = model.llm.get_input_embeddings()
+    for row, variant in enumerate((0, 4)):
+        before, after = prompt_pieces(model.tokenizer, model.templates[variant])
+        n = int(token_mask[row].sum())
+        total = len(before) + n + len(after)
+        assert int(mask[row].sum()) == total and mask[row, -total:].all()  # left-padded
+        expected = torch.cat([embed(torch.tensor(before)), tokens[row, :n], embed(torch.tensor(after))])
+        torch.testing.assert_close(embeds[row, -total:], expected)
+
+
+# ---------------------------------------------------------------------- trainability and outputs
+
+
+def test_only_qformer_projection_lora_and_head_train_and_encoders_are_frozen(model):
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable
+    assert all("lora_" in n or n.startswith(("speech.", "attribute_head.")) for n in trainable)
+    assert any(n.startswith("speech.qformer.") for n in trainable) and "speech.queries" in trainable
+    assert any(n.startswith("speech.projection.") for n in trainable)
+    assert not any(p.requires_grad for p in model.encoders.parameters())
+
+
+def test_training_forward_gives_gradients_to_qformer_and_lora(model):
+    model.train()
+    try:
+        out = model(**_batch(model))
+        assert out.class_logits.shape == (2, 8) and out.attributes.shape == (2, 3)
+        (out.class_logits.logsumexp(-1) - out.class_logits[:, 0]).sum().backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        assert grads["speech.queries"] is not None and grads["speech.queries"].abs().sum() > 0
+        assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "lora_" in n)
+        assert all(p.grad is None for p in model.encoders.parameters())
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()
+
+
+def test_evaluation_logits_are_whole_answer_log_likelihoods(model):
+    """In eval, class_logits = summed log-probs of each answer (with end of turn), as naive scoring gives."""
+    batch = _batch(model)
+    with torch.no_grad():
+        out = model(**batch)
+    naive = _naive_scores(model, batch["speech_frames"][:1], batch["frame_mask"][:1], model.templates[0])
+    torch.testing.assert_close(out.class_logits[0], naive, atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------- voting
+
+
+def _naive_scores(model, frames, mask, template, transcript=None) -> torch.Tensor:
+    """(8,) one clip, one variant: encode alone, then one full forward per answer."""
+    with torch.no_grad():
+        tokens, token_mask, _ = model.speech(frames, mask)
+        tokens = tokens[0, : int(token_mask[0].sum())]
+        before, after = prompt_pieces(model.tokenizer, template, transcript)
+        embed = model.llm.get_input_embeddings()
+        prefix = torch.cat([embed(torch.tensor(before)), tokens, embed(torch.tensor(after))])
+        scores = []
+        for ids in candidate_token_ids(model.tokenizer, template.candidates):
+            full = torch.cat([prefix, embed(torch.tensor(ids))])[None]
+            logp = model.llm(inputs_embeds=full).logits[0].float().log_softmax(-1)
+            positions = torch.arange(len(prefix) - 1, len(prefix) + len(ids) - 1)
+            scores.append(logp[positions, torch.tensor(ids)].sum())
+        return torch.stack(scores)
+
+
+def test_shared_encoding_voting_equals_naive_per_variant_scoring(model):
+    frames, mask = model.encoders(_waves(1.5, 0.7))
+    templates = [model.templates[i] for i in (0, 2, 4)]  # three verbalisations, two label orders
+    probs = model.vote_probabilities(frames, mask, templates)  # (K, B, 8)
+    assert probs.shape == (3, 2, 8)
+    for k, template in enumerate(templates):
+        for b in range(2):
+            n = int(mask[b].sum())
+            naive = _naive_scores(model, frames[b:b + 1, :n], mask[b:b + 1, :n], template).softmax(-1)
+            np.testing.assert_allclose(probs[k, b], naive.numpy(), atol=1e-5)
+    vote = model.vote(frames, mask, templates)
+    assert vote.votes.shape == (2, 3) and vote.probs.shape == (2, 8)
+    np.testing.assert_allclose(vote.probs, probs.mean(0), atol=1e-6)
+
+
+def test_speech_plus_transcript_prompts_read_the_transcript():
+    torch.manual_seed(0)
+    m = AudioLLMModel.from_config(_config(inputs="speech+transcript")).eval()
+    assert m.templates and all(t.inputs == "speech+transcript" for t in m.templates)
+    frames, mask = m.encoders(_waves(1.0, 1.0))
+    probs = m.vote_probabilities(frames, mask, transcripts=["i am so happy", "leave me alone"])
+    naive = _naive_scores(m, frames[1:], mask[1:], m.templates[0], "leave me alone").softmax(-1)
+    np.testing.assert_allclose(probs[0, 1], naive.numpy(), atol=1e-5)
+
+
+def test_prompts_for_other_inputs_are_refused():
+    with pytest.raises(ValueError, match="do not read 'speech'"):
+        AudioLLMModel.from_config(_config(prompts=["speech_plain", "speech_transcript"]))
+
+
+# ---------------------------------------------------------------------- save / load
+
+
+def test_save_load_round_trip_and_plain_peft_loading(tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from llmser.models.llm.loading import load_causal_lm
+
+    base_dir = tmp_path / "base"
+    tiny = load_causal_lm("tiny")
+    tiny.model.save_pretrained(base_dir)
+    tiny.tokenizer.save_pretrained(base_dir)
+    torch.manual_seed(0)
+    model = AudioLLMModel.from_config(_config(llm=str(base_dir)))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name or name.startswith("speech.projection"):
+                param.normal_(0, 0.05)
+    model.eval()
+    batch = _batch(model)
+    with torch.no_grad():
+        expected = model(**batch)
+    saved = model.save_pretrained(tmp_path / "trained")
+    assert {"adapter_config.json", "adapter_model.safetensors", "speech_modules.safetensors",
+            "llmser_config.json"} <= {p.name for p in saved.iterdir()}
+    assert json.loads((saved / "llmser_config.json").read_text())["branch"] == "audio_llm"
+    assert json.loads((saved / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base_dir)
+
+    again = AudioLLMModel.from_pretrained(saved).eval()
+    with torch.no_grad():
+        got = again(**batch)
+    torch.testing.assert_close(got.class_logits, expected.class_logits)
+    torch.testing.assert_close(got.attributes, expected.attributes)
+
+    fresh = AudioLLMModel.from_config(_config(llm=str(base_dir))).eval()
+    fresh.load_trained_weights(saved)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(**batch).class_logits, expected.class_logits)
+
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), str(saved)).eval()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=ids).logits, model.llm(input_ids=ids).logits)
+
+
+def test_missing_folder_gives_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="llmser_config.json"):
+        AudioLLMModel.from_pretrained(tmp_path)
+
+
+def test_second_encoder_frames_are_concatenated_per_frame():
+    torch.manual_seed(0)
+    m = AudioLLMModel.from_config(_config(second_encoder="wavlm-tiny")).eval()
+    frames, mask = m.encoders(_waves(1.0, 0.4))
+    assert frames.shape == (2, 50, 64 + 64) and mask.sum(-1).tolist() == [50, 20]
+    tokens, token_mask, _ = m.speech(frames, mask)
+    assert token_mask.sum(-1).tolist() == [3, 2]
+
+
+# ---------------------------------------------------------------------- SALMONN import
+
+
+def _fake_salmonn_state(model: AudioLLMModel) -> dict[str, torch.Tensor]:
+    """A state dict with SALMONN's key names and this model's (tiny) shapes."""
+    gen = torch.Generator().manual_seed(0)
+    state = {}
+    for name, tensor in model.speech.state_dict().items():
+        key = name.replace("qformer.layernorm.", "speech_Qformer.bert.embeddings.LayerNorm.")
+        key = key.replace("qformer.encoder.", "speech_Qformer.bert.encoder.")
+        key = key.replace(".attention.attention.", ".attention.self.").replace(".crossattention.attention.",
+                                                                                ".crossattention.self.")
+        key = {"queries": "speech_query_tokens"}.get(key, key)
+        key = key.replace("ln_speech.", "ln_speech.").replace("ln_second.", "ln_audio.")
+        key = key.replace("projection.", "speech_llama_proj.")
+        state[key] = torch.randn(tensor.shape, generator=gen)
+    for name, tensor in model.llm.state_dict().items():
+        if "lora_" in name:
+            state["llama_model." + name] = torch.randn(tensor.shape, generator=gen)
+    state["speech_Qformer.bert.embeddings.position_ids"] = torch.arange(4)[None]
+    state["speech_encoder.layers.0.fc1.weight"] = torch.zeros(2, 2)
+    return state
+
+
+def test_salmonn_mapping_loads_every_tensor(model):
+    from llmser.models.audio_llm.salmonn import load_salmonn_into, map_salmonn_state_dict
+
+    state = _fake_salmonn_state(model)
+    assert "speech_Qformer.bert.encoder.layer.0.crossattention.self.key.weight" in state
+    assert any(k.startswith("llama_model.base_model.model.") and ".lora_A.default." in k for k in state)
+    weights = map_salmonn_state_dict(state)
+    assert sorted(weights.ignored) == ["speech_Qformer.bert.embeddings.position_ids", "speech_encoder.layers.0.fc1.weight"]
+    load_salmonn_into(model, state)
+    torch.testing.assert_close(model.speech.queries.data, state["speech_query_tokens"])
+    torch.testing.assert_close(model.speech.qformer.encoder.layer[1].crossattention.attention.value.weight.data,
+                               state["speech_Qformer.bert.encoder.layer.1.crossattention.self.value.weight"])
+    torch.testing.assert_close(model.speech.projection.bias.data, state["speech_llama_proj.bias"])
+    lora = {n: p for n, p in model.llm.named_parameters() if "lora_A" in n}
+    name = next(iter(lora))
+    torch.testing.assert_close(lora[name].data, state["llama_model." + name])
+
+
+def test_salmonn_unknown_keys_and_shape_mismatches_are_reported(model):
+    from llmser.models.audio_llm.salmonn import load_salmonn_into, map_salmonn_state_dict, salmonn_config
+
+    state = _fake_salmonn_state(model)
+    with pytest.raises(ValueError, match="no llmser counterpart"):
+        map_salmonn_state_dict({**state, "mystery.weight": torch.zeros(1)})
+    state["speech_llama_proj.weight"] = torch.zeros(3, 3)
+    with pytest.raises(ValueError, match="speech.projection.weight"):
+        load_salmonn_into(model, state)
+    config = salmonn_config()
+    assert (config.qformer_hidden, config.qformer_heads, config.lora_r, config.lora_alpha) == (768, 12, 8, 32)
+    assert config.lora_target_modules == ["q_proj", "v_proj"] and config.num_queries == 1
+
+
+def test_salmonn_with_beats_imports_into_a_whisper_only_model():
+    from llmser.models.audio_llm.salmonn import load_salmonn_into
+
+    torch.manual_seed(0)
+    with_second = AudioLLMModel.from_config(_config(second_encoder="wavlm-tiny"))
+    state = _fake_salmonn_state(with_second)
+    whisper_only = AudioLLMModel.from_config(_config())
+    load_salmonn_into(whisper_only, state, drop_second=True)
+    key = "speech_Qformer.bert.encoder.layer.0.crossattention.self.key.weight"
+    torch.testing.assert_close(whisper_only.speech.qformer.encoder.layer[0].crossattention.attention.key.weight.data,
+                               state[key][:, :64])
+
+
+# ---------------------------------------------------------------------- recipes and the engine
+
+
+@pytest.fixture
+def registered():
+    from llmser.training.branches import BRANCHES, BranchSpec
+
+    added = "audio_llm" not in BRANCHES
+    if added:
+        BRANCHES["audio_llm"] = BranchSpec("audio_llm", "llmser.models.audio_llm.config:AudioLLMConfig",
+                                           "llmser.models.audio_llm.model:AudioLLMModel",
+                                           "llmser.models.audio_llm.training:prepare")
+    yield
+    if added:
+        del BRANCHES["audio_llm"]
+
+
+def test_shipped_audio_recipes_parse(registered):
+    from llmser.training.recipe import load_recipe
+
+    for path in sorted((ROOT / "adapters").glob("audio_*.yaml")):
+        recipe = load_recipe(path)
+        config = recipe.model_config()
+        assert isinstance(config, AudioLLMConfig) and recipe.branch == "audio_llm", path
+
+
+def _tiny_corpus(root: Path) -> Path:
+    from tests.corpus_factory import write_corpus
+
+    codes = ["A", "S", "H", "N"]
+    rows, texts = [], {}
+    for i in range(16):
+        split = "Train" if i < 10 else ("Development" if i < 13 else "Test1")
+        name = f"MSP-PODCAST_{i // 4 + 1:04d}_{i:04d}.wav"
+        rows.append([name, codes[i % 4], 4.0 + (i % 3), 3.0, 4.0, i // 4 + 1, "Female", split])
+        texts[name[:-4]] = f"words of clip {i}"
+    return write_corpus(root, rows, transcripts=texts)
+
+
+def test_short_engine_run_changes_trainable_weights(tmp_path, registered):
+    from llmser.training.engine import Trainer
+    from llmser.training.recipe import load_recipe
+
+    corpus_dir = _tiny_corpus(tmp_path / "corpus")
+    recipe = load_recipe(ROOT / "adapters" / "audio_tiny.yaml",
+                         [f"data.corpus={corpus_dir}", f"train.output_dir={tmp_path / 'run'}", "train.max_steps=2",
+                          "train.eval_every=2", "train.save_every=2", "data.batch_size=4",
+                          f"data.cache_dir={tmp_path / 'cache'}", "model.inputs=speech+transcript"])
+    from accelerate import Accelerator
+
+    from llmser.data.msp_podcast import MSPPodcast
+    from llmser.models.audio_llm.training import predict_with_voting, prepare
+
+    corpus = MSPPodcast.from_folder(corpus_dir)
+    torch.manual_seed(0)
+    setup = prepare(recipe, recipe.model_config(), corpus, Accelerator(cpu=True))
+    before = {n: p.detach().clone() for n, p in setup.model.named_parameters() if p.requires_grad}
+    frozen = {n: p.detach().clone() for n, p in setup.model.encoders.named_parameters()}
+    trainer = Trainer(recipe, setup.model, setup.train_set, setup.eval_set, setup.collate_fn,
+                      class_counts=setup.class_counts, accelerator=Accelerator(cpu=True))
+    state = trainer.fit()
+    assert state["step"] == 2 and (tmp_path / "run" / "best" / "speech_modules.safetensors").is_file()
+    after = dict(setup.model.named_parameters())
+    changed = [n for n, p in before.items() if not torch.equal(after[n].detach(), p)]
+    assert any(n.startswith("speech.qformer.") for n in changed) and any("lora_B" in n for n in changed)
+    assert all(torch.equal(p, frozen[n]) for n, p in setup.model.encoders.named_parameters())
+    predictions, vote = predict_with_voting(setup.model, setup.test_utterances, setup.test_set.cache, progress=False)
+    assert len(predictions.file_names) == 3 and predictions.attributes.shape == (3, 3)
+    assert vote.probs.shape == (3, 8)
