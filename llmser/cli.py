@@ -277,6 +277,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     add_predict_parser(sub)
 
 
+def _add_transcribe(sub: argparse._SubParsersAction) -> None:
+    from llmser.inference.cli import add_transcribe_parser
+
+    add_transcribe_parser(sub)
+
+
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "make-demo-corpus": _add_make_demo_corpus,
     "predict-prior": _add_predict_prior,
@@ -289,6 +295,7 @@ COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "collect-outputs": _add_collect_outputs,
     "build-system": _add_build_system,
     "predict": _add_predict,
+    "transcribe": _add_transcribe,
     "ensemble": _add_ensemble,
     "push": _add_push,
     "pull": _add_pull,

@@ -66,7 +66,7 @@ train() {  # train NAME RECIPE FULL_STEPS QUICK_STEPS [overrides...]
   echo "== $name: llmser train $recipe"
   # shellcheck disable=SC2046
   "${LLMSER[@]}" train "$recipe" "data.corpus=$CORPUS" "data.test_split=$SPLIT" "train.output_dir=$OUT/$name" \
-    $(steps "$full" "$quick") "$@"
+    "$@" $(steps "$full" "$quick")
 }
 
 train wavlm adapters/wavlm_tiny.yaml 300 20
@@ -74,10 +74,10 @@ train wavlm adapters/wavlm_tiny.yaml 300 20
 echo "== text_zero_shot: SmolLM2-135M-Instruct, no tuning, vote over five prompt variants"
 "${LLMSER[@]}" predict-prompts --llm smol --corpus "$CORPUS" --split "$SPLIT" --out "$OUT/text_zero_shot/predictions.csv"
 
-train text_head adapters/text_smol.yaml 120 10
-train text_sft adapters/text_smol_sft.yaml 60 6
+train text_head adapters/text_smol.yaml 80 10 train.eval_every=40 train.save_every=40
+train text_sft adapters/text_smol_sft.yaml 40 6
 # The audio-LLM hears the voice and reads the words (speech-only: model.inputs=speech, see docs/audio_llm.md).
-train audio_speech_text adapters/audio_smol.yaml 40 4 model.inputs=speech+transcript
+train audio_speech_text adapters/audio_smol.yaml 30 4 model.inputs=speech+transcript train.eval_every=15 train.save_every=15
 
 echo "== branch outputs for fusion and ensembles (train/dev/test)"
 "${LLMSER[@]}" collect-outputs "$OUT/wavlm" --out "$OUT/outputs" --frames --corpus "$CORPUS"

@@ -172,3 +172,36 @@ def _rows(p, rows):
                        p.probs[rows] if p.probs is not None else None,
                        p.attributes[rows] if p.attributes is not None else None,
                        {k: [v[i] for i in rows] for k, v in p.extras.items()})
+
+
+def add_transcribe_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("transcribe", help="write Whisper transcripts for audio that has none",
+                       description="Transcribe audio files with Whisper into <stem>.txt files. With --corpus, every "
+                                   "file of the corpus without a transcript gets CORPUS/Transcripts/<stem>.txt "
+                                   "(existing transcripts are never overwritten).")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--audio", nargs="+", help="audio files and/or folders")
+    source.add_argument("--corpus", help="a corpus in the MSP-Podcast layout: fill its missing transcripts")
+    p.add_argument("--out", default=None, help="folder for the .txt files (default: CORPUS/Transcripts)")
+    p.add_argument("--model", default="smol", help="Whisper preset (smol = tiny.en, large-v3), Hub id or folder")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(handler=run_transcribe)
+
+
+def run_transcribe(args: argparse.Namespace) -> int:
+    from llmser.inference.transcribe import transcribe
+    from llmser.utils.io import atomic_write_text
+
+    if args.corpus:
+        files = sorted(p for p in (Path(args.corpus) / "Audios").rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+        out = Path(args.out) if args.out else Path(args.corpus) / "Transcripts"
+    else:
+        if not args.out:
+            raise FileNotFoundError("--audio needs --out FOLDER for the transcripts")
+        files, out = audio_files(args.audio), Path(args.out)
+    todo = [f for f in files if not (out / f"{f.stem}.txt").is_file()]
+    print(f"{len(files) - len(todo)} file(s) already have a transcript; transcribing {len(todo)}")
+    for path, text in zip(todo, transcribe(todo, model=args.model, batch_size=args.batch_size)):
+        atomic_write_text(out / f"{path.stem}.txt", text + "\n")
+    print(f"wrote {len(todo)} transcript(s) to {out}")
+    return 0
