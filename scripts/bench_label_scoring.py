@@ -75,18 +75,19 @@ def main() -> None:
         prompts = [template.render(tok, t) for t in texts]
         start = time.perf_counter()
         probs = scorer.probabilities(prompts, template.candidates)
-        scoring_s += time.perf_counter() - start
+        score_t = time.perf_counter() - start
         start = time.perf_counter()
         answers = generate_answers(model, tok, prompts, max_new_tokens=args.max_new_tokens,
                                    batch_size=args.batch_size)
-        generation_s += time.perf_counter() - start
+        gen_t = time.perf_counter() - start
+        scoring_s, generation_s = scoring_s + score_t, generation_s + gen_t
         parsed = [parse_label(a, template) for a in answers]
         unparseable += sum(p is None for p in parsed)
         total += len(parsed)
         scored = [template.targets[i] for i in probs.argmax(1)]
         agree += sum(p == s for p, s in zip(parsed, scored))
         examples = "; ".join(repr(a.strip()[:30]) for a in answers[:3])
-        print(f"  {template.name:<18} scoring {scoring_s:7.2f}s  generation {generation_s:7.2f}s  "
+        print(f"  {template.name:<18} scoring {score_t:7.2f}s  generation {gen_t:7.2f}s  "
               f"unparseable {sum(p is None for p in parsed)}/{len(parsed)}  e.g. {examples}")
         if args.check_naive:
             naive = score_naive(model, tok, prompts[:4], template.candidates)
@@ -95,7 +96,7 @@ def main() -> None:
             print(f"    max |log p fast - log p naive| = {diff:.2e}")
     print(f"scoring: {scoring_s:.2f}s, {1000 * scoring_s / total:.1f} ms per prompt; "
           f"generation: {generation_s:.2f}s, {1000 * generation_s / total:.1f} ms per prompt")
-    print(f"generation and scoring agree on {agree}/{total} parseable-or-not answers")
+    print(f"generation and scoring name the same label on {agree}/{total} prompts")
     print(f"scoring_speedup: {generation_s / scoring_s:.2f}")
     print(f"unparseable_generation_share: {unparseable / total:.3f}")
 
