@@ -217,7 +217,8 @@ def _write(path: Path, text: str) -> Path:
 def test_shipped_spec_parses():
     spec = EnsembleSpec.load(ROOT / "ensembles/demo.yaml")
     assert spec.methods == ["plurality", "average", "stacking"] and spec.stacking.folds == 5
-    assert str(spec.members["wavlm"].csv_path("dev")) == "runs/demo/wavlm/dev_predictions.csv"
+    assert set(spec.members) == {"wavlm", "text_llm", "audio_llm"}
+    assert all(str(m.outputs) == "runs/demo/outputs" for m in spec.members.values())
 
 
 def test_spec_errors_are_reported_together(tmp_path):
