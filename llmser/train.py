@@ -64,6 +64,7 @@ def run(recipe_path: str | Path, overrides: list[str] | None = None, resume: str
                               "dev": state.get("best_metrics", {}), "train_seconds": state.get("train_seconds")}
     if recipe.train.predict_test and setup.test_set is not None:
         result["test"] = predict_test(trainer, spec, setup)
+    accelerator.end_training()  # trackers closed, process group torn down: only now, after the test split
     if accelerator.is_main_process:
         from llmser.utils.io import atomic_write_json
 

@@ -102,3 +102,20 @@ def test_two_processes_match_one_process(corpus, tmp_path):
         # float reduction order differs between gloo all-reduce and one process; a wrong split of
         # the global batch would differ by ~lr (2e-3) per step
         torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-4, msg=key)
+
+
+@pytest.mark.slow
+def test_two_processes_train_and_predict_the_text_branch(corpus, tmp_path):
+    """A 2-process launch of an LLM branch trains, then scores the test split on both processes and reports it."""
+    out = tmp_path / "text2"
+    overrides = [f"data.corpus={corpus}", f"train.output_dir={out}", "train.max_steps=4", "train.eval_every=4",
+                 "train.save_every=4", "data.batch_size=4"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "scripts/accelerate/cpu_2proc.yaml"), "--main_process_port", "29533",
+           "-m", "llmser.train", str(ROOT / "adapters/text_tiny.yaml"), *overrides]
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["step"] == 4 and "macro_f1" in metrics["test"]["metrics"]
+    assert (out / "best" / "adapter_model.safetensors").is_file() and (out / "test" / "report.md").is_file()

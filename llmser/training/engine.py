@@ -195,7 +195,8 @@ class Trainer:
         acc.wait_for_everyone()
         if self.is_main:
             atomic_write_json(self.output_dir / "trainer_state.json", self.state)
-        acc.end_training()
+        # Not acc.end_training() here: it tears down the process group, and the caller may still
+        # evaluate the test split on every process (llmser.train calls it when everything is done).
         return self.state
 
     def _optimizer_step(self, micro_batches: list[dict]) -> float:
