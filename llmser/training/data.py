@@ -29,6 +29,20 @@ def example_targets(utt) -> dict[str, Any]:
     return {"label": label, "soft_label": soft, "attributes": attrs}
 
 
+def class_counts(utterances: Sequence) -> list[int]:
+    """How many utterances carry each task-1 class (for inverse-frequency loss weights)."""
+    counts = [0] * NUM_CLASSES
+    for utt in utterances:
+        if utt.class_index is not None:
+            counts[utt.class_index] += 1
+    return counts
+
+
+def class_labels(utterances: Sequence) -> list[int]:
+    """Each utterance's class index, -1 where it has no task-1 label (for balanced batch samplers)."""
+    return [u.class_index if u.class_index is not None else -1 for u in utterances]
+
+
 class AudioExampleDataset(Dataset):
     """Utterances -> waveform examples, optionally augmented (training only)."""
 

@@ -26,8 +26,8 @@ from llmser.models.audio_llm.data import (
     speech_cache,
 )
 from llmser.models.audio_llm.model import AudioLLMModel
-from llmser.schema import NUM_CLASSES
 from llmser.training.branches import BranchSetup
+from llmser.training.data import class_counts, class_labels
 from llmser.training.recipe import Recipe
 from llmser.utils.logging import get_logger
 
@@ -63,16 +63,12 @@ def prepare(recipe: Recipe, config: AudioLLMConfig, corpus: Any, accelerator: An
     def dataset(utts: list, train: bool) -> SpeechPromptDataset:
         return SpeechPromptDataset(utts, cache, model, sample_variants=train, seed=recipe.train.seed)
 
-    counts = [0] * NUM_CLASSES
-    for utt in train_utts:
-        if utt.class_index is not None:
-            counts[utt.class_index] += 1
     return BranchSetup(model=model, train_set=dataset(train_utts, True),
                        eval_set=dataset(eval_utts, False) if eval_utts else None,
                        test_set=dataset(test_utts, False) if test_utts else None,
                        collate_fn=SpeechPromptCollator(model.tokenizer), test_utterances=test_utts,
-                       class_counts=counts,
-                       train_labels=[u.class_index if u.class_index is not None else -1 for u in train_utts])
+                       class_counts=class_counts(train_utts),
+                       train_labels=class_labels(train_utts))
 
 
 @torch.no_grad()

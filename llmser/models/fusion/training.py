@@ -20,8 +20,8 @@ from llmser.models.fusion.data import (
     missing_files,
 )
 from llmser.models.fusion.model import FusionModel
-from llmser.schema import NUM_CLASSES
 from llmser.training.branches import BranchSetup
+from llmser.training.data import class_counts, class_labels
 from llmser.training.recipe import Recipe
 from llmser.utils.logging import get_logger
 
@@ -51,13 +51,9 @@ def prepare(recipe: Recipe, config: FusionConfig, corpus: Any, accelerator: Any)
         sets[role] = FusionDataset(utts, outputs, sequences=resolved.sequences) if utts else None
     model = FusionModel(resolved)
     train_utts = utterances["train"]
-    counts = [0] * NUM_CLASSES
-    for utt in train_utts:
-        if utt.class_index is not None:
-            counts[utt.class_index] += 1
     return BranchSetup(model=model, train_set=sets["train"], eval_set=sets["eval"], test_set=sets["test"],
-                       collate_fn=collate_fusion, test_utterances=utterances["test"], class_counts=counts,
-                       train_labels=[u.class_index if u.class_index is not None else -1 for u in train_utts])
+                       collate_fn=collate_fusion, test_utterances=utterances["test"], class_counts=class_counts(train_utts),
+                       train_labels=class_labels(train_utts))
 
 
 def resolve_sizes(config: FusionConfig, outputs: dict[str, BranchOutputs]) -> FusionConfig:

@@ -11,8 +11,8 @@ from llmser.models.llm.prompts import load_prompts
 from llmser.models.text_llm.config import TextBranchConfig
 from llmser.models.text_llm.data import PromptCollator, PromptExampleDataset, check_transcripts
 from llmser.models.text_llm.model import TextEmotionModel
-from llmser.schema import NUM_CLASSES
 from llmser.training.branches import BranchSetup
+from llmser.training.data import class_counts, class_labels
 from llmser.training.recipe import Recipe
 
 
@@ -40,15 +40,11 @@ def prepare(recipe: Recipe, config: TextBranchConfig, corpus: Any, accelerator: 
         return PromptExampleDataset(utts, templates, tok, max_transcript_tokens=config.max_transcript_tokens,
                                     sample_variants=train, seed=recipe.train.seed)
 
-    counts = [0] * NUM_CLASSES
-    for utt in train_utts:
-        if utt.class_index is not None:
-            counts[utt.class_index] += 1
     return BranchSetup(model=model, train_set=dataset(train_utts, True),
                        eval_set=dataset(eval_utts, False) if eval_utts else None,
                        test_set=dataset(test_utts, False) if test_utts else None,
-                       collate_fn=PromptCollator(tok), test_utterances=test_utts, class_counts=counts,
-                       train_labels=[u.class_index if u.class_index is not None else -1 for u in train_utts])
+                       collate_fn=PromptCollator(tok), test_utterances=test_utts, class_counts=class_counts(train_utts),
+                       train_labels=class_labels(train_utts))
 
 
 def predict_data(model: TextEmotionModel, recipe: Recipe, utterances: list) -> tuple[Any, Any]:

@@ -6,11 +6,12 @@ from typing import Any
 
 from llmser.models.wavlm.config import SSLBranchConfig
 from llmser.models.wavlm.model import SSLEmotionModel
-from llmser.schema import NUM_CLASSES
 from llmser.training.branches import BranchSetup
 from llmser.training.data import (
     AudioExampleDataset,
     CachedHiddenDataset,
+    class_counts,
+    class_labels,
     collate_hidden,
     collate_waveforms,
     fill_feature_cache,
@@ -27,11 +28,8 @@ def prepare(recipe: Recipe, config: SSLBranchConfig, corpus: Any, accelerator: A
     eval_utts = corpus.utterances(corpus.resolve_split(data.eval_split), task=data.task) if data.eval_split else []
     test_utts = corpus.utterances(corpus.resolve_split(data.test_split), task="all") if data.test_split else []
     model = SSLEmotionModel.from_config(config)
-    counts = [0] * NUM_CLASSES
-    for utt in train_utts:
-        if utt.class_index is not None:
-            counts[utt.class_index] += 1
-    labels = [u.class_index if u.class_index is not None else -1 for u in train_utts]
+    counts = class_counts(train_utts)
+    labels = class_labels(train_utts)
 
     augmenter = _augmenter(recipe)
     use_cache = model.encoder_is_frozen and data.feature_cache
