@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import types
 import typing
 from pathlib import Path
@@ -223,3 +224,25 @@ def _coerce(tp: Any, value: Any, key: str, issues: list[str]) -> Any:
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def save_branch_config(obj: Any, path: str | Path, branch: str) -> None:
+    """Write a branch's model config as JSON tagged with its branch name (atomically)."""
+    from llmser.utils.io import atomic_write_json
+
+    atomic_write_json(path, {"branch": branch, **to_dict(obj)})
+
+
+def load_branch_config(cls: type[T], path: str | Path, branch: str, saved_by: str, kind: str) -> T:
+    """Read a config written by :func:`save_branch_config`, refusing another branch's folder.
+
+    ``saved_by`` completes "is <folder> a folder saved by ...?"; ``kind`` completes "not ...".
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; is {path.parent} a folder saved by {saved_by}?")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    found = data.pop("branch", branch)
+    if found != branch:
+        raise ValueError(f"{path.parent} holds a {found!r} model, not {kind}")
+    return from_dict(cls, data, source=str(path))

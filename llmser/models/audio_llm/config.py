@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from llmser.config import from_dict, to_dict
+from llmser.config import load_branch_config, save_branch_config
 from llmser.models.llm.config import LLMConfig
 
 DEFAULT_SPEECH_PROMPTS = ["speech_plain", "speech_definitions", "speech_shuffled", "speech_annotator", "speech_short"]
@@ -71,17 +70,8 @@ class AudioLLMConfig(LLMConfig):
         return float(math.ceil(self.max_audio_seconds)) if self.max_audio_seconds < 30 else None
 
     def save(self, directory: str | Path, name: str = CONFIG_NAME) -> None:
-        from llmser.utils.io import atomic_write_json
-
-        atomic_write_json(Path(directory) / name, {"branch": "audio_llm", **to_dict(self)})
+        save_branch_config(self, Path(directory) / name, "audio_llm")
 
     @classmethod
     def load(cls, directory: str | Path, name: str = CONFIG_NAME) -> AudioLLMConfig:
-        path = Path(directory) / name
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing; is {directory} a folder saved by an audio-LLM model?")
-        data = json.loads(path.read_text(encoding="utf-8"))
-        branch = data.pop("branch", "audio_llm")
-        if branch != "audio_llm":
-            raise ValueError(f"{directory} holds a {branch!r} model, not an audio-LLM model")
-        return from_dict(cls, data, source=str(path))
+        return load_branch_config(cls, Path(directory) / name, "audio_llm", "an audio-LLM model", "an audio-LLM model")

@@ -9,12 +9,11 @@ model without the data.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from llmser.config import from_dict, to_dict
+from llmser.config import load_branch_config, save_branch_config
 
 FUSION_MODES = ("attention", "concat")
 
@@ -81,17 +80,8 @@ class FusionConfig:
         return all(s in self.stream_sizes for s in self.streams)
 
     def save(self, directory: str | Path) -> None:
-        from llmser.utils.io import atomic_write_json
-
-        atomic_write_json(Path(directory) / "config.json", {"branch": "fusion", **to_dict(self)})
+        save_branch_config(self, Path(directory) / "config.json", "fusion")
 
     @classmethod
     def load(cls, directory: str | Path) -> FusionConfig:
-        path = Path(directory) / "config.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing; is {directory} a folder saved by FusionModel.save_pretrained?")
-        data = json.loads(path.read_text(encoding="utf-8"))
-        branch = data.pop("branch", "fusion")
-        if branch != "fusion":
-            raise ValueError(f"{directory} holds a {branch!r} model, not a fusion adapter")
-        return from_dict(cls, data, source=str(path))
+        return load_branch_config(cls, Path(directory) / "config.json", "fusion", "FusionModel.save_pretrained", "a fusion adapter")

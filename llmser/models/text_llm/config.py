@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from llmser.config import from_dict, to_dict
+from llmser.config import load_branch_config, save_branch_config
 from llmser.models.llm.config import LLMConfig
 
 DEFAULT_TEXT_PROMPTS = ["text_plain", "text_definitions", "text_shuffled", "text_annotator", "text_short"]
@@ -40,17 +39,8 @@ class TextBranchConfig(LLMConfig):
             raise ValueError("enable at least one of class_head / attribute_head")
 
     def save(self, directory: str | Path, name: str = CONFIG_NAME) -> None:
-        from llmser.utils.io import atomic_write_json
-
-        atomic_write_json(Path(directory) / name, {"branch": "text_llm", **to_dict(self)})
+        save_branch_config(self, Path(directory) / name, "text_llm")
 
     @classmethod
     def load(cls, directory: str | Path, name: str = CONFIG_NAME) -> TextBranchConfig:
-        path = Path(directory) / name
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing; is {directory} a folder saved by a text-LLM model?")
-        data = json.loads(path.read_text(encoding="utf-8"))
-        branch = data.pop("branch", "text_llm")
-        if branch != "text_llm":
-            raise ValueError(f"{directory} holds a {branch!r} model, not a text-LLM model")
-        return from_dict(cls, data, source=str(path))
+        return load_branch_config(cls, Path(directory) / name, "text_llm", "a text-LLM model", "a text-LLM model")
