@@ -29,6 +29,15 @@ def example_targets(utt) -> dict[str, Any]:
     return {"label": label, "soft_label": soft, "attributes": attrs}
 
 
+def recipe_splits(recipe: Any, corpus: Any) -> tuple[list, list, list]:
+    """The recipe's train/eval/test utterances: train and eval for its task, test with every file."""
+    data = recipe.data
+    train = corpus.utterances(corpus.resolve_split(data.train_split), task=data.task)
+    dev = corpus.utterances(corpus.resolve_split(data.eval_split), task=data.task) if data.eval_split else []
+    test = corpus.utterances(corpus.resolve_split(data.test_split), task="all") if data.test_split else []
+    return train, dev, test
+
+
 def class_counts(utterances: Sequence) -> list[int]:
     """How many utterances carry each task-1 class (for inverse-frequency loss weights)."""
     counts = [0] * NUM_CLASSES

@@ -27,7 +27,7 @@ from llmser.models.audio_llm.data import (
 )
 from llmser.models.audio_llm.model import AudioLLMModel
 from llmser.training.branches import BranchSetup
-from llmser.training.data import class_counts, class_labels
+from llmser.training.data import class_counts, class_labels, recipe_splits
 from llmser.training.recipe import Recipe
 from llmser.utils.logging import get_logger
 
@@ -38,10 +38,7 @@ def split_utterances(recipe: Recipe, corpus: Any, config: AudioLLMConfig) -> tup
     """Train/eval/test utterances; transcripts are checked up front when the prompts read them."""
     from llmser.models.text_llm.data import check_transcripts
 
-    data = recipe.data
-    train = corpus.utterances(corpus.resolve_split(data.train_split), task=data.task)
-    dev = corpus.utterances(corpus.resolve_split(data.eval_split), task=data.task) if data.eval_split else []
-    test = corpus.utterances(corpus.resolve_split(data.test_split), task="all") if data.test_split else []
+    train, dev, test = recipe_splits(recipe, corpus)
     if "transcript" in config.inputs:
         for name, utts in (("train", train), ("eval", dev), ("test", test)):
             check_transcripts(utts, name)

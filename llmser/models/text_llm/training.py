@@ -12,16 +12,13 @@ from llmser.models.text_llm.config import TextBranchConfig
 from llmser.models.text_llm.data import PromptCollator, PromptExampleDataset, check_transcripts
 from llmser.models.text_llm.model import TextEmotionModel
 from llmser.training.branches import BranchSetup
-from llmser.training.data import class_counts, class_labels
+from llmser.training.data import class_counts, class_labels, recipe_splits
 from llmser.training.recipe import Recipe
 
 
 def split_utterances(recipe: Recipe, corpus: Any) -> tuple[list, list, list]:
     """Train/eval/test utterances of the recipe's splits, with transcripts checked up front."""
-    data = recipe.data
-    train = corpus.utterances(corpus.resolve_split(data.train_split), task=data.task)
-    dev = corpus.utterances(corpus.resolve_split(data.eval_split), task=data.task) if data.eval_split else []
-    test = corpus.utterances(corpus.resolve_split(data.test_split), task="all") if data.test_split else []
+    train, dev, test = recipe_splits(recipe, corpus)
     for name, utts in (("train", train), ("eval", dev), ("test", test)):
         check_transcripts(utts, name)
     return train, dev, test

@@ -15,6 +15,7 @@ from llmser.training.data import (
     collate_hidden,
     collate_waveforms,
     fill_feature_cache,
+    recipe_splits,
 )
 from llmser.training.recipe import Recipe
 from llmser.utils.logging import get_logger
@@ -24,9 +25,7 @@ logger = get_logger(__name__)
 
 def prepare(recipe: Recipe, config: SSLBranchConfig, corpus: Any, accelerator: Any) -> BranchSetup:
     data = recipe.data
-    train_utts = corpus.utterances(corpus.resolve_split(data.train_split), task=data.task)
-    eval_utts = corpus.utterances(corpus.resolve_split(data.eval_split), task=data.task) if data.eval_split else []
-    test_utts = corpus.utterances(corpus.resolve_split(data.test_split), task="all") if data.test_split else []
+    train_utts, eval_utts, test_utts = recipe_splits(recipe, corpus)
     model = SSLEmotionModel.from_config(config)
     counts = class_counts(train_utts)
     labels = class_labels(train_utts)
