@@ -158,13 +158,17 @@ class Predictor:
         return self._combine(names, outputs), skipped
 
     def _forward(self, member: LoadedMember, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        wants_frames = self.fusion is not None and member.branch == "wavlm"
+        if wants_frames:  # encode once: the heads and the fusion frames read the same hidden states
+            hidden, mask = member.model.encode(batch["input_values"], batch.get("attention_mask"))
+            batch = {**batch, "hidden_states": hidden, "frame_mask": mask}
         out = member.model(**batch)
         result: dict[str, Any] = {"embedding": out.embedding.float()}
         if out.class_logits is not None:
             result["probs"] = torch.softmax(out.class_logits.float(), -1)
         if out.attributes is not None:
             result["attributes"] = out.attributes.float()
-        if self.fusion is not None and member.branch == "wavlm":
+        if wants_frames:
             from llmser.models.fusion.data import pool_frames, wavlm_sequence
 
             frames, mask = wavlm_sequence(member.model, batch)
