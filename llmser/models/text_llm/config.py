@@ -28,6 +28,7 @@ class TextBranchConfig(LLMConfig):
     prompt_dir: str | None = None  # default: the project's prompts/ folder
     max_transcript_tokens: int = 128  # longer transcripts are cut (the prompt itself is never cut)
     head_hidden_size: int = 256
+    head_standardize: bool = True  # per-feature running standardisation of the LLM state (see FeatureStandardizer)
     dropout: float = 0.1
     class_head: bool = True
     attribute_head: bool = True

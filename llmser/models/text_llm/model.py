@@ -44,7 +44,8 @@ class TextEmotionModel(nn.Module):
         self.base_name = base_name
         hidden = llm.get_base_model().config.hidden_size
         self.heads = EmotionHeads(hidden, config.head_hidden_size, config.dropout,
-                                  classes=config.class_head, attributes=config.attribute_head)
+                                  classes=config.class_head, attributes=config.attribute_head,
+                                  standardize_inputs=config.head_standardize)
 
     @classmethod
     def from_config(cls, config: TextBranchConfig) -> TextEmotionModel:
