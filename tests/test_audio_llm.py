@@ -92,7 +92,7 @@ def test_speech_tokens_are_spliced_at_the_placeholder(model):
 def test_only_qformer_projection_lora_and_head_train_and_encoders_are_frozen(model):
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable
-    assert all("lora_" in n or n.startswith(("speech.", "attribute_head.")) for n in trainable)
+    assert all("lora_" in n or n.startswith(("speech.", "attribute_head.", "speech_class_head.")) for n in trainable)
     assert any(n.startswith("speech.qformer.") for n in trainable) and "speech.queries" in trainable
     assert any(n.startswith("speech.projection.") for n in trainable)
     assert not any(p.requires_grad for p in model.encoders.parameters())

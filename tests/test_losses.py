@@ -192,6 +192,24 @@ def test_multitask_mse_and_single_heads():
         loss(None, None, batch)
 
 
+def test_auxiliary_class_logits_add_their_weighted_class_loss():
+    logits, attrs, batch = _multitask_batch()
+    aux = torch.randn(4, 8, requires_grad=True)
+    counts = [10, 30, 60, 0, 5, 5, 5, 5]
+    loss = MultiTaskLoss(LossConfig(auxiliary_class_weight=0.25), class_counts=counts)
+    plain = loss(logits, attrs, batch)
+    out = loss(logits, attrs, batch, aux)
+    aux_expected = loss.class_loss(aux, batch)
+    assert out["loss"].item() == pytest.approx(plain["loss"].item() + 0.25 * aux_expected.item(), abs=1e-5)
+    assert out["auxiliary_class_loss"].item() == pytest.approx(aux_expected.item(), abs=1e-6)
+    out["loss"].backward()
+    assert aux.grad[0].abs().sum() > 0 and torch.all(aux.grad[1] == 0)  # row 1 has no class label
+    off = MultiTaskLoss(LossConfig(auxiliary_class_weight=0.0), class_counts=counts)(logits, attrs, batch, aux)
+    assert off["loss"].item() == pytest.approx(plain["loss"].item(), abs=1e-6) and "auxiliary_class_loss" not in off
+    with pytest.raises(ValueError, match="auxiliary_class_weight"):
+        LossConfig(auxiliary_class_weight=-1.0)
+
+
 def test_multitask_soft_losses_fall_back_to_one_hot_and_use_soft_labels():
     logits, _, batch = _multitask_batch()
     counts = [10, 30, 60, 5, 5, 5, 5, 5]

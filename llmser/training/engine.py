@@ -209,7 +209,8 @@ class Trainer:
             sync = acc.no_sync(model) if (not last and acc.num_processes > 1) else _nullcontext()
             with sync, acc.autocast():
                 out = model(**batch)
-                losses = self.loss_fn(out.class_logits, out.attributes, batch)
+                losses = self.loss_fn(out.class_logits, out.attributes, batch,
+                                      getattr(out, "auxiliary_class_logits", None))
                 loss = losses["loss"] / len(micro_batches)
             acc.backward(loss)
             total += float(loss.detach())

@@ -180,6 +180,8 @@ class LossConfig:
     without one fall back to the one-hot hard label). ``attribute_loss``: "ccc" (1 - CCC per attribute),
     "mse", or "ccc+mse". The total is ``class_weight * class + attribute_weight * attribute``, where the
     attribute term is the ``attribute_weights``-weighted mean over arousal, valence, dominance.
+    A model that also returns ``auxiliary_class_logits`` (a training-only head, e.g. the audio-LLM's class
+    head on its speech tokens) adds ``auxiliary_class_weight`` times the same class loss on them.
     """
 
     class_loss: Literal["ce", "weighted_ce", "focal", "soft_ce", "soft_kl"] = "weighted_ce"
@@ -190,6 +192,7 @@ class LossConfig:
     class_weight: float = 1.0
     attribute_weight: float = 1.0
     attribute_weights: tuple[float, ...] = (1.0, 1.0, 1.0)
+    auxiliary_class_weight: float = 0.5
 
     def __post_init__(self) -> None:
         issues = []
@@ -199,6 +202,8 @@ class LossConfig:
         elif any(w < 0 for w in self.attribute_weights) or sum(self.attribute_weights) <= 0:
             issues.append(f"attribute_weights must be non-negative with a positive sum, got "
                           f"{list(self.attribute_weights)}")
+        if self.auxiliary_class_weight < 0:
+            issues.append(f"auxiliary_class_weight must be >= 0, got {self.auxiliary_class_weight}")
         if self.class_weight < 0 or self.attribute_weight < 0:
             issues.append(f"class_weight and attribute_weight must be >= 0, got {self.class_weight} and "
                           f"{self.attribute_weight}")
@@ -237,7 +242,7 @@ class MultiTaskLoss(nn.Module):
         self.register_buffer("attribute_weights", attr_w / attr_w.sum(), persistent=False)
 
     def forward(self, class_logits: Tensor | None, attribute_preds: Tensor | None,
-                batch: dict[str, Tensor]) -> dict[str, Tensor]:
+                batch: dict[str, Tensor], auxiliary_logits: Tensor | None = None) -> dict[str, Tensor]:
         cfg = self.config
         parts: dict[str, Tensor] = {}
         total: Tensor | None = None
@@ -251,6 +256,10 @@ class MultiTaskLoss(nn.Module):
             parts.update(per_attribute)
             attr_total = cfg.attribute_weight * attr_term
             total = attr_total if total is None else total + attr_total
+        if auxiliary_logits is not None and cfg.auxiliary_class_weight > 0 and total is not None:
+            aux_term = self.class_loss(auxiliary_logits, batch)
+            parts["auxiliary_class_loss"] = aux_term
+            total = total + cfg.auxiliary_class_weight * aux_term
         if total is None:
             raise ValueError("MultiTaskLoss got neither class logits nor attribute predictions; "
                              "the model must return at least one head's output")

@@ -45,6 +45,10 @@ class AudioLLMConfig(LLMConfig):
     inputs: Literal["speech", "speech+transcript"] = "speech"
     max_transcript_tokens: int = 96
     attribute_head: bool = True  # a small regression head on the mean speech token (task 2)
+    # An auxiliary class head on the mean Q-Former state, trained with weight loss.auxiliary_class_weight: it gives
+    # the Q-Former a direct emotion signal instead of only the one that comes back through all LLM layers
+    # (speech-only on the demo: 60 steps without it predicted one class). Predictions stay the LLM's answers.
+    speech_class_head: bool = True
     head_hidden_size: int = 128
     dropout: float = 0.1
 

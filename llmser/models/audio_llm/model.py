@@ -241,6 +241,8 @@ class AudioLLMModel(nn.Module):
         self.speech.match_embedding_scale(llm.get_input_embeddings().weight)
         dq = self.speech.queries.shape[-1]
         self.attribute_head = AttributeHead(dq, config.head_hidden_size, config.dropout) if config.attribute_head else None
+        self.speech_class_head = (EmotionHeads(dq, config.head_hidden_size, config.dropout, attributes=False)
+                                  if config.speech_class_head else None)
         self.templates = class_templates(config)
         config.prompts = [t.name for t in self.templates]  # the resolved variants are saved with the weights
         self.candidates, self.candidate_index = answer_table(tokenizer, self.templates)
@@ -261,6 +263,8 @@ class AudioLLMModel(nn.Module):
         modules = {"speech": self.speech}
         if self.attribute_head is not None:
             modules["attribute_head"] = self.attribute_head
+        if self.speech_class_head is not None:
+            modules["speech_class_head"] = self.speech_class_head
         return nn.ModuleDict(modules)
 
     # ------------------------------------------------------------------ forward
@@ -291,7 +295,9 @@ class AudioLLMModel(nn.Module):
             class_logits = self.answer_log_likelihoods(embeds, mask, candidate_index)
         attributes, pooled = self.attribute_head(states, token_mask) if self.attribute_head is not None else \
             (None, _masked_mean(states, token_mask))
-        return EmotionOutput(class_logits=class_logits, attributes=attributes, embedding=pooled)
+        auxiliary = self.speech_class_head(pooled)[0] if self.speech_class_head is not None else None
+        return EmotionOutput(class_logits=class_logits, attributes=attributes, embedding=pooled,
+                             auxiliary_class_logits=auxiliary)
 
     def first_token_log_probs(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, U) log-probability of each answer's first token: one prompt forward, no cache to repeat."""
@@ -322,34 +328,28 @@ class AudioLLMModel(nn.Module):
                            transcripts: Sequence[str] | None = None) -> np.ndarray:
         """(K, B, 8) class probabilities of K prompt variants, the audio encoded once and shared.
 
-        The Q-Former runs once; its speech tokens are repeated for every variant, and the (variant,
-        clip) prompts are scored in one batch per answer set (variants with the same verbalisation
-        share one), so no prompt pays for another verbalisation's answers.
+        The Q-Former runs once; its speech tokens are repeated for every variant, and all (variant, clip)
+        prompts are scored in one batch, each row against its own variant's verbalised answers
+        (``score_candidate_sets``): one prefix forward and one continuation forward in all.
         """
+        from llmser.models.llm.scoring import score_candidate_sets
+
         templates = list(templates or self.templates)
         self.eval()
         tokens, token_mask, _ = self.speech(speech_frames, frame_mask)  # once per clip
         batch = tokens.shape[0]
         texts = list(transcripts) if transcripts is not None else [None] * batch
-        probs = torch.zeros(len(templates), batch, len(templates[0].candidates))
-        groups: dict[tuple[str, ...], list[int]] = {}
-        for k, template in enumerate(templates):
-            groups.setdefault(template.candidates, []).append(k)
-        for candidates, members in groups.items():
-            rows = [prompt_pieces(self.tokenizer, templates[k], text) for k in members for text in texts]
-            ids = pad_pieces(self.tokenizer, rows, device=tokens.device)  # row i*B + b: variant members[i], clip b
-            repeat = len(members)
-            embeds, mask = self.splice(tokens.repeat(repeat, 1, 1), token_mask.repeat(repeat, 1), *ids)
-            scores = self.score_answers(embeds, mask, candidate_token_ids(self.tokenizer, candidates))
-            probs[members] = scores.softmax(-1).view(repeat, batch, -1).cpu()
-        return probs.numpy()
-
-    def score_answers(self, embeds: torch.Tensor, mask: torch.Tensor, candidates: list[list[int]]) -> torch.Tensor:
-        """(N, C) summed log-likelihoods of ``candidates`` after N spliced prompts (prefix cache, no grad)."""
-        from llmser.models.llm.scoring import score_with_prefix_cache
-
-        return score_with_prefix_cache(self.llm, mask, candidates, inputs_embeds=embeds,
-                                       pad_token_id=self.tokenizer.pad_token_id)
+        answer_sets: dict[tuple[str, ...], int] = {}
+        set_of_variant = [answer_sets.setdefault(t.candidates, len(answer_sets)) for t in templates]
+        candidate_sets = [candidate_token_ids(self.tokenizer, c) for c in answer_sets]
+        rows = [prompt_pieces(self.tokenizer, t, text) for t in templates for text in texts]
+        ids = pad_pieces(self.tokenizer, rows, device=tokens.device)  # row k*B + b: variant k, clip b
+        repeat = len(templates)
+        embeds, mask = self.splice(tokens.repeat(repeat, 1, 1), token_mask.repeat(repeat, 1), *ids)
+        set_of_row = torch.tensor(set_of_variant).repeat_interleave(batch)
+        scores = score_candidate_sets(self.llm, mask, candidate_sets, set_of_row, inputs_embeds=embeds,
+                                      pad_token_id=self.tokenizer.pad_token_id)
+        return scores.softmax(-1).view(repeat, batch, -1).cpu().numpy()
 
     def vote(self, speech_frames: torch.Tensor, frame_mask: torch.Tensor,
              templates: Sequence[PromptTemplate] | None = None, transcripts: Sequence[str] | None = None):

@@ -25,19 +25,39 @@ logger = get_logger(__name__)
 
 
 def sft_rows(utterances: list, templates: list, tokenizer: Any, *, epochs: int, seed: int,
-             max_transcript_tokens: int) -> list[dict]:
-    """Prompt-completion rows, one per labelled utterance and epoch, with a sampled variant each."""
+             max_transcript_tokens: int, balance_power: float | None = None) -> list[dict]:
+    """Prompt-completion rows, one per labelled utterance and epoch, with a sampled variant each.
+
+    With ``balance_power`` each epoch instead draws as many rows as there are labelled utterances,
+    the class of each with probability proportional to ``n_c ** balance_power`` (0 = balanced, as the
+    engine's ``ClassBalancedBatchSampler``): plain SFT learns the majority classes' words first, which
+    macro-F1 punishes.
+    """
+    labelled = [(index, utt) for index, utt in enumerate(utterances) if utt.class_index is not None]
+    specials = tuple(tokenizer.all_special_tokens)
     rows = []
     for epoch in range(epochs):
-        for index, utt in enumerate(utterances):
-            if utt.class_index is None:
-                continue
-            template = templates[pick_variant(len(templates), seed, epoch, index)]
+        order = labelled if balance_power is None else _balanced_draw(labelled, balance_power, seed, epoch)
+        for slot, (index, utt) in enumerate(order):
+            template = templates[pick_variant(len(templates), seed, epoch, index if balance_power is None else slot)]
             transcript = truncate_transcript(tokenizer, utt.transcript or "", max_transcript_tokens)
-            specials = tuple(tokenizer.all_special_tokens)
             rows.append({"prompt": template.messages(transcript, special_tokens=specials),
                          "completion": [{"role": "assistant", "content": template.answer(utt.emo_class)}]})
     return rows
+
+
+def _balanced_draw(labelled: list, power: float, seed: int, epoch: int) -> list:
+    """``len(labelled)`` items drawn class first (probability ~ n_c ** power), then uniformly in the class."""
+    import numpy as np
+
+    rng = np.random.default_rng([seed, epoch, 7919])
+    pools: dict[int, list] = {}
+    for item in labelled:
+        pools.setdefault(item[1].class_index, []).append(item)
+    classes = sorted(pools)
+    weights = np.array([len(pools[c]) ** power for c in classes], dtype=np.float64)
+    picks = rng.choice(len(classes), size=len(labelled), p=weights / weights.sum())
+    return [pools[classes[c]][int(rng.integers(len(pools[classes[c]])))] for c in picks]
 
 
 def sft_arguments(recipe: Recipe, config: TextBranchConfig, output_dir: Path) -> Any:
@@ -80,7 +100,9 @@ def run_sft(recipe: Recipe, config: TextBranchConfig, corpus: Any, resume: str |
     from datasets import Dataset
 
     dataset = Dataset.from_list(sft_rows(train_utts, templates, loaded.tokenizer, epochs=epochs,
-                                         seed=recipe.train.seed, max_transcript_tokens=config.max_transcript_tokens))
+                                         seed=recipe.train.seed, max_transcript_tokens=config.max_transcript_tokens,
+                                         balance_power=recipe.data.sampler_power if recipe.data.balanced_sampler
+                                         else None))
     model = loaded.model
     if config.quantization != "none":
         from llmser.models.quantization import prepare_for_kbit_training
