@@ -4,8 +4,8 @@
 #   2. make the synthetic demo corpus (skipped with --corpus DIR: any corpus in the MSP-Podcast layout),
 #   3. the training-prior baseline on the test split, evaluated into a report,
 #   4. the WavLM branch (tiny random WavLM trained end to end),
-#   5. the text branch on transcripts with SmolLM2-135M-Instruct: zero-shot prompt voting, LoRA + head
-#      (the training engine), and LoRA instruction tuning (trl SFT) with prompt voting,
+#   5. the text branch on transcripts with SmolLM2-135M-Instruct: zero-shot prompt voting and LoRA + head
+#      (the training engine); with --sft also LoRA instruction tuning (trl SFT) with prompt voting (+~10 min),
 #   6. the SALMONN-style audio-LLM (Whisper tiny.en -> window-level Q-Former -> SmolLM2 + LoRA), speech + transcript,
 #   7. the fusion adapter (and its concatenation baseline) on the branches' cached outputs, the ensembles
 #      (plurality vote, averaging, RandomForest stacking), and the whole system on raw audio (build-system + predict),
@@ -15,6 +15,7 @@
 #   bash scripts/demo.sh --corpus /data/MSP-Podcast --out runs/msp
 #   bash scripts/demo.sh --n 200 --seed 1      # a different/smaller demo corpus
 #   bash scripts/demo.sh --quick               # fewer training steps (a smoke run, not the reported one)
+#   bash scripts/demo.sh --sft                 # also instruction-tune the text branch with trl (+~10 min)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,7 @@ N=400
 SEED=0
 SPLIT="test"
 QUICK=0
+SFT=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --corpus) CORPUS="$2"; shift 2 ;;
@@ -32,7 +34,8 @@ while [ $# -gt 0 ]; do
     --seed) SEED="$2"; shift 2 ;;
     --split) SPLIT="$2"; shift 2 ;;
     --quick) QUICK=1; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --sft) SFT=1; shift ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "demo.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -74,8 +77,12 @@ train wavlm adapters/wavlm_tiny.yaml 300 20
 echo "== text_zero_shot: SmolLM2-135M-Instruct, no tuning, vote over five prompt variants"
 "${LLMSER[@]}" predict-prompts --llm smol --corpus "$CORPUS" --split "$SPLIT" --out "$OUT/text_zero_shot/predictions.csv"
 
-train text_head adapters/text_smol.yaml 80 10 train.eval_every=40 train.save_every=40
-train text_sft adapters/text_smol_sft.yaml 40 6
+train text_head adapters/text_smol.yaml 40 10 train.eval_every=20 train.save_every=20
+SFT_REPORT=()
+if [ "$SFT" = 1 ]; then
+  train text_sft adapters/text_smol_sft.yaml 40 6
+  SFT_REPORT=("text_sft=$OUT/text_sft/test/report.json")
+fi
 # The audio-LLM hears the voice and reads the words (speech-only: model.inputs=speech, see docs/audio_llm.md).
 train audio_speech_text adapters/audio_smol.yaml 30 4 model.inputs=speech+transcript train.eval_every=15 train.save_every=15
 
@@ -106,7 +113,7 @@ rm -rf "$OUT/system_predictions"  # a rebuilt system predicts afresh (predict re
 echo "== summary: test split '$SPLIT'"
 "${LLMSER[@]}" compare prior="$OUT/prior/report.json" wavlm="$OUT/wavlm/test/report.json" \
   text_zero_shot="$OUT/text_zero_shot/report.json" text_head="$OUT/text_head/test/report.json" \
-  text_sft="$OUT/text_sft/test/report.json" audio_speech_text="$OUT/audio_speech_text/test/report.json" fusion_concat="$OUT/fusion_concat/test/report.json" \
+  "${SFT_REPORT[@]}" audio_speech_text="$OUT/audio_speech_text/test/report.json" fusion_concat="$OUT/fusion_concat/test/report.json" \
   fusion="$OUT/fusion/test/report.json" ensemble_plurality="$OUT/ensemble/plurality/report.json" \
   ensemble_average="$OUT/ensemble/average/report.json" ensemble_stacking="$OUT/ensemble/stacking/report.json" \
   system_predict="$OUT/system_predictions/report.json" --out "$OUT/summary.json"
