@@ -34,3 +34,15 @@ def test_heads_with_standardized_inputs_save_the_statistics():
     logits, attributes = heads(torch.randn(5, 8))
     assert logits.shape == (5, 8) and attributes.shape == (5, 3)
     assert "input_norm.running_mean" not in EmotionHeads(8, 16, 0.0).state_dict()
+
+
+def test_standardized_embedding_uses_running_statistics_without_updating_them():
+    heads = EmotionHeads(4, 8, 0.0, standardize_inputs=True).train()
+    heads(torch.randn(16, 4) * 100)
+    before = heads.input_norm.running_mean.clone()
+    x = torch.randn(3, 4) * 100
+    out = heads.standardized(x)
+    expected = (x - before) / torch.sqrt(heads.input_norm.running_var + heads.input_norm.eps)
+    torch.testing.assert_close(out, expected * heads.input_norm.weight + heads.input_norm.bias)
+    assert torch.equal(heads.input_norm.running_mean, before)
+    assert torch.equal(EmotionHeads(4, 8, 0.0).standardized(x), x)

@@ -79,9 +79,13 @@ class FeatureStandardizer(nn.BatchNorm1d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and x.shape[0] < 2:
-            return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                                            training=False, eps=self.eps)
+            return self.with_running_statistics(x)
         return super().forward(x)
+
+    def with_running_statistics(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardised with the running statistics whatever the mode (no statistics update)."""
+        return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                        training=False, eps=self.eps)
 
 
 class EmotionHeads(nn.Module):
@@ -98,6 +102,10 @@ class EmotionHeads(nn.Module):
         self.input_norm = FeatureStandardizer(input_size) if standardize_inputs else None
         self.class_head = _mlp(input_size, hidden_size, NUM_CLASSES, dropout) if classes else None
         self.attribute_head = _mlp(input_size, hidden_size, 3, dropout) if attributes else None
+
+    def standardized(self, embedding: torch.Tensor) -> torch.Tensor:
+        """The embedding as the heads see it (running statistics), e.g. for a fusion adapter downstream."""
+        return embedding if self.input_norm is None else self.input_norm.with_running_statistics(embedding)
 
     def forward(self, embedding: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if self.input_norm is not None:

@@ -68,7 +68,8 @@ class TextEmotionModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: object) -> EmotionOutput:
         embedding = self.embed(input_ids, attention_mask)
         logits, attributes = self.heads(embedding)
-        return EmotionOutput(class_logits=logits, attributes=attributes, embedding=embedding)
+        # fusion reads the standardised state: LayerNorm alone leaves the LLM's massive-activation features dominant
+        return EmotionOutput(class_logits=logits, attributes=attributes, embedding=self.heads.standardized(embedding))
 
     # ------------------------------------------------------------------ save / load
 
