@@ -77,6 +77,9 @@ def _add_predict_prompts(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adapter", default=None, help="a text-branch folder saved by training (mode: sft)")
     p.add_argument("--prompts", default=None, help="comma-separated prompt variants (default: the adapter's or five)")
     p.add_argument("--no-ratings", action="store_true", help="skip the attribute rating prompts")
+    p.add_argument("--calibrate", action="store_true",
+                   help="contextual calibration: divide each variant's probabilities by its answer to content-free "
+                        "transcripts (removes a variant's constant label bias)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--limit", type=int, default=None, help="only the first N files (quick looks)")
     p.add_argument("--out", required=True, help="predictions CSV to write; the report goes beside it")
@@ -92,7 +95,8 @@ def _run_predict_prompts(args: argparse.Namespace) -> int:
     prompts = args.prompts.split(",") if args.prompts else None
     predictions, utterances = predict_corpus_split(args.corpus, args.split, llm=args.llm, adapter=args.adapter,
                                                    prompts=prompts, ratings=not args.no_ratings,
-                                                   batch_size=args.batch_size, limit=args.limit)
+                                                   batch_size=args.batch_size, limit=args.limit,
+                                                   calibrate=args.calibrate)
     out = Path(args.out)
     predictions.write_csv(out)
     report = evaluate(predictions, utterances, out.parent, title=f"prompt voting ({args.adapter or args.llm})")

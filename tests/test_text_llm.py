@@ -238,3 +238,34 @@ def test_generation_runs_on_the_tiny_preset(tiny):
     prompt = load_prompts(["text_plain"])[0].render(tiny.tokenizer, "well well")
     answers = generate_answers(tiny.model, tiny.tokenizer, [prompt, prompt + " "], max_new_tokens=3)
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+
+
+def test_contextual_calibration_removes_a_constant_label_bias():
+    from llmser.inference.prompting import calibrated
+
+    bias = np.array([0.7, 0.1, 0.2])
+    probs = np.array([[0.8, 0.05, 0.15], [0.6, 0.3, 0.1]])  # the second row's words point to class 1
+    out = calibrated(probs, bias)
+    np.testing.assert_allclose(out.sum(1), 1.0)
+    assert probs.argmax(1).tolist() == [0, 0] and out.argmax(1).tolist() == [0, 1]
+
+
+def test_calibrated_prompt_voting_scores_content_free_prompts(tiny):
+    from llmser.inference.prompting import (
+        calibrated,
+        class_probabilities,
+        content_free_probabilities,
+        predict_with_prompts,
+    )
+
+    templates = load_prompts(["text_plain", "text_short"])
+    texts = ["i am so happy for you both", "that is disgusting, it smells rotten"]
+    scorer = LabelScorer(tiny.model, tiny.tokenizer)
+    raw = class_probabilities(scorer, texts, templates[0], progress=False)
+    bias = content_free_probabilities(scorer, templates[0])
+    np.testing.assert_allclose(class_probabilities(scorer, texts, templates[0], False, calibrate=True),
+                               calibrated(raw, bias), atol=1e-6)
+    preds, vote = predict_with_prompts(tiny.model, tiny.tokenizer, ["a.wav", "b.wav"], texts, templates,
+                                       progress=False, calibrate=True)
+    np.testing.assert_allclose(vote.probs.sum(1), 1.0, atol=1e-6)
+    assert len(preds) == 2

@@ -4,6 +4,11 @@ This is the zero-shot path (a base instruct model, no tuning) and the SFT path (
 its LoRA adapter). Each class variant gives a probability over the 8 classes by constrained label
 scoring (``LabelScorer``); the variants' plurality vote is the prediction, ties broken by summed
 probability. Rating variants score the digits 1-7 for each attribute and take the expected rating.
+
+``calibrate`` applies contextual calibration (Zhao et al., 2021, "Calibrate Before Use"): each
+variant's probabilities are divided by what it answers for content-free transcripts ("N/A", "",
+"[MASK]") and renormalised. A small instruct model answers most prompts with the same label whatever
+the transcript (a variant's own bias); calibration removes that bias and keeps what the words add.
 """
 
 from __future__ import annotations
@@ -30,12 +35,28 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
 
 
+CONTENT_FREE_TRANSCRIPTS = ("N/A", "", "[MASK]")
+
+
 def class_probabilities(scorer: LabelScorer, transcripts: Sequence[str], template: PromptTemplate,
-                        progress: bool = True) -> np.ndarray:
+                        progress: bool = True, calibrate: bool = False) -> np.ndarray:
     """(N, 8) class probabilities of one prompt variant, columns in ``CLASS_CODES`` order."""
     prompts = [template.render(scorer.tokenizer, t) for t in transcripts]
     with _progress(len(prompts), template.name, progress) as bar:
-        return scorer.probabilities(prompts, template.candidates, progress=bar)
+        probs = scorer.probabilities(prompts, template.candidates, progress=bar)
+    return calibrated(probs, content_free_probabilities(scorer, template)) if calibrate else probs
+
+
+def content_free_probabilities(scorer: LabelScorer, template: PromptTemplate) -> np.ndarray:
+    """(8,) the variant's mean answer distribution for content-free transcripts: its label bias."""
+    prompts = [template.render(scorer.tokenizer, t) for t in CONTENT_FREE_TRANSCRIPTS]
+    return scorer.probabilities(prompts, template.candidates).mean(axis=0)
+
+
+def calibrated(probs: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Probabilities divided by a label bias and renormalised per row."""
+    scaled = probs / np.clip(bias, 1e-12, None)
+    return scaled / scaled.sum(axis=-1, keepdims=True)
 
 
 def expected_ratings(scorer: LabelScorer, transcripts: Sequence[str], template: PromptTemplate,
@@ -53,12 +74,13 @@ def expected_ratings(scorer: LabelScorer, transcripts: Sequence[str], template: 
 def predict_with_prompts(model: Any, tokenizer: Any, file_names: Sequence[str], transcripts: Sequence[str],
                          class_templates: Sequence[PromptTemplate],
                          rating_templates: Sequence[PromptTemplate] = (), *, batch_size: int = 8,
-                         max_transcript_tokens: int = 128, progress: bool = True) -> tuple[Predictions, VoteResult]:
+                         max_transcript_tokens: int = 128, progress: bool = True,
+                         calibrate: bool = False) -> tuple[Predictions, VoteResult]:
     """Predictions over transcripts: the class by the variants' vote (``vote_<variant>`` columns kept),
-    the attributes averaged over the rating variants (none when there are none)."""
+    the attributes averaged over the rating variants (none when there are none); ``calibrate``: see above."""
     scorer = LabelScorer(model, tokenizer, batch_size=batch_size)
     texts = [truncate_transcript(tokenizer, t or "", max_transcript_tokens) for t in transcripts]
-    per_variant = [class_probabilities(scorer, texts, t, progress) for t in class_templates]
+    per_variant = [class_probabilities(scorer, texts, t, progress, calibrate) for t in class_templates]
     vote = majority_vote(per_variant, [t.name for t in class_templates])
     attributes = None
     if rating_templates:
@@ -93,7 +115,8 @@ def load_prompting_model(llm: str = "smol", adapter: str | None = None, *, revis
 
 def predict_corpus_split(corpus_dir: str, split: str, *, llm: str = "smol", adapter: str | None = None,
                          prompts: list[str] | None = None, ratings: bool = True, batch_size: int = 8,
-                         max_transcript_tokens: int = 128, limit: int | None = None) -> tuple[Predictions, list]:
+                         max_transcript_tokens: int = 128, limit: int | None = None,
+                         calibrate: bool = False) -> tuple[Predictions, list]:
     """Prompt-vote predictions for every transcribed file of a corpus split (and the utterances)."""
     from llmser.data.msp_podcast import MSPPodcast
     from llmser.models.llm.prompts import load_prompts
@@ -109,5 +132,6 @@ def predict_corpus_split(corpus_dir: str, split: str, *, llm: str = "smol", adap
     rating_templates = load_prompts(task="attributes", inputs="transcript") if ratings else []
     predictions, _ = predict_with_prompts(model, tokenizer, [u.file_name for u in utterances],
                                           [u.transcript for u in utterances], class_templates, rating_templates,
-                                          batch_size=batch_size, max_transcript_tokens=max_transcript_tokens)
+                                          batch_size=batch_size, max_transcript_tokens=max_transcript_tokens,
+                                          calibrate=calibrate)
     return predictions, utterances

@@ -27,6 +27,7 @@ class TextBranchConfig(LLMConfig):
     prompts: list[str] = field(default_factory=lambda: list(DEFAULT_TEXT_PROMPTS))
     prompt_dir: str | None = None  # default: the project's prompts/ folder
     max_transcript_tokens: int = 128  # longer transcripts are cut (the prompt itself is never cut)
+    calibrate: bool = False  # sft: contextual calibration of each variant's votes (llmser.inference.prompting)
     head_hidden_size: int = 256
     head_standardize: bool = True  # per-feature running standardisation of the LLM state (see FeatureStandardizer)
     dropout: float = 0.1

@@ -139,7 +139,8 @@ def predict_split(model: Any, tokenizer: Any, utterances: list, config: TextBran
     ratings = load_prompts(task="attributes", inputs="transcript", folder=config.prompt_dir)
     predictions, _ = predict_with_prompts(model, tokenizer, [u.file_name for u in utterances],
                                           [u.transcript for u in utterances], templates, ratings,
-                                          batch_size=batch_size, max_transcript_tokens=config.max_transcript_tokens)
+                                          batch_size=batch_size, max_transcript_tokens=config.max_transcript_tokens,
+                                          calibrate=config.calibrate)
     predictions.write_csv(output_dir / "test_predictions.csv")
     from llmser.evaluation.report import summary_row
 
