@@ -97,12 +97,13 @@ def predict_test(trainer: Any, spec: Any, setup: Any) -> dict[str, Any]:
 
         recover_dir(best_dir)  # a run killed while replacing best/ left it as a backup
     trainer.accelerator.wait_for_everyone()
+    model = trainer.accelerator.unwrap_model(trainer.model)
     if best_dir.is_dir():
-        model = trainer.accelerator.unwrap_model(trainer.model)
         if hasattr(model, "load_trained_weights"):  # LLM branches: reload the adapter, not the base
             model.load_trained_weights(best_dir)
         else:
             model.load_state_dict(spec.model_cls.from_pretrained(best_dir).state_dict())
+    calibrate_on_dev(trainer, model, setup, best_dir)
     out = trainer.evaluate(setup.test_set, desc="test")
     if not trainer.is_main:
         return out.metrics
@@ -115,6 +116,22 @@ def predict_test(trainer: Any, spec: Any, setup: Any) -> dict[str, Any]:
     logger.info("test: %s", {k: round(v, 4) for k, v in out.metrics.items()})
     return {"metrics": out.metrics, "report": str(output_dir / "test" / "report.md"),
             "macro_f1": (report.get("task1") or {}).get("macro_f1")}
+
+
+def calibrate_on_dev(trainer: Any, model: Any, setup: Any, best_dir: Path) -> None:
+    """Branches that answer with an LLM (``model.calibration``, e.g. the audio-LLM) fit each answer prior on
+    the dev split and save it with the best model, before the test split is predicted."""
+    calibration = getattr(model, "calibration", None)
+    if calibration is None or setup.eval_set is None or not getattr(model.config, "calibrate", False):
+        return
+    calibration.log_prior.zero_()
+    dev = trainer.evaluate(setup.eval_set, desc="calibrate on dev")
+    calibration.fit(dev.probs, variant=0)  # evaluation datasets read every file through the first variant
+    logger.info("answer prior fitted on %d dev files: %s", len(dev.probs),
+                [round(float(p), 3) for p in calibration.log_prior[0].exp() / calibration.log_prior[0].exp().sum()])
+    if trainer.is_main and best_dir.is_dir():
+        model.save_pretrained(best_dir)
+    trainer.accelerator.wait_for_everyone()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -157,6 +157,33 @@ def test_shared_encoding_voting_equals_naive_per_variant_scoring(model):
     np.testing.assert_allclose(vote.probs, probs.mean(0), atol=1e-6)
 
 
+def test_answer_calibration_divides_out_the_dev_prior_at_inference_only(model):
+    batch = _batch(model, variants=(0, 0))
+    batch["variant_index"] = torch.tensor([0, 0])
+    with torch.no_grad():
+        raw = model(**batch).class_logits.softmax(-1)
+    prior = torch.tensor([0.5, 0.2, 0.1, 0.05, 0.05, 0.04, 0.03, 0.03])
+    model.calibration.fit(prior[None].expand(4, -1).numpy(), variant=0)
+    try:
+        assert model.calibration.fitted
+        with torch.no_grad():
+            calibrated = model(**batch).class_logits.softmax(-1)
+        expected = raw / prior
+        torch.testing.assert_close(calibrated, expected / expected.sum(-1, keepdim=True), atol=1e-5, rtol=1e-4)
+        frames, mask = batch["speech_frames"], batch["frame_mask"]
+        voted = model.vote_probabilities(frames, mask, model.templates[:1])[0]
+        uncalibrated = model.vote_probabilities(frames, mask, model.templates[:1], calibrated=False)[0]
+        np.testing.assert_allclose(voted, calibrated.numpy(), atol=1e-5)
+        np.testing.assert_allclose(uncalibrated, raw.numpy(), atol=1e-5)
+        model.train()
+        trained = model(**batch).class_logits  # training reads the raw first-token scores
+        assert trained.requires_grad
+        assert "calibration.log_prior" in model.speech_modules().state_dict()
+    finally:
+        model.calibration.log_prior.zero_()
+        model.eval()
+
+
 def test_speech_plus_transcript_prompts_read_the_transcript():
     torch.manual_seed(0)
     m = AudioLLMModel.from_config(_config(inputs="speech+transcript")).eval()

@@ -49,6 +49,8 @@ class AudioLLMConfig(LLMConfig):
     # the Q-Former a direct emotion signal instead of only the one that comes back through all LLM layers
     # (speech-only on the demo: 60 steps without it predicted one class). Predictions stay the LLM's answers.
     speech_class_head: bool = True
+    # After training, fit each answer's prior on the dev split and divide it out at inference (AnswerCalibration).
+    calibrate: bool = True
     head_hidden_size: int = 128
     dropout: float = 0.1
 

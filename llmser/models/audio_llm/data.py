@@ -85,7 +85,7 @@ class SpeechPromptDataset(Dataset):
         before, after = prompt_pieces(self.tokenizer, template, transcript)
         return {"index": index, "file_name": utt.file_name, "frames": tensors["frames"], "before": before,
                 "after": after, "candidate_index": self.candidate_index[variant], "variant": template.name,
-                **example_targets(utt)}
+                "variant_index": variant, **example_targets(utt)}
 
 
 class SpeechPromptCollator:
@@ -107,6 +107,7 @@ class SpeechPromptCollator:
         return {"speech_frames": frames, "frame_mask": mask, "before_ids": before_ids, "before_mask": before_mask,
                 "after_ids": after_ids, "after_mask": after_mask,
                 "candidate_index": torch.tensor([e["candidate_index"] for e in examples], dtype=torch.long),
+                "variant_index": torch.tensor([e["variant_index"] for e in examples], dtype=torch.long),
                 **_targets(examples)}
 
 

@@ -47,6 +47,7 @@ from llmser.models.llm.loading import canonical_name, load_causal_lm
 from llmser.models.llm.prompts import SPEECH_PLACEHOLDER, PromptTemplate, load_prompts
 from llmser.models.llm.scoring import candidate_token_ids, prefix_positions
 from llmser.models.whisper.loading import FRAMES_PER_SECOND
+from llmser.schema import NUM_CLASSES
 from llmser.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -210,6 +211,36 @@ class WindowQFormer(nn.Module):
         return torch.cat([speech, self.ln_second(frames[..., self.whisper_size:])], dim=-1)
 
 
+class AnswerCalibration(nn.Module):
+    """Each prompt variant's answer prior on real data, divided out of its answer probabilities at inference.
+
+    A briefly trained audio-LLM answers most clips with the same label (the LLM's prior for the prompt
+    outweighs what the few new speech tokens add; speech-only on the demo: one class for every test clip)
+    although its probabilities still move with the speech. Dividing each variant's probabilities by its
+    mean on held-out clips (the dev split; ``fit``) and renormalising - a prior correction, like
+    contextual calibration (Zhao et al., 2021) with in-domain inputs - keeps that movement and balances
+    the classes, which macro-F1 rewards. Not applied in training; uniform (a no-op) until fitted.
+    """
+
+    def __init__(self, num_variants: int, num_classes: int):
+        super().__init__()
+        self.register_buffer("log_prior", torch.zeros(num_variants, num_classes))
+
+    @property
+    def fitted(self) -> bool:
+        return bool(self.log_prior.abs().sum() > 0)
+
+    def apply(self, log_scores: torch.Tensor, variant_index: torch.Tensor) -> torch.Tensor:
+        """(B, C) answer log-scores minus each row's variant log-prior (softmax of it = calibrated probs)."""
+        return log_scores - self.log_prior.to(log_scores.device)[variant_index]
+
+    @torch.no_grad()
+    def fit(self, probs: np.ndarray | torch.Tensor, variant: int) -> None:
+        """Set ``variant``'s prior to the mean of its (N, C) uncalibrated probabilities on held-out clips."""
+        mean = torch.as_tensor(np.asarray(probs), dtype=torch.float32).mean(0).clamp_min(1e-6)
+        self.log_prior[variant] = (mean / mean.sum()).log() + math.log(mean.numel())  # uniform prior -> 0
+
+
 class AttributeHead(nn.Module):
     """Arousal/valence/dominance from the mean Q-Former state of the real speech tokens (task 2)."""
 
@@ -244,6 +275,7 @@ class AudioLLMModel(nn.Module):
         self.speech_class_head = (EmotionHeads(dq, config.head_hidden_size, config.dropout, attributes=False)
                                   if config.speech_class_head else None)
         self.templates = class_templates(config)
+        self.calibration = AnswerCalibration(len(self.templates), NUM_CLASSES)
         config.prompts = [t.name for t in self.templates]  # the resolved variants are saved with the weights
         self.candidates, self.candidate_index = answer_table(tokenizer, self.templates)
         self.first_tokens_distinct = all(len({self.candidates[i][0] for i in row}) == len(row)
@@ -265,6 +297,7 @@ class AudioLLMModel(nn.Module):
             modules["attribute_head"] = self.attribute_head
         if self.speech_class_head is not None:
             modules["speech_class_head"] = self.speech_class_head
+        modules["calibration"] = self.calibration
         return nn.ModuleDict(modules)
 
     # ------------------------------------------------------------------ forward
@@ -286,13 +319,15 @@ class AudioLLMModel(nn.Module):
 
     def forward(self, speech_frames: torch.Tensor, frame_mask: torch.Tensor, before_ids: torch.Tensor,
                 before_mask: torch.Tensor, after_ids: torch.Tensor, after_mask: torch.Tensor,
-                candidate_index: torch.Tensor, **_: object) -> EmotionOutput:
+                candidate_index: torch.Tensor, variant_index: torch.Tensor | None = None, **_: object) -> EmotionOutput:
         tokens, token_mask, states = self.speech(speech_frames, frame_mask)
         embeds, mask = self.splice(tokens, token_mask, before_ids, before_mask, after_ids, after_mask)
         if torch.is_grad_enabled() and self.first_tokens_distinct:
             class_logits = self.first_token_log_probs(embeds, mask).gather(1, candidate_index)  # (B, 8)
         else:
             class_logits = self.answer_log_likelihoods(embeds, mask, candidate_index)
+        if not self.training and variant_index is not None and self.calibration.fitted:
+            class_logits = self.calibration.apply(class_logits, variant_index)
         attributes, pooled = self.attribute_head(states, token_mask) if self.attribute_head is not None else \
             (None, _masked_mean(states, token_mask))
         auxiliary = self.speech_class_head(pooled)[0] if self.speech_class_head is not None else None
@@ -325,7 +360,7 @@ class AudioLLMModel(nn.Module):
     @torch.no_grad()
     def vote_probabilities(self, speech_frames: torch.Tensor, frame_mask: torch.Tensor,
                            templates: Sequence[PromptTemplate] | None = None,
-                           transcripts: Sequence[str] | None = None) -> np.ndarray:
+                           transcripts: Sequence[str] | None = None, calibrated: bool = True) -> np.ndarray:
         """(K, B, 8) class probabilities of K prompt variants, the audio encoded once and shared.
 
         The Q-Former runs once; its speech tokens are repeated for every variant, and all (variant, clip)
@@ -349,7 +384,17 @@ class AudioLLMModel(nn.Module):
         set_of_row = torch.tensor(set_of_variant).repeat_interleave(batch)
         scores = score_candidate_sets(self.llm, mask, candidate_sets, set_of_row, inputs_embeds=embeds,
                                       pad_token_id=self.tokenizer.pad_token_id)
+        if self.calibration.fitted and calibrated:
+            scores = self.calibration.apply(scores, self._variant_indices(templates).repeat_interleave(batch))
         return scores.softmax(-1).view(repeat, batch, -1).cpu().numpy()
+
+    def _variant_indices(self, templates: Sequence[PromptTemplate]) -> torch.Tensor:
+        names = [t.name for t in self.templates]
+        missing = [t.name for t in templates if t.name not in names]
+        if missing:
+            raise ValueError(f"prompt variants {missing} are not this model's ({names}); their answers were "
+                             "never calibrated - vote with the model's own variants or pass calibrated=False")
+        return torch.tensor([names.index(t.name) for t in templates])
 
     def vote(self, speech_frames: torch.Tensor, frame_mask: torch.Tensor,
              templates: Sequence[PromptTemplate] | None = None, transcripts: Sequence[str] | None = None):
