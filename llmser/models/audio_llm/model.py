@@ -445,7 +445,10 @@ class AudioLLMModel(nn.Module):
         path = Path(directory) / SPEECH_MODULES
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing; the folder is incomplete (save it again)")
-        self.speech_modules().load_state_dict(load_file(str(path)))
+        state = load_file(str(path))
+        # folders saved before answer calibration existed: uncalibrated (a zero prior is a no-op)
+        state.setdefault("calibration.log_prior", torch.zeros_like(self.calibration.log_prior))
+        self.speech_modules().load_state_dict(state)
 
     def load_trained_weights(self, directory: str | Path) -> None:
         """Load a saved folder's adapter and speech modules into this model in place (no base reload)."""
