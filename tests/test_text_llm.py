@@ -269,3 +269,20 @@ def test_calibrated_prompt_voting_scores_content_free_prompts(tiny):
                                        progress=False, calibrate=True)
     np.testing.assert_allclose(vote.probs.sum(1), 1.0, atol=1e-6)
     assert len(preds) == 2
+
+
+def test_sft_rows_can_be_class_balanced(tiny):
+    from types import SimpleNamespace
+
+    from llmser.models.text_llm.sft import sft_rows
+
+    utts = [SimpleNamespace(class_index=0, emo_class="A", transcript=f"angry {i}") for i in range(2)] + \
+        [SimpleNamespace(class_index=7, emo_class="N", transcript=f"neutral {i}") for i in range(38)] + \
+        [SimpleNamespace(class_index=None, emo_class="X", transcript="no agreement")]
+    templates = load_prompts(["text_plain"])
+    plain = sft_rows(utts, templates, tiny.tokenizer, epochs=5, seed=0, max_transcript_tokens=32)
+    balanced = sft_rows(utts, templates, tiny.tokenizer, epochs=5, seed=0, max_transcript_tokens=32, balance_power=0.0)
+    answers = lambda rows: [r["completion"][0]["content"] for r in rows]  # noqa: E731
+    assert len(plain) == len(balanced) == 200  # 40 labelled rows per epoch, the X file never
+    assert answers(plain).count("angry") == 10
+    assert 70 <= answers(balanced).count("angry") <= 130  # about half, from 2 of 40 files
