@@ -96,26 +96,6 @@ def test_prefix_cache_scoring_equals_naive_scoring(tiny):
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
 
 
-def test_candidate_sets_score_each_row_against_its_own_answers(tiny):
-    from llmser.models.llm.scoring import candidate_token_ids, score_candidate_sets, score_with_prefix_cache
-
-    tok = tiny.tokenizer
-    prompts = [t.render(tok, "we won and it feels wonderful") for t in load_prompts(["text_plain", "text_short"])]
-    enc = tok(prompts * 2, add_special_tokens=False, padding=True, padding_side="left", return_tensors="pt")
-    sets = [candidate_token_ids(tok, ["angry", "sad", "happy"]), candidate_token_ids(tok, ["Anger", "Sadness", "Joy"])]
-    rows = [0, 1, 1, 0]
-    mixed = score_candidate_sets(tiny.model, enc["attention_mask"], sets, rows, input_ids=enc["input_ids"],
-                                 pad_token_id=tok.pad_token_id)
-    for s, cands in enumerate(sets):
-        alone = score_with_prefix_cache(tiny.model, enc["attention_mask"], cands, input_ids=enc["input_ids"],
-                                        pad_token_id=tok.pad_token_id)
-        picked = [i for i, r in enumerate(rows) if r == s]
-        torch.testing.assert_close(mixed[picked], alone[picked], atol=1e-4, rtol=0)
-    with pytest.raises(ValueError, match="same number"):
-        score_candidate_sets(tiny.model, enc["attention_mask"], [sets[0], sets[1][:2]], rows,
-                             input_ids=enc["input_ids"])
-
-
 def test_majority_vote_breaks_ties_by_summed_probability():
     p = np.array([
         [[0.6, 0.4, 0.0]],  # votes 0

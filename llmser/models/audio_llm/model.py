@@ -366,30 +366,35 @@ class AudioLLMModel(nn.Module):
                            transcripts: Sequence[str] | None = None, calibrated: bool = True) -> np.ndarray:
         """(K, B, 8) class probabilities of K prompt variants, the audio encoded once and shared.
 
-        The Q-Former runs once; its speech tokens are repeated for every variant, and all (variant, clip)
-        prompts are scored in one batch, each row against its own variant's verbalised answers
-        (``score_candidate_sets``): one prefix forward and one continuation forward in all.
+        The Q-Former runs once; its speech tokens are repeated for every variant, and the (variant,
+        clip) prompts are scored in one batch per answer set (variants with the same verbalisation
+        share one), so no prompt pays for another verbalisation's answers. (One batch for all answer
+        sets was measured slower: 3.9 vs 2.5 s per clip for 4 clips x 5 variants, smol on 2 cores, as
+        the continuation repeats a longer key/value cache for every answer.)
         """
-        from llmser.models.llm.scoring import score_candidate_sets
+        from llmser.models.llm.scoring import score_with_prefix_cache
 
         templates = list(templates or self.templates)
         self.eval()
         tokens, token_mask, _ = self.speech(speech_frames, frame_mask)  # once per clip
         batch = tokens.shape[0]
         texts = list(transcripts) if transcripts is not None else [None] * batch
-        answer_sets: dict[tuple[str, ...], int] = {}
-        set_of_variant = [answer_sets.setdefault(t.candidates, len(answer_sets)) for t in templates]
-        candidate_sets = [candidate_token_ids(self.tokenizer, c) for c in answer_sets]
-        rows = [prompt_pieces(self.tokenizer, t, text) for t in templates for text in texts]
-        ids = pad_pieces(self.tokenizer, rows, device=tokens.device)  # row k*B + b: variant k, clip b
-        repeat = len(templates)
-        embeds, mask = self.splice(tokens.repeat(repeat, 1, 1), token_mask.repeat(repeat, 1), *ids)
-        set_of_row = torch.tensor(set_of_variant).repeat_interleave(batch)
-        scores = score_candidate_sets(self.llm, mask, candidate_sets, set_of_row, inputs_embeds=embeds,
-                                      pad_token_id=self.tokenizer.pad_token_id)
-        if self.calibration.fitted and calibrated:
-            scores = self.calibration.apply(scores, self._variant_indices(templates).repeat_interleave(batch))
-        return scores.softmax(-1).view(repeat, batch, -1).cpu().numpy()
+        variant_index = self._variant_indices(templates) if (calibrated and self.calibration.fitted) else None
+        probs = torch.zeros(len(templates), batch, len(templates[0].candidates))
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for k, template in enumerate(templates):
+            groups.setdefault(template.candidates, []).append(k)
+        for candidates, members in groups.items():
+            rows = [prompt_pieces(self.tokenizer, templates[k], text) for k in members for text in texts]
+            ids = pad_pieces(self.tokenizer, rows, device=tokens.device)  # row i*B + b: variant members[i], clip b
+            repeat = len(members)
+            embeds, mask = self.splice(tokens.repeat(repeat, 1, 1), token_mask.repeat(repeat, 1), *ids)
+            scores = score_with_prefix_cache(self.llm, mask, candidate_token_ids(self.tokenizer, candidates),
+                                             inputs_embeds=embeds, pad_token_id=self.tokenizer.pad_token_id)
+            if variant_index is not None:
+                scores = self.calibration.apply(scores, variant_index[members].repeat_interleave(batch))
+            probs[members] = scores.softmax(-1).view(repeat, batch, -1).cpu()
+        return probs.numpy()
 
     def _variant_indices(self, templates: Sequence[PromptTemplate]) -> torch.Tensor:
         names = [t.name for t in self.templates]

@@ -48,77 +48,42 @@ def score_with_prefix_cache(model: Any, attention_mask: torch.Tensor, candidates
     """(B, C) log-likelihoods of C candidate token sequences after B left-padded prefixes.
 
     The prefix is given as ``input_ids`` or ``inputs_embeds`` (an audio-LLM splices speech there).
-    ``score_with_prefix_cache.__wrapped__`` is the same computation with gradients (for training).
     """
-    rows = torch.zeros(attention_mask.shape[0], dtype=torch.long)
-    return _score_sets(model, attention_mask, [candidates], rows, input_ids=input_ids, inputs_embeds=inputs_embeds,
-                       reduction=reduction, pad_token_id=pad_token_id)
-
-
-@torch.no_grad()
-def score_candidate_sets(model: Any, attention_mask: torch.Tensor, candidate_sets: list[list[list[int]]],
-                         set_of_row: torch.Tensor | Sequence[int], *, input_ids: torch.Tensor | None = None,
-                         inputs_embeds: torch.Tensor | None = None, reduction: Reduction = "sum",
-                         pad_token_id: int = 0) -> torch.Tensor:
-    """(B, C) like ``score_with_prefix_cache``, but row b is scored against ``candidate_sets[set_of_row[b]]``.
-
-    Prompt variants that verbalise the labels differently ("angry" / "anger" / "Angry") are then
-    scored in ONE prefix forward and one continuation forward, instead of one pair per answer set.
-    Every set must have the same number of candidates (the eight classes, in schema order).
-    """
-    return _score_sets(model, attention_mask, candidate_sets, torch.as_tensor(set_of_row, dtype=torch.long),
-                       input_ids=input_ids, inputs_embeds=inputs_embeds, reduction=reduction,
-                       pad_token_id=pad_token_id)
-
-
-def _score_sets(model: Any, attention_mask: torch.Tensor, candidate_sets: list[list[list[int]]],
-                set_of_row: torch.Tensor, *, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None,
-                reduction: Reduction, pad_token_id: int) -> torch.Tensor:
     device = attention_mask.device
-    sizes = {len(c) for c in candidate_sets}
-    if len(sizes) != 1:
-        raise ValueError(f"every candidate set needs the same number of answers, got sizes {sorted(sizes)}")
-    set_of_row = set_of_row.to(device)
     out = model(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                 position_ids=prefix_positions(attention_mask), use_cache=True, logits_to_keep=1)
     last = out.logits[:, -1].float().log_softmax(-1)  # (B, V)
-    first = torch.tensor([[c[0] for c in cands] for cands in candidate_sets], device=device)[set_of_row]  # (B, C)
-    scores = last.gather(1, first)  # (B, C)
-    rest = max(len(c) for cands in candidate_sets for c in cands) - 1
+    first = torch.tensor([c[0] for c in candidates], device=device)
+    scores = last[:, first]  # (B, C)
+    rest = max(len(c) for c in candidates) - 1
     if rest > 0:
-        scores = scores + _score_rest(model, _cache_of(out), attention_mask, candidate_sets, set_of_row, rest,
-                                      pad_token_id)
+        scores = scores + _score_rest(model, _cache_of(out), attention_mask, candidates, rest, pad_token_id)
     if reduction == "mean":
-        lengths = torch.tensor([[len(c) for c in cands] for cands in candidate_sets], device=device)[set_of_row]
-        scores = scores / lengths.to(scores.dtype)
+        scores = scores / torch.tensor([len(c) for c in candidates], device=device, dtype=scores.dtype)
     return scores
 
 
-def _score_rest(model: Any, cache: Any, prefix_mask: torch.Tensor, candidate_sets: list[list[list[int]]],
-                set_of_row: torch.Tensor, rest: int, pad_token_id: int) -> torch.Tensor:
+def _score_rest(model: Any, cache: Any, prefix_mask: torch.Tensor, candidates: list[list[int]], rest: int,
+                pad_token_id: int) -> torch.Tensor:
     """Log-probability of each candidate's tokens after its first, for every (prefix, candidate) pair."""
     device = prefix_mask.device
-    batch, num = prefix_mask.shape[0], len(candidate_sets[0])
-    shape = (len(candidate_sets), num, rest)
-    inputs = torch.full(shape, pad_token_id, dtype=torch.long, device=device)
-    targets = torch.zeros(shape, dtype=torch.long, device=device)
-    valid = torch.zeros(shape, dtype=torch.long, device=device)
-    for s, cands in enumerate(candidate_sets):
-        for c, ids in enumerate(cands):
-            n = len(ids) - 1
-            if n:
-                inputs[s, c, :n] = torch.tensor(ids[:-1], device=device)
-                targets[s, c, :n] = torch.tensor(ids[1:], device=device)
-                valid[s, c, :n] = 1
-    # rows become (prefix b, candidate c) at b * num + c, each with its own set's tokens
-    inputs, targets, valid = (t[set_of_row].reshape(batch * num, rest) for t in (inputs, targets, valid))
-    cache.batch_repeat_interleave(num)
-    mask = torch.cat([prefix_mask.repeat_interleave(num, 0), valid], dim=1)
+    batch, num = prefix_mask.shape[0], len(candidates)
+    inputs = torch.full((num, rest), pad_token_id, dtype=torch.long, device=device)
+    targets = torch.zeros((num, rest), dtype=torch.long, device=device)
+    valid = torch.zeros((num, rest), dtype=torch.long, device=device)
+    for c, ids in enumerate(candidates):
+        n = len(ids) - 1
+        if n:
+            inputs[c, :n] = torch.tensor(ids[:-1], device=device)
+            targets[c, :n] = torch.tensor(ids[1:], device=device)
+            valid[c, :n] = 1
+    cache.batch_repeat_interleave(num)  # rows become (prefix b, candidate c) at b * num + c
+    mask = torch.cat([prefix_mask.repeat_interleave(num, 0), valid.repeat(batch, 1)], dim=1)
     positions = prefix_mask.sum(-1).repeat_interleave(num)[:, None] + torch.arange(rest, device=device)
-    logits = model(input_ids=inputs, attention_mask=mask, position_ids=positions,
+    logits = model(input_ids=inputs.repeat(batch, 1), attention_mask=mask, position_ids=positions,
                    cache=cache, use_cache=True).logits  # (B*C, rest, V)
-    logp = logits.float().log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
-    return (logp * valid).sum(-1).view(batch, num)
+    logp = logits.float().log_softmax(-1).gather(-1, targets.repeat(batch, 1)[..., None]).squeeze(-1)
+    return (logp * valid.repeat(batch, 1)).sum(-1).view(batch, num)
 
 
 def _cache_of(output: Any) -> Any:
