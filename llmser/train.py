@@ -128,7 +128,7 @@ def calibrate_on_dev(trainer: Any, model: Any, setup: Any, best_dir: Path) -> No
     dev = trainer.evaluate(setup.eval_set, desc="calibrate on dev")
     calibration.fit(dev.probs, variant=0)  # evaluation datasets read every file through the first variant
     logger.info("answer prior fitted on %d dev files: %s", len(dev.probs),
-                [round(float(p), 3) for p in calibration.log_prior[0].exp() / calibration.log_prior[0].exp().sum()])
+                [round(float(p), 3) for p in calibration.log_prior[0].softmax(-1)])
     if trainer.is_main and best_dir.is_dir():
         model.save_pretrained(best_dir)
     trainer.accelerator.wait_for_everyone()

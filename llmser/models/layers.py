@@ -74,9 +74,6 @@ class FeatureStandardizer(nn.BatchNorm1d):
     A batch of one in training (the last item of an epoch) is normalised with the running statistics.
     """
 
-    def __init__(self, size: int):
-        super().__init__(size)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and x.shape[0] < 2:
             return self.with_running_statistics(x)
