@@ -64,12 +64,28 @@ def run(recipe_path: str | Path, overrides: list[str] | None = None, resume: str
                               "dev": state.get("best_metrics", {}), "train_seconds": state.get("train_seconds")}
     if recipe.train.predict_test and setup.test_set is not None:
         result["test"] = predict_test(trainer, spec, setup)
-    accelerator.end_training()  # trackers closed, process group torn down: only now, after the test split
+    _finish(accelerator, trainer)
     if accelerator.is_main_process:
         from llmser.utils.io import atomic_write_json
 
         atomic_write_json(Path(recipe.train.output_dir) / "metrics.json", result)
     return result
+
+
+def _finish(accelerator: Any, trainer: Any) -> None:
+    """Tear the process group down only when every process is done, and only after the wrapped model.
+
+    A process that left early (the non-main ones skip writing the report) used to destroy the group while
+    the others still worked, and a DDP wrapper still alive at interpreter exit keeps the gloo group's
+    threads alive with it; both can end a finished run in ``terminate called without an active exception``.
+    """
+    import gc
+
+    accelerator.wait_for_everyone()
+    trainer.model = trainer.optimizer = trainer.scheduler = None
+    accelerator.free_memory()
+    gc.collect()
+    accelerator.end_training()  # trackers closed, process group torn down
 
 
 def _run_sft(recipe: Any, model_config: Any, corpus: Any, resume: str | None) -> dict[str, Any]:
