@@ -8,7 +8,9 @@ Per clip, it times:
 
 - **1 variant**: Whisper encoder + Q-Former + constrained label scoring with one prompt;
 - **5 shared**: the audio encoded once and the Q-Former run once, the speech tokens reused for the
-  five variants, whose prompts are scored in one batch (``AudioLLMModel.vote_probabilities``);
+  five variants; each variant's instruction (the prompt before the speech) comes from the key/value
+  cache kept across clips, and the speech tokens, prompt tails and answers of all variants run in one
+  forward (``AudioLLMModel.vote_probabilities``); 1 variant is the same path with one prompt;
 - **5 naive**: for each variant, encode the audio, run the Q-Former and generate the answer greedily,
   as a SALMONN-style ``generate`` loop does.
 

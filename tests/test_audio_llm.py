@@ -157,6 +157,35 @@ def test_shared_encoding_voting_equals_naive_per_variant_scoring(model):
     np.testing.assert_allclose(vote.probs, probs.mean(0), atol=1e-6)
 
 
+def test_instruction_cache_is_dropped_when_weights_can_change(model):
+    """Voting keeps each variant's instruction states; training mode or loading weights drops them."""
+    frames, mask = model.encoders(_waves(1.0))
+    model.vote_probabilities(frames, mask)
+    assert len(model.prefix_cache) == len({tuple(prompt_pieces(model.tokenizer, t)[0]) for t in model.templates})
+    model.train()
+    assert len(model.prefix_cache) == 0
+    model.eval()
+    model.vote_probabilities(frames, mask)
+    model.load_state_dict(model.state_dict())
+    assert len(model.prefix_cache) == 0
+
+
+def test_prompts_starting_with_the_speech_are_scored_without_the_cache(model):
+    """No text before the speech (no chat template): nothing to cache, the whole prompt runs; same scores."""
+    frames, mask = model.encoders(_waves(1.0))
+    tokens, token_mask, _ = model.speech(frames, mask)
+    after = model.tokenizer("which emotion is it", add_special_tokens=False)["input_ids"]
+    answers = candidate_token_ids(model.tokenizer, model.templates[0].candidates)
+    with torch.no_grad():
+        scores = model.score_prompts(tokens, token_mask, [[]], [after], [answers], torch.zeros(1, dtype=torch.long))
+        embed = model.llm.get_input_embeddings()
+        prompt = torch.cat([tokens[0, : int(token_mask[0].sum())], embed(torch.tensor(after))])
+        for c, ids in enumerate(answers):
+            logp = model.llm(inputs_embeds=torch.cat([prompt, embed(torch.tensor(ids))])[None]).logits[0].log_softmax(-1)
+            expected = logp[torch.arange(len(prompt) - 1, len(prompt) + len(ids) - 1), torch.tensor(ids)].sum()
+            torch.testing.assert_close(scores[0, c], expected, atol=1e-4, rtol=1e-4)
+
+
 def test_answer_calibration_divides_out_the_dev_prior_at_inference_only(model):
     batch = _batch(model, variants=(0, 0))
     batch["variant_index"] = torch.tensor([0, 0])

@@ -13,8 +13,15 @@ import torch
 from llmser.inference.voting import majority_vote
 from llmser.models.llm.adapter import AdapterMismatchError, check_adapter_base
 from llmser.models.llm.loading import load_causal_lm
+from llmser.models.llm.prefix_cache import PrefixCache
 from llmser.models.llm.prompts import PromptError, load_prompt_file, load_prompts
-from llmser.models.llm.scoring import LabelScorer, score_naive
+from llmser.models.llm.scoring import (
+    LabelScorer,
+    candidate_token_ids,
+    score_after_prefix,
+    score_naive,
+    score_with_prefix_cache,
+)
 from llmser.models.llm.tokenizer import build_tiny_tokenizer
 from llmser.models.text_llm.config import TextBranchConfig
 from llmser.models.text_llm.model import TextEmotionModel
@@ -94,6 +101,48 @@ def test_prefix_cache_scoring_equals_naive_scoring(tiny):
     np.testing.assert_allclose(fast, naive, atol=1e-4)
     probs = scorer.probabilities(prompts, candidates)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_cached_prefix_packed_answer_scoring_equals_whole_prompt_scoring(tiny, reduction):
+    """Prefixes from the cache, left-padded suffixes, two answer sets packed in one forward: same scores."""
+    tok, model = tiny.tokenizer, tiny.model
+    encode = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prefixes = [encode("rate this line please"), encode("which emotion"), encode("rate this line please")]
+    suffixes = [encode("i am so happy today"), encode("no"), encode("whatever you say")]
+    answer_sets = [candidate_token_ids(tok, ["Angry", "Sad", "Neutral"]),
+                   candidate_token_ids(tok, ["anger", "sadness", "neutral state of mind"])]
+    row_set = torch.tensor([0, 1, 1])
+    cache, prefix_mask = PrefixCache().batch(model, prefixes)
+    width = max(len(s) for s in suffixes)
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(s)) + s for s in suffixes])
+    suffix_mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in suffixes])
+    fast = score_after_prefix(model, cache, prefix_mask, model.get_input_embeddings()(ids), suffix_mask,
+                              answer_sets, row_set, reduction=reduction)
+    for n, (prefix, suffix) in enumerate(zip(prefixes, suffixes)):
+        whole = score_with_prefix_cache(model, torch.ones(1, len(prefix + suffix), dtype=torch.long),
+                                        answer_sets[row_set[n]], input_ids=torch.tensor([prefix + suffix]),
+                                        reduction=reduction)
+        torch.testing.assert_close(fast[n], whole[0], atol=1e-4, rtol=1e-4)
+
+
+def test_prefix_cache_computes_each_prefix_once_and_evicts_the_least_recent(tiny):
+    cache = PrefixCache(max_entries=2)
+    calls = []
+    hook = tiny.model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        cache.batch(tiny.model, [[5, 6, 7], [8, 9], [5, 6, 7]])
+        assert len(calls) == 2 and len(cache) == 2
+        cache.batch(tiny.model, [[8, 9]])  # cached: no forward
+        assert len(calls) == 2
+        _, mask = cache.batch(tiny.model, [[10], [8, 9]])  # [5, 6, 7] was used least recently: evicted
+        assert len(calls) == 3 and len(cache) == 2 and mask.tolist() == [[0, 1], [1, 1]]
+        cache.batch(tiny.model, [[5, 6, 7]])
+        assert len(calls) == 4
+    finally:
+        hook.remove()
+    with pytest.raises(ValueError, match="empty prompt prefix"):
+        cache.batch(tiny.model, [[]])
 
 
 def test_majority_vote_breaks_ties_by_summed_probability():

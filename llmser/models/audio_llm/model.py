@@ -10,16 +10,18 @@ Data flow for a batch (shapes as ``# (...)`` comments below)::
          left-padded, attention mask over the real tokens only
       -> LoRA LLM -> log-likelihood of each of the 8 verbalised answers (= ``class_logits``)
 
-Scoring the answers. Evaluation and voting use the prefix-cache trick of ``llmser.models.llm.scoring``:
-the prompt runs once with its key/value cache kept, the first answer token is read from its last
-logits, and the remaining tokens of every answer run in one short batched forward on the repeated
-cache; ``class_logits`` are the answers' summed log-likelihoods. Training (gradients on) reads only
-the first answer token from the prompt's last logits - the answers of a variant start with distinct
-tokens, so this separates them, and it avoids keeping a cache repeated 8-23 times for the backward
-pass (which cost ~5 GB and minutes per step for SmolLM2 on CPU). The engine's class loss is then
-cross-entropy over the answers' first tokens: the LM loss on the answer, normalised over the labels.
-If two answers of a variant share a first token, training falls back to whole-answer scores. Voting (``vote``) encodes the audio and runs the Q-Former once, then
-reuses the speech tokens for every prompt variant in one batch.
+Scoring the answers. The prompts put their instruction (system turn, definitions, label list) before
+the speech and only a short tail after it, so the instruction's key/value states do not depend on the
+clip: evaluation and voting compute them once per prompt variant (``PrefixCache``) and run, per
+(variant, clip), only the speech tokens, the tail and the answers - all answers packed in the same
+forward behind a 4-D attention mask (``score_after_prefix``); ``class_logits`` are the answers' summed
+log-likelihoods, end of turn included. Training (gradients on) runs the whole prompt and reads only
+the first answer token from its last logits - the answers of a variant start with distinct tokens, so
+this separates them, and no cache is kept for the backward pass (a cache repeated per answer cost ~5 GB
+and minutes per step for SmolLM2 on CPU). The engine's class loss is then cross-entropy over the
+answers' first tokens: the LM loss on the answer, normalised over the labels. If two answers of a
+variant share a first token, training falls back to whole-answer scores. Voting (``vote``) encodes the
+audio and runs the Q-Former once, then reuses the speech tokens for every prompt variant in one batch.
 
 Saved layout (``save_pretrained``)::
 
@@ -44,6 +46,7 @@ from llmser.models.audio_llm.config import CONFIG_NAME, AudioLLMConfig
 from llmser.models.layers import EmotionHeads, EmotionOutput
 from llmser.models.llm.adapter import attach_lora, load_lora, save_lora
 from llmser.models.llm.loading import canonical_name, load_causal_lm
+from llmser.models.llm.prefix_cache import PrefixCache
 from llmser.models.llm.prompts import SPEECH_PLACEHOLDER, PromptTemplate, load_prompts
 from llmser.models.llm.scoring import candidate_token_ids, prefix_positions
 from llmser.models.whisper.loading import FRAMES_PER_SECOND
@@ -278,6 +281,7 @@ class AudioLLMModel(nn.Module):
         self.speech_class_head = (EmotionHeads(dq, config.head_hidden_size, config.dropout, attributes=False)
                                   if config.speech_class_head else None)
         self.templates = class_templates(config)
+        self.prefix_cache = PrefixCache()  # the prompts' instructions before the speech, for voting
         self.calibration = AnswerCalibration(len(self.templates), NUM_CLASSES)
         config.prompts = [t.name for t in self.templates]  # the resolved variants are saved with the weights
         self.candidates, self.candidate_index = answer_table(tokenizer, self.templates)
@@ -303,6 +307,15 @@ class AudioLLMModel(nn.Module):
         modules["calibration"] = self.calibration
         return nn.ModuleDict(modules)
 
+    def train(self, mode: bool = True) -> AudioLLMModel:
+        if mode:
+            self.prefix_cache.clear()  # the weights may change from here on: cached instruction states go stale
+        return super().train(mode)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        self.prefix_cache.clear()
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     # ------------------------------------------------------------------ forward
 
     def splice(self, tokens: torch.Tensor, token_mask: torch.Tensor, before_ids: torch.Tensor,
@@ -324,11 +337,18 @@ class AudioLLMModel(nn.Module):
                 before_mask: torch.Tensor, after_ids: torch.Tensor, after_mask: torch.Tensor,
                 candidate_index: torch.Tensor, variant_index: torch.Tensor | None = None, **_: object) -> EmotionOutput:
         tokens, token_mask, states = self.speech(speech_frames, frame_mask)
-        embeds, mask = self.splice(tokens, token_mask, before_ids, before_mask, after_ids, after_mask)
-        if torch.is_grad_enabled() and self.first_tokens_distinct:
-            class_logits = self.first_token_log_probs(embeds, mask).gather(1, candidate_index)  # (B, 8)
+        if not torch.is_grad_enabled() and not self.training:  # evaluation: instructions from the prefix cache
+            befores = [ids[m.bool()].tolist() for ids, m in zip(before_ids, before_mask)]
+            afters = [ids[m.bool()].tolist() for ids, m in zip(after_ids, after_mask)]
+            sets, row_set = candidate_index.unique(dim=0, return_inverse=True)
+            answer_sets = [[self.candidates[i] for i in row] for row in sets.tolist()]
+            class_logits = self.score_prompts(tokens, token_mask, befores, afters, answer_sets, row_set)
+        elif self.first_tokens_distinct:
+            class_logits = self.first_token_log_probs(*self.splice(tokens, token_mask, before_ids, before_mask,
+                                                                  after_ids, after_mask)).gather(1, candidate_index)
         else:
-            class_logits = self.answer_log_likelihoods(embeds, mask, candidate_index)
+            class_logits = self.answer_log_likelihoods(*self.splice(tokens, token_mask, before_ids, before_mask,
+                                                                   after_ids, after_mask), candidate_index)
         if not self.training and variant_index is not None and self.calibration.fitted:
             class_logits = self.calibration.apply(class_logits, variant_index)
         attributes, pooled = self.attribute_head(states, token_mask) if self.attribute_head is not None else \
@@ -366,35 +386,52 @@ class AudioLLMModel(nn.Module):
                            transcripts: Sequence[str] | None = None, calibrated: bool = True) -> np.ndarray:
         """(K, B, 8) class probabilities of K prompt variants, the audio encoded once and shared.
 
-        The Q-Former runs once; its speech tokens are repeated for every variant, and the (variant,
-        clip) prompts are scored in one batch per answer set (variants with the same verbalisation
-        share one), so no prompt pays for another verbalisation's answers. (One batch for all answer
-        sets was measured slower: 3.9 vs 2.5 s per clip for 4 clips x 5 variants, smol on 2 cores, as
-        the continuation repeats a longer key/value cache for every answer.)
+        The encoders and the Q-Former run once per clip. Each variant's prompt text before the speech
+        (system turn, instruction, definitions, label list) does not depend on the clip: its key/value
+        states are computed once and kept (``prefix_cache``). What remains per (variant, clip) - the
+        speech tokens, the prompt's tail and the eight answers - runs in one forward for all variants
+        and clips (``score_after_prefix``).
         """
-        from llmser.models.llm.scoring import score_with_prefix_cache
-
         templates = list(templates or self.templates)
         self.eval()
         tokens, token_mask, _ = self.speech(speech_frames, frame_mask)  # once per clip
         batch = tokens.shape[0]
         texts = list(transcripts) if transcripts is not None else [None] * batch
-        variant_index = self._variant_indices(templates) if (calibrated and self.calibration.fitted) else None
-        probs = torch.zeros(len(templates), batch, len(templates[0].candidates))
-        groups: dict[tuple[str, ...], list[int]] = {}
-        for k, template in enumerate(templates):
-            groups.setdefault(template.candidates, []).append(k)
-        for candidates, members in groups.items():
-            rows = [prompt_pieces(self.tokenizer, templates[k], text) for k in members for text in texts]
-            ids = pad_pieces(self.tokenizer, rows, device=tokens.device)  # row i*B + b: variant members[i], clip b
-            repeat = len(members)
-            embeds, mask = self.splice(tokens.repeat(repeat, 1, 1), token_mask.repeat(repeat, 1), *ids)
-            scores = score_with_prefix_cache(self.llm, mask, candidate_token_ids(self.tokenizer, candidates),
-                                             inputs_embeds=embeds, pad_token_id=self.tokenizer.pad_token_id)
-            if variant_index is not None:
-                scores = self.calibration.apply(scores, variant_index[members].repeat_interleave(batch))
-            probs[members] = scores.softmax(-1).view(repeat, batch, -1).cpu()
-        return probs.numpy()
+        pieces = [prompt_pieces(self.tokenizer, t, text) for t in templates for text in texts]  # row k*B + b
+        answer_sets = list(dict.fromkeys(t.candidates for t in templates))
+        row_set = torch.tensor([answer_sets.index(t.candidates) for t in templates]).repeat_interleave(batch)
+        repeat = len(templates)
+        scores = self.score_prompts(tokens.repeat(repeat, 1, 1), token_mask.repeat(repeat, 1),
+                                    [before for before, _ in pieces], [after for _, after in pieces],
+                                    [candidate_token_ids(self.tokenizer, c) for c in answer_sets], row_set)
+        if calibrated and self.calibration.fitted:
+            scores = self.calibration.apply(scores, self._variant_indices(templates).repeat_interleave(batch))
+        return scores.softmax(-1).view(repeat, batch, -1).cpu().numpy()
+
+    @torch.no_grad()
+    def score_prompts(self, tokens: torch.Tensor, token_mask: torch.Tensor, befores: Sequence[list[int]],
+                      afters: Sequence[list[int]], answer_sets: Sequence[list[list[int]]], row_set: torch.Tensor
+                      ) -> torch.Tensor:
+        """(N, 8) answer log-likelihoods of N prompts [before | speech tokens | after] (token ids per row).
+
+        The text before the speech comes from ``prefix_cache``; the speech, the text after it and the
+        answers ``answer_sets[row_set[n]]`` run in one forward (``score_after_prefix``).
+        """
+        from llmser.models.llm.scoring import score_after_prefix, score_with_prefix_cache
+
+        if not all(befores):  # a prompt that starts with the speech (no chat template): nothing to cache
+            pieces = pad_pieces(self.tokenizer, list(zip(befores, afters)), device=tokens.device)
+            embeds, mask = self.splice(tokens, token_mask, *pieces)
+            scores = torch.zeros(len(befores), len(answer_sets[0]), device=tokens.device)
+            for g, answers in enumerate(answer_sets):
+                rows = (row_set.to(tokens.device) == g).nonzero().squeeze(1)
+                scores[rows] = score_with_prefix_cache(self.llm, mask[rows], answers, inputs_embeds=embeds[rows],
+                                                       pad_token_id=self.tokenizer.pad_token_id)
+            return scores
+        cache, prefix_mask = self.prefix_cache.batch(self.llm, befores)
+        empty = [([], ids) for ids in afters]
+        embeds, mask = self.splice(tokens, token_mask, *pad_pieces(self.tokenizer, empty, device=tokens.device))
+        return score_after_prefix(self.llm, cache, prefix_mask, embeds, mask, answer_sets, row_set)
 
     def _variant_indices(self, templates: Sequence[PromptTemplate]) -> torch.Tensor:
         names = [t.name for t in self.templates]
@@ -467,6 +504,7 @@ class AudioLLMModel(nn.Module):
 
         check_adapter_base(directory, self.base_name)
         set_peft_model_state_dict(self.llm, load_file(str(Path(directory) / ADAPTER_WEIGHTS)))
+        self.prefix_cache.clear()
         self.load_speech_modules(directory)
 
 

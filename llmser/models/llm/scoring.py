@@ -57,7 +57,7 @@ def score_with_prefix_cache(model: Any, attention_mask: torch.Tensor, candidates
     scores = last[:, first]  # (B, C)
     rest = max(len(c) for c in candidates) - 1
     if rest > 0:
-        scores = scores + _score_rest(model, _cache_of(out), attention_mask, candidates, rest, pad_token_id)
+        scores = scores + _score_rest(model, cache_of(out), attention_mask, candidates, rest, pad_token_id)
     if reduction == "mean":
         scores = scores / torch.tensor([len(c) for c in candidates], device=device, dtype=scores.dtype)
     return scores
@@ -86,7 +86,86 @@ def _score_rest(model: Any, cache: Any, prefix_mask: torch.Tensor, candidates: l
     return (logp * valid.repeat(batch, 1)).sum(-1).view(batch, num)
 
 
-def _cache_of(output: Any) -> Any:
+@torch.no_grad()
+def score_after_prefix(model: Any, prefix_cache: Any, prefix_mask: torch.Tensor, suffix_embeds: torch.Tensor,
+                       suffix_mask: torch.Tensor, answer_sets: Sequence[list[list[int]]],
+                       row_set: torch.Tensor | None = None, reduction: Reduction = "sum") -> torch.Tensor:
+    """(N, C) log-likelihoods of each row's C answers after N prompts whose prefixes are in ``prefix_cache``.
+
+    Row n's prompt is its cached prefix (``prefix_mask`` (N, P), left-padded) followed by its suffix
+    (``suffix_embeds`` (N, T, H), left-padded, ``suffix_mask`` (N, T)); it is scored against the answers
+    ``answer_sets[row_set[n]]`` (every set holds C token sequences; ``row_set`` defaults to set 0).
+    One forward runs the suffixes and all answers: each row's answer tokens are packed after its suffix,
+    and a 4-D attention mask lets an answer token see the prompt and its own answer's earlier tokens only,
+    so no key/value cache is repeated per answer and prompts with different answer sets share the batch.
+    Equal, up to float rounding, to ``score_with_prefix_cache`` on the whole prompt.
+    """
+    device, dtype = suffix_embeds.device, suffix_embeds.dtype
+    rows, width = suffix_mask.shape
+    row_set = torch.zeros(rows, dtype=torch.long, device=device) if row_set is None else row_set.to(device)
+    packs = [_packed_answers(answers) for answers in answer_sets]
+    packed = max(1, max(len(tokens) for _, _, tokens in packs))
+    table = torch.zeros((len(packs), 4, packed), dtype=torch.long)  # owner, step, token, valid per set
+    for g, (owner, step, tokens) in enumerate(packs):
+        table[g, :, : len(tokens)] = torch.tensor([owner, step, tokens, [1] * len(tokens)], dtype=torch.long)
+    owner, step, tokens, valid = table.to(device)[row_set].unbind(1)  # (N, M) each
+    embeds = torch.cat([suffix_embeds, model.get_input_embeddings()(tokens).to(dtype)], dim=1)  # (N, T + M, H)
+    real = suffix_mask.bool()
+    causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+    sees_suffix = torch.cat([causal[None] & real[:, None, :],  # the suffix: causal over its real tokens
+                             real[:, None, :].expand(-1, packed, -1)], dim=1)  # the answers: all of it
+    own_answer = (owner[:, :, None] == owner[:, None, :]) & (step[:, None, :] <= step[:, :, None]) \
+        & valid.bool()[:, None, :]  # (N, M, M)
+    sees_answers = torch.cat([torch.zeros(rows, width, packed, dtype=torch.bool, device=device), own_answer], 1)
+    allowed = torch.cat([prefix_mask.bool()[:, None, :].expand(-1, width + packed, -1), sees_suffix, sees_answers],
+                        dim=2)  # (N, T + M, P + T + M)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+    start = prefix_mask.sum(-1, keepdim=True)  # (N, 1) real prefix tokens
+    positions = torch.cat([start + (suffix_mask.cumsum(-1) - 1).clamp(min=0),
+                           start + suffix_mask.sum(-1, keepdim=True) + step], dim=1)
+    out = model(inputs_embeds=embeds, attention_mask=mask[:, None], position_ids=positions, cache=prefix_cache,
+                use_cache=True, logits_to_keep=packed + 1)
+    logp = out.logits.float().log_softmax(-1)  # (N, 1 + M, V): after the suffix, then after each packed token
+    scores = torch.zeros(rows, len(answer_sets[0]), device=device)
+    for g, answers in enumerate(answer_sets):
+        members = (row_set == g).nonzero().squeeze(1)
+        if len(members):
+            scores[members] = _gather_answers(logp[members], answers)
+    if reduction == "mean":
+        lengths = torch.tensor([[len(a) for a in answers] for answers in answer_sets], device=device)
+        scores = scores / lengths[row_set].to(scores.dtype)
+    return scores
+
+
+def _packed_answers(answers: list[list[int]]) -> tuple[list[int], list[int], list[int]]:
+    """Every answer's tokens but its last (the last is only predicted), with their answer and step."""
+    owner, step, tokens = [], [], []
+    for c, ids in enumerate(answers):
+        for j, token in enumerate(ids[:-1]):
+            owner.append(c)
+            step.append(j)
+            tokens.append(token)
+    return owner, step, tokens
+
+
+def _gather_answers(logp: torch.Tensor, answers: list[list[int]]) -> torch.Tensor:
+    """(N, C) summed log-probabilities: an answer's first token is predicted after the suffix (column 0),
+    its token j after its packed token j - 1."""
+    columns, targets, owners = [], [], []
+    offset = 1
+    for c, ids in enumerate(answers):
+        columns += [0] + list(range(offset, offset + len(ids) - 1))
+        targets += ids
+        owners += [c] * len(ids)
+        offset += len(ids) - 1
+    device = logp.device
+    picked = logp[:, torch.tensor(columns, device=device), torch.tensor(targets, device=device)]  # (N, sum len)
+    return torch.zeros(logp.shape[0], len(answers), device=device).index_add_(
+        1, torch.tensor(owners, device=device), picked)
+
+
+def cache_of(output: Any) -> Any:
+    """The key/value cache of a model output."""
     # transformers 5 names the key/value cache ``cache``; 4.x called it ``past_key_values``.
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values
