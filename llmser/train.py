@@ -135,16 +135,26 @@ def predict_test(trainer: Any, spec: Any, setup: Any) -> dict[str, Any]:
 
 
 def calibrate_on_dev(trainer: Any, model: Any, setup: Any, best_dir: Path) -> None:
-    """Branches that answer with an LLM (``model.calibration``, e.g. the audio-LLM) fit each answer prior on
-    the dev split and save it with the best model, before the test split is predicted."""
+    """Branches that answer with an LLM (``model.calibration``, e.g. the audio-LLM) fit each prompt variant's
+    answer prior on the dev split and save them with the best model, before the test split is predicted.
+
+    Every variant is fitted (the evaluation dataset reads the dev files through one variant at a time),
+    so that voting over the variants divides out each one's own prior.
+    """
     calibration = getattr(model, "calibration", None)
     if calibration is None or setup.eval_set is None or not getattr(model.config, "calibrate", False):
         return
     calibration.log_prior.zero_()
-    dev = trainer.evaluate(setup.eval_set, desc="calibrate on dev")
-    calibration.fit(dev.probs, variant=0)  # evaluation datasets read every file through the first variant
-    logger.info("answer prior fitted on %d dev files: %s", len(dev.probs),
-                [round(float(p), 3) for p in calibration.log_prior[0].softmax(-1)])
+    variants = len(calibration.log_prior) if hasattr(setup.eval_set, "variant") else 1
+    for variant in range(variants):
+        if variants > 1:
+            setup.eval_set.variant = variant
+        dev = trainer.evaluate(setup.eval_set, desc=f"calibrate variant {variant} on dev")
+        calibration.fit(dev.probs, variant=variant)  # not yet fitted variants read uncalibrated answers
+        logger.info("answer prior of variant %d fitted on %d dev files: %s", variant, len(dev.probs),
+                    [round(float(p), 3) for p in calibration.log_prior[variant].softmax(-1)])
+    if variants > 1:
+        setup.eval_set.variant = 0
     if trainer.is_main and best_dir.is_dir():
         model.save_pretrained(best_dir)
     trainer.accelerator.wait_for_everyone()

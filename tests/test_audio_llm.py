@@ -423,6 +423,22 @@ def test_short_engine_run_changes_trainable_weights(tmp_path, registered):
     changed = [n for n, p in before.items() if not torch.equal(after[n].detach(), p)]
     assert any(n.startswith("speech.qformer.") for n in changed) and any("lora_B" in n for n in changed)
     assert all(torch.equal(p, frozen[n]) for n, p in setup.model.encoders.named_parameters())
+    _check_every_variant_is_calibrated_on_dev(trainer, setup, tmp_path / "run" / "best")
     predictions, vote = predict_with_voting(setup.model, setup.test_utterances, setup.test_set.cache, progress=False)
     assert len(predictions.file_names) == 3 and predictions.attributes.shape == (3, 3)
     assert vote.probs.shape == (3, 8)
+
+
+def _check_every_variant_is_calibrated_on_dev(trainer, setup, best_dir):
+    """Each variant's prior is its own mean uncalibrated answer distribution on the dev split."""
+    from llmser.train import calibrate_on_dev
+
+    model = setup.model
+    calibrate_on_dev(trainer, model, setup, best_dir)
+    assert setup.eval_set.variant == 0
+    batch = setup.collate_fn([setup.eval_set[i] for i in range(len(setup.eval_set))])
+    texts = [setup.eval_set.utterances[i].transcript for i in range(len(setup.eval_set))]
+    raw = model.vote_probabilities(batch["speech_frames"], batch["frame_mask"], transcripts=texts, calibrated=False)
+    mean = torch.as_tensor(raw.mean(1), dtype=torch.float32)  # (K, 8)
+    torch.testing.assert_close(model.calibration.log_prior.softmax(-1), mean / mean.sum(-1, keepdim=True),
+                               atol=1e-4, rtol=1e-3)

@@ -60,6 +60,7 @@ class SpeechPromptDataset(Dataset):
         self.candidate_index = model.candidate_index
         self.max_transcript_tokens = model.config.max_transcript_tokens
         self.sample_variants = sample_variants
+        self.variant = 0  # the prompt variant every example reads when variants are not sampled
         self.seed = seed
         self.epoch = 0
 
@@ -70,7 +71,7 @@ class SpeechPromptDataset(Dataset):
         self.epoch = epoch
 
     def variant_for(self, index: int) -> int:
-        return pick_variant(len(self.templates), self.seed, self.epoch, index) if self.sample_variants else 0
+        return pick_variant(len(self.templates), self.seed, self.epoch, index) if self.sample_variants else self.variant
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         utt = self.utterances[index]

@@ -223,9 +223,8 @@ class AnswerCalibration(nn.Module):
     mean on held-out clips (the dev split; ``fit``) and renormalising - a prior correction, like
     contextual calibration (Zhao et al., 2021) with in-domain inputs - keeps that movement and balances
     the classes, which macro-F1 rewards. Not applied in training; uniform (a no-op) until fitted.
-    After training, the engine fits the first variant (the one its evaluation and ``llmser predict``
-    read); fit the others from their dev probabilities (``vote_probabilities(..., calibrated=False)``)
-    before voting with them.
+    After training, the engine fits every variant on the dev split (``llmser.train.calibrate_on_dev``);
+    the first is the one its evaluation and ``llmser predict`` read, all of them vote.
     """
 
     def __init__(self, num_variants: int, num_classes: int):
