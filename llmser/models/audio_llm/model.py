@@ -10,10 +10,10 @@ Data flow for a batch (shapes as ``# (...)`` comments below)::
          left-padded, attention mask over the real tokens only
       -> LoRA LLM -> log-likelihood of each of the 8 verbalised answers (= ``class_logits``)
 
-Scoring the answers. The prompts put their instruction (system turn, definitions, label list) before
-the speech and only a short tail after it, so the instruction's key/value states do not depend on the
-clip: evaluation and voting compute them once per prompt variant (``PrefixCache``) and run, per
-(variant, clip), only the speech tokens, the tail and the answers - all answers packed in the same
+Scoring the answers. The prompts put most of their text (system turn, definitions, label list) before
+the speech and only a one-line question after it, so the key/value states before the speech do not
+depend on the clip: evaluation and voting compute them once per prompt variant (``PrefixCache``) and run, per
+(variant, clip), only the speech tokens, the question and the answers - all answers packed in the same
 forward behind a 4-D attention mask (``score_after_prefix``); ``class_logits`` are the answers' summed
 log-likelihoods, end of turn included. Training (gradients on) runs the whole prompt and reads only
 the first answer token from its last logits - the answers of a variant start with distinct tokens, so
@@ -388,7 +388,7 @@ class AudioLLMModel(nn.Module):
         The encoders and the Q-Former run once per clip. Each variant's prompt text before the speech
         (system turn, instruction, definitions, label list) does not depend on the clip: its key/value
         states are computed once and kept (``prefix_cache``). What remains per (variant, clip) - the
-        speech tokens, the prompt's tail and the eight answers - runs in one forward for all variants
+        speech tokens, the prompt's text after the speech and the eight answers - runs in one forward for all variants
         and clips (``score_after_prefix``).
         """
         templates = list(templates or self.templates)
