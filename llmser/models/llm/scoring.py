@@ -5,11 +5,14 @@ text: it scores each candidate answer (a label word, or a rating digit) as the c
 prompt and takes a softmax over the candidates. That is always a valid label, whatever a transcript
 says, and the scores are probabilities that ensembles can average.
 
-Efficiency (what ``scripts/bench_label_scoring.py`` measures against the naive way): the prompt is
-encoded once per utterance with its key/value cache kept; the first answer token's log-probability is
-read from the prompt's last logits for every candidate at once; only candidates longer than one token
-need a second, short forward over their remaining tokens, run for all candidates of all prompts in one
-batch on the repeated prefix cache. The naive way runs prompt+candidate in full for each candidate.
+Efficiency (what ``scripts/bench_label_scoring.py`` measures against free generation): the prompt and
+every candidate's tokens run in one forward - the candidates packed after the prompt behind a 4-D
+attention mask in which each candidate token sees the prompt and its own candidate's earlier tokens
+(``score_after_prefix``), so no key/value cache is copied per candidate. A prompt prefix shared by many
+inputs can come from a ``PrefixCache`` instead of being run again (the audio-LLM's instructions).
+``score_with_prefix_cache`` (prompt once, then the candidates' remaining tokens on the repeated cache)
+stays for scoring with gradients; ``score_naive`` (prompt + candidate in full for each candidate) is
+the reference the tests compare with.
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ def _score_rest(model: Any, cache: Any, prefix_mask: torch.Tensor, candidates: l
 
 
 @torch.no_grad()
-def score_after_prefix(model: Any, prefix_cache: Any, prefix_mask: torch.Tensor, suffix_embeds: torch.Tensor,
+def score_after_prefix(model: Any, prefix_cache: Any, prefix_mask: torch.Tensor | None, suffix_embeds: torch.Tensor,
                        suffix_mask: torch.Tensor, answer_sets: Sequence[list[list[int]]],
                        row_set: torch.Tensor | None = None, reduction: Reduction = "sum") -> torch.Tensor:
     """(N, C) log-likelihoods of each row's C answers after N prompts whose prefixes are in ``prefix_cache``.
@@ -98,10 +101,13 @@ def score_after_prefix(model: Any, prefix_cache: Any, prefix_mask: torch.Tensor,
     One forward runs the suffixes and all answers: each row's answer tokens are packed after its suffix,
     and a 4-D attention mask lets an answer token see the prompt and its own answer's earlier tokens only,
     so no key/value cache is repeated per answer and prompts with different answer sets share the batch.
-    Equal, up to float rounding, to ``score_with_prefix_cache`` on the whole prompt.
+    Equal, up to float rounding, to ``score_with_prefix_cache`` on the whole prompt. With no prefix
+    (``prefix_cache`` and ``prefix_mask`` None) the suffix is the whole prompt.
     """
     device, dtype = suffix_embeds.device, suffix_embeds.dtype
     rows, width = suffix_mask.shape
+    if prefix_mask is None:
+        prefix_mask = torch.zeros((rows, 0), dtype=torch.long, device=device)
     row_set = torch.zeros(rows, dtype=torch.long, device=device) if row_set is None else row_set.to(device)
     packs = [_packed_answers(answers) for answers in answer_sets]
     packed = max(1, max(len(tokens) for _, _, tokens in packs))
@@ -124,7 +130,7 @@ def score_after_prefix(model: Any, prefix_cache: Any, prefix_mask: torch.Tensor,
     positions = torch.cat([start + (suffix_mask.cumsum(-1) - 1).clamp(min=0),
                            start + suffix_mask.sum(-1, keepdim=True) + step], dim=1)
     out = model(inputs_embeds=embeds, attention_mask=mask[:, None], position_ids=positions, cache=prefix_cache,
-                use_cache=True, logits_to_keep=packed + 1)
+                use_cache=prefix_cache is not None, logits_to_keep=packed + 1)
     logp = out.logits.float().log_softmax(-1)  # (N, 1 + M, V): after the suffix, then after each packed token
     scores = torch.zeros(rows, len(answer_sets[0]), device=device)
     for g, answers in enumerate(answer_sets):
@@ -213,8 +219,9 @@ class LabelScorer:
             batch = list(prompts[start:start + self.batch_size])
             enc = self.tokenizer(batch, add_special_tokens=False, padding=True, padding_side="left",
                                  return_tensors="pt").to(self.device)
-            scores = score_with_prefix_cache(self.model, enc["attention_mask"], cands, input_ids=enc["input_ids"],
-                                             reduction=self.reduction, pad_token_id=self.tokenizer.pad_token_id)
+            embeds = self.model.get_input_embeddings()(enc["input_ids"])
+            scores = score_after_prefix(self.model, None, None, embeds, enc["attention_mask"], [cands],
+                                        reduction=self.reduction)
             rows.append(scores.cpu().numpy())
             if progress is not None:
                 progress.update(len(batch))
