@@ -416,17 +416,12 @@ class AudioLLMModel(nn.Module):
         The text before the speech comes from ``prefix_cache``; the speech, the text after it and the
         answers ``answer_sets[row_set[n]]`` run in one forward (``score_after_prefix``).
         """
-        from llmser.models.llm.scoring import score_after_prefix, score_with_prefix_cache
+        from llmser.models.llm.scoring import score_after_prefix
 
-        if not all(befores):  # a prompt that starts with the speech (no chat template): nothing to cache
+        if not all(befores):  # a prompt that starts with the speech (no chat template): the whole prompt runs
             pieces = pad_pieces(self.tokenizer, list(zip(befores, afters)), device=tokens.device)
             embeds, mask = self.splice(tokens, token_mask, *pieces)
-            scores = torch.zeros(len(befores), len(answer_sets[0]), device=tokens.device)
-            for g, answers in enumerate(answer_sets):
-                rows = (row_set.to(tokens.device) == g).nonzero().squeeze(1)
-                scores[rows] = score_with_prefix_cache(self.llm, mask[rows], answers, inputs_embeds=embeds[rows],
-                                                       pad_token_id=self.tokenizer.pad_token_id)
-            return scores
+            return score_after_prefix(self.llm, None, None, embeds, mask, answer_sets, row_set)
         cache, prefix_mask = self.prefix_cache.batch(self.llm, befores)
         empty = [([], ids) for ids in afters]
         embeds, mask = self.splice(tokens, token_mask, *pad_pieces(self.tokenizer, empty, device=tokens.device))

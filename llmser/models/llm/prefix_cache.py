@@ -35,32 +35,29 @@ class PrefixCache:
     @torch.no_grad()
     def batch(self, model: Any, prefixes: Sequence[Sequence[int]]) -> tuple[Any, torch.Tensor]:
         """A ``DynamicCache`` holding row i's prefix, left-padded to the longest (N, P), and its (N, P) mask."""
+        from torch.nn.functional import pad
         from transformers import DynamicCache
 
         keys = [tuple(int(t) for t in p) for p in prefixes]
         if any(not k for k in keys):
             raise ValueError("an empty prompt prefix cannot be cached; the template must start with some text")
-        self._compute(model, [k for k in dict.fromkeys(keys) if k not in self._states])
+        distinct = list(dict.fromkeys(keys))
+        self._compute(model, [k for k in distinct if k not in self._states])
         device = next(model.parameters()).device
-        width = max(len(k) for k in keys)
-        mask = torch.zeros((len(keys), width), dtype=torch.long, device=device)
-        for i, k in enumerate(keys):
+        rows = torch.tensor([distinct.index(k) for k in keys], device=device)
+        width = max(len(k) for k in distinct)
+        mask = torch.zeros((len(distinct), width), dtype=torch.long, device=device)
+        for i, k in enumerate(distinct):
             mask[i, width - len(k):] = 1
-        layers = []
+        layers = []  # each distinct prefix left-padded once, then picked for every row that reads it
         for layer in range(len(self._states[keys[0]])):
-            k0, v0 = self._states[keys[0]][layer]
-            k_out = k0.new_zeros((len(keys), k0.shape[1], width, k0.shape[3]))
-            v_out = v0.new_zeros((len(keys), v0.shape[1], width, v0.shape[3]))
-            for i, key in enumerate(keys):
-                k, v = self._states[key][layer]
-                k_out[i, :, width - len(key):] = k[0]
-                v_out[i, :, width - len(key):] = v[0]
-            layers.append((k_out, v_out))
-        for key in keys:
+            padded = [[pad(t, (0, 0, width - t.shape[2], 0)) for t in self._states[k][layer]] for k in distinct]
+            layers.append(tuple(torch.cat(parts)[rows] for parts in zip(*padded)))  # keys, values (N, h, P, d)
+        for key in distinct:
             self._states.move_to_end(key)
         while len(self._states) > self.max_entries:
             self._states.popitem(last=False)  # the least recently used; this call's prefixes were used last
-        return DynamicCache(ddp_cache_data=layers), mask
+        return DynamicCache(ddp_cache_data=layers), mask[rows]
 
     def _compute(self, model: Any, missing: list[tuple[int, ...]]) -> None:
         from llmser.models.llm.scoring import cache_of
