@@ -228,6 +228,127 @@ def test_prompts_for_other_inputs_are_refused():
         AudioLLMModel.from_config(_config(prompts=["speech_plain", "speech_transcript"]))
 
 
+# ---------------------------------------------------------------------- isolated speech attention
+
+
+@pytest.fixture(scope="module")
+def isolated():
+    torch.manual_seed(0)
+    m = AudioLLMModel.from_config(_config(speech_attention="isolated", inputs="speech+transcript"))
+    with torch.no_grad():
+        for name, param in m.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    return m.eval()
+
+
+def _naive_isolated_scores(model, frames, mask, template, transcript=None, first_token=False) -> torch.Tensor:
+    """(8,) one clip, one variant, full prompt per answer under the isolation mask (no cache, no packing)."""
+    from llmser.models.llm.isolated import AFTER, BEFORE, INPUT, isolated_attention_mask
+
+    with torch.no_grad():
+        tokens, token_mask, _ = model.speech(frames, mask)
+        tokens = tokens[0, : int(token_mask[0].sum())]
+        before, after = prompt_pieces(model.tokenizer, template, transcript)
+        embed = model.llm.get_input_embeddings()
+        prefix = torch.cat([embed(torch.tensor(before)), tokens, embed(torch.tensor(after))])
+        segments = [BEFORE] * len(before) + [INPUT] * len(tokens) + [AFTER] * len(after)
+        scores = []
+        for ids in candidate_token_ids(model.tokenizer, template.candidates):
+            ids = ids[:1] if first_token else ids
+            full = torch.cat([prefix, embed(torch.tensor(ids))])[None]
+            seg = torch.tensor([segments + [AFTER] * len(ids)])
+            attention = isolated_attention_mask(torch.ones_like(seg), seg, full.dtype)
+            logp = model.llm(inputs_embeds=full, attention_mask=attention).logits[0].float().log_softmax(-1)
+            positions = torch.arange(len(prefix) - 1, len(prefix) + len(ids) - 1)
+            scores.append(logp[positions, torch.tensor(ids)].sum())
+        return torch.stack(scores)
+
+
+def test_isolated_voting_equals_full_prompt_scoring_under_the_isolation_mask(isolated):
+    """Speech run once per clip, instructions moved by a RoPE rotation: the same scores as each full prompt."""
+    frames, mask = isolated.encoders(_waves(1.5, 0.7))
+    texts = ["i am so happy", "leave me alone now please"]  # tails of different lengths
+    templates = [isolated.templates[i] for i in (0, 2, 4)]
+    probs = isolated.vote_probabilities(frames, mask, templates, transcripts=texts)
+    for k, template in enumerate(templates):
+        for b in range(2):
+            n = int(mask[b].sum())
+            naive = _naive_isolated_scores(isolated, frames[b:b + 1, :n], mask[b:b + 1, :n], template, texts[b])
+            np.testing.assert_allclose(probs[k, b], naive.softmax(-1).numpy(), atol=1e-5)
+    causal = AudioLLMModel.from_config(_config(inputs="speech+transcript")).eval()
+    causal.load_state_dict(isolated.state_dict())
+    assert np.abs(causal.vote_probabilities(frames, mask, templates, transcripts=texts) - probs).max() > 1e-3
+
+
+def test_isolated_voting_runs_the_recipe_prompts_in_one_forward(monkeypatch):
+    """The recipes' speech_last_* prompts: every clip's speech once and each variant's chat tail, one forward."""
+    recipe_prompts = ["speech_last_plain", "speech_last_definitions", "speech_last_short"]
+    torch.manual_seed(1)
+    m = AudioLLMModel.from_config(_config(speech_attention="isolated", prompts=recipe_prompts)).eval()
+    frames, mask = m.encoders(_waves(1.2, 0.5))
+    import llmser.models.audio_llm.model as audio_model
+
+    calls, original = [], audio_model.score_isolated_input
+    monkeypatch.setattr(audio_model, "score_isolated_input",
+                        lambda *args, **kw: calls.append(args[2].shape) or original(*args, **kw))
+    probs = m.vote_probabilities(frames, mask)
+    assert calls == [(2, 4, m.llm.get_base_model().config.hidden_size)]  # one forward, the speech of 2 clips once
+    for k, template in enumerate(m.templates):
+        for b in range(2):
+            n = int(mask[b].sum())
+            naive = _naive_isolated_scores(m, frames[b:b + 1, :n], mask[b:b + 1, :n], template)
+            np.testing.assert_allclose(probs[k, b], naive.softmax(-1).numpy(), atol=1e-5)
+
+
+def test_isolated_evaluation_reads_what_training_reads(isolated):
+    """answer_scoring first_token: the no-grad evaluation scores equal the training forward's first-token scores."""
+    from llmser.models.audio_llm.model import pad_pieces
+
+    frames, mask = isolated.encoders(_waves(2.0, 0.5))
+    texts = ["you did it", "no"]
+    variants = (1, 3)
+    pieces = [prompt_pieces(isolated.tokenizer, isolated.templates[v], t) for v, t in zip(variants, texts)]
+    batch = dict(zip(["before_ids", "before_mask", "after_ids", "after_mask"], pad_pieces(isolated.tokenizer, pieces)),
+                 speech_frames=frames, frame_mask=mask,
+                 candidate_index=torch.tensor([isolated.candidate_index[v] for v in variants]))
+    isolated.config.answer_scoring = "first_token"
+    try:
+        with torch.no_grad():
+            evaluated = isolated(**batch).class_logits
+        with torch.enable_grad():
+            trained = isolated(**batch).class_logits
+        assert trained.requires_grad
+        torch.testing.assert_close(evaluated, trained.detach(), atol=1e-4, rtol=1e-4)
+        n = int(mask[1].sum())
+        naive = _naive_isolated_scores(isolated, frames[1:, :n], mask[1:, :n], isolated.templates[3], texts[1], True)
+        torch.testing.assert_close(evaluated[1], naive, atol=1e-4, rtol=1e-4)
+    finally:
+        isolated.config.answer_scoring = "whole"
+
+
+def test_shifted_cached_keys_equal_keys_computed_at_the_shifted_positions(isolated):
+    from llmser.models.llm.isolated import rotary_embedding, shift_keys
+    from llmser.models.llm.scoring import cache_of
+
+    llm = isolated.llm
+    ids = torch.tensor([[5, 9, 2, 7]])
+    with torch.no_grad():
+        at_zero = cache_of(llm(input_ids=ids, use_cache=True)).layers
+        at_six = cache_of(llm(input_ids=ids, position_ids=torch.arange(6, 10)[None], use_cache=True)).layers
+    rotary = rotary_embedding(llm)
+    for zero, six in zip(at_zero, at_six):  # hidden states depend on relative positions only
+        torch.testing.assert_close(shift_keys(rotary, zero.keys, 6), six.keys, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(zero.values, six.values, atol=1e-5, rtol=1e-4)
+
+
+def test_isolated_attention_options_are_checked():
+    with pytest.raises(ValueError, match="speech_attention must be"):
+        _config(speech_attention="bidirectional")
+    with pytest.raises(ValueError, match="answer_scoring must be"):
+        _config(answer_scoring="last")
+
+
 # ---------------------------------------------------------------------- save / load
 
 

@@ -24,8 +24,8 @@ class AudioLLMConfig(LLMConfig):
     zero-padded and kept, so a 0.2-s clip still gives one token.
 
     The model returns the eight verbalised answers' log-likelihoods after the sampled prompt variant as
-    ``class_logits`` (the first answer token in training, the whole answer in evaluation; see
-    ``model.py``), so the engine's class loss is a loss on the answer tokens normalised over the label
+    ``class_logits`` (the first answer token in training; in evaluation the whole answer, or its first
+    token with ``answer_scoring: first_token``; see ``model.py``), so the engine's class loss is a loss on the answer tokens normalised over the label
     set, and evaluation uses the same scores that voting does.
     """
 
@@ -43,6 +43,14 @@ class AudioLLMConfig(LLMConfig):
     prompts: list[str] = field(default_factory=lambda: list(DEFAULT_SPEECH_PROMPTS))
     prompt_dir: str | None = None
     inputs: Literal["speech", "speech+transcript"] = "speech"
+    # causal: ordinary causal attention (SALMONN). isolated: the speech tokens attend only to each other, so
+    # their states are the same for every prompt variant and voting runs them once per clip
+    # (llmser/models/llm/isolated.py); the text after the speech still sees the instruction and the speech.
+    speech_attention: Literal["causal", "isolated"] = "causal"
+    # What evaluation and voting score: each answer's whole token sequence (end of turn included), or only
+    # its first token, which is what training reads (needs answers with distinct first tokens; ~8 fewer
+    # tokens per prompt in every scoring forward).
+    answer_scoring: Literal["whole", "first_token"] = "whole"
     max_transcript_tokens: int = 96
     attribute_head: bool = True  # a small regression head on the mean speech token (task 2)
     # An auxiliary class head on the mean Q-Former state, trained with weight loss.auxiliary_class_weight: it gives
@@ -63,6 +71,10 @@ class AudioLLMConfig(LLMConfig):
                           f"{self.stride_seconds})")
         if self.num_queries < 1 or self.qformer_layers < 1:
             issues.append("num_queries and qformer_layers must be >= 1")
+        if self.speech_attention not in ("causal", "isolated"):
+            issues.append(f"speech_attention must be 'causal' or 'isolated', got {self.speech_attention!r}")
+        if self.answer_scoring not in ("whole", "first_token"):
+            issues.append(f"answer_scoring must be 'whole' or 'first_token', got {self.answer_scoring!r}")
         if self.max_audio_seconds <= 0:
             issues.append(f"max_audio_seconds must be > 0, got {self.max_audio_seconds}")
         if issues:

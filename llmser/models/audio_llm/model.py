@@ -23,6 +23,12 @@ answers' first tokens: the LM loss on the answer, normalised over the labels. If
 variant share a first token, training falls back to whole-answer scores. Voting (``vote``) encodes the
 audio and runs the Q-Former once, then reuses the speech tokens for every prompt variant in one batch.
 
+With ``speech_attention: isolated`` the speech tokens attend only to each other, in training and
+scoring alike, so they do not depend on the variant: voting runs them once per clip and only each
+variant's text after the speech (the 6-token chat tail with the ``speech_last_*`` prompts) per
+(variant, clip) (``llmser.models.llm.isolated``); with ``answer_scoring: first_token`` evaluation reads
+the answers' first tokens, as training does.
+
 Saved layout (``save_pretrained``)::
 
     adapter_config.json, adapter_model.safetensors   # standard PEFT LoRA adapter (base = Hub id)
@@ -45,6 +51,15 @@ from torch import nn
 from llmser.models.audio_llm.config import CONFIG_NAME, AudioLLMConfig
 from llmser.models.layers import EmotionHeads, EmotionOutput
 from llmser.models.llm.adapter import attach_lora, load_lora, save_lora
+from llmser.models.llm.isolated import (
+    AFTER,
+    BEFORE,
+    INPUT,
+    Instructions,
+    Item,
+    isolated_attention_mask,
+    score_isolated_input,
+)
 from llmser.models.llm.loading import canonical_name, load_causal_lm
 from llmser.models.llm.prefix_cache import PrefixCache
 from llmser.models.llm.prompts import SPEECH_PLACEHOLDER, PromptTemplate, load_prompts
@@ -286,6 +301,9 @@ class AudioLLMModel(nn.Module):
         self.candidates, self.candidate_index = answer_table(tokenizer, self.templates)
         self.first_tokens_distinct = all(len({self.candidates[i][0] for i in row}) == len(row)
                                          for row in self.candidate_index)
+        if not self.first_tokens_distinct and config.answer_scoring == "first_token":
+            raise ValueError("answer_scoring: first_token needs answers with distinct first tokens, but two answers of "
+                             "a prompt variant share theirs; use answer_scoring: whole or change the verbalisation")
         if not self.first_tokens_distinct:
             logger.warning("two answers of a prompt variant share their first token; training scores whole "
                            "answers on a repeated prefix cache (slower, more memory)")
@@ -321,16 +339,27 @@ class AudioLLMModel(nn.Module):
                before_mask: torch.Tensor, after_ids: torch.Tensor, after_mask: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """[prompt before | speech tokens | prompt after] per row, left-padded: embeds (B, L, H), mask (B, L)."""
+        embeds, mask, _ = self.splice_with_segments(tokens, token_mask, before_ids, before_mask, after_ids, after_mask)
+        return embeds, mask
+
+    def splice_with_segments(self, tokens: torch.Tensor, token_mask: torch.Tensor, before_ids: torch.Tensor,
+                             before_mask: torch.Tensor, after_ids: torch.Tensor, after_mask: torch.Tensor
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``splice`` plus each position's segment (B, L): BEFORE (the instruction), INPUT (the speech), AFTER (the
+        text after it), or -1 for padding."""
         embed = self.llm.get_input_embeddings()
         parts = [embed(before_ids), tokens.to(embed.weight.dtype), embed(after_ids)]
         embeds = torch.cat(parts, dim=1)  # (B, Lb + S + La, H) with holes
         mask = torch.cat([before_mask.bool(), token_mask.bool(), after_mask.bool()], dim=1)
+        segments = torch.cat([torch.full_like(m, segment, dtype=torch.long) for m, segment in
+                              ((before_mask, BEFORE), (token_mask, INPUT), (after_mask, AFTER))], dim=1)
         # Stable sort moves each row's padding to the left and keeps its real tokens in order.
         order = torch.argsort(mask.int(), dim=1, stable=True)
         embeds = embeds.gather(1, order[..., None].expand_as(embeds))
         mask = mask.gather(1, order)
+        segments = segments.gather(1, order).masked_fill(~mask, -1)
         keep = int(mask.sum(-1).max())
-        return embeds[:, -keep:], mask[:, -keep:].long()
+        return embeds[:, -keep:], mask[:, -keep:].long(), segments[:, -keep:]
 
     def forward(self, speech_frames: torch.Tensor, frame_mask: torch.Tensor, before_ids: torch.Tensor,
                 before_mask: torch.Tensor, after_ids: torch.Tensor, after_mask: torch.Tensor,
@@ -342,12 +371,17 @@ class AudioLLMModel(nn.Module):
             sets, row_set = candidate_index.unique(dim=0, return_inverse=True)
             answer_sets = [[self.candidates[i] for i in row] for row in sets.tolist()]
             class_logits = self.score_prompts(tokens, token_mask, befores, afters, answer_sets, row_set)
-        elif self.first_tokens_distinct:
-            class_logits = self.first_token_log_probs(*self.splice(tokens, token_mask, before_ids, before_mask,
-                                                                  after_ids, after_mask)).gather(1, candidate_index)
         else:
-            class_logits = self.answer_log_likelihoods(*self.splice(tokens, token_mask, before_ids, before_mask,
-                                                                   after_ids, after_mask), candidate_index)
+            pieces = (before_ids, before_mask, after_ids, after_mask)
+            if not self.first_tokens_distinct:
+                if self.isolated:
+                    raise ValueError("speech_attention: isolated trains on the answers' first tokens, but two answers "
+                                     "of a prompt variant share their first token; change the verbalisation or use "
+                                     "speech_attention: causal")
+                class_logits = self.answer_log_likelihoods(*self.splice(tokens, token_mask, *pieces), candidate_index)
+            else:
+                class_logits = self.first_token_log_probs(
+                    *self.splice_with_segments(tokens, token_mask, *pieces)).gather(1, candidate_index)
         if not self.training and variant_index is not None and self.calibration.fitted:
             class_logits = self.calibration.apply(class_logits, variant_index)
         attributes, pooled = self.attribute_head(states, token_mask) if self.attribute_head is not None else \
@@ -356,9 +390,20 @@ class AudioLLMModel(nn.Module):
         return EmotionOutput(class_logits=class_logits, attributes=attributes, embedding=pooled,
                              auxiliary_class_logits=auxiliary)
 
-    def first_token_log_probs(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B, U) log-probability of each answer's first token: one prompt forward, no cache to repeat."""
-        out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=prefix_positions(mask),
+    @property
+    def isolated(self) -> bool:
+        return self.config.speech_attention == "isolated"
+
+    def first_token_log_probs(self, embeds: torch.Tensor, mask: torch.Tensor,
+                              segments: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, U) log-probability of each answer's first token: one prompt forward, no cache to repeat.
+
+        With isolated speech attention (``segments`` given), the speech tokens see only each other.
+        """
+        attention = mask
+        if self.isolated and segments is not None:
+            attention = isolated_attention_mask(mask, segments, embeds.dtype)
+        out = self.llm(inputs_embeds=embeds, attention_mask=attention, position_ids=prefix_positions(mask),
                        use_cache=False, logits_to_keep=1)
         first = torch.tensor([c[0] for c in self.candidates], device=embeds.device)
         return out.logits[:, -1].float().log_softmax(-1)[:, first]
@@ -396,16 +441,28 @@ class AudioLLMModel(nn.Module):
         tokens, token_mask, _ = self.speech(speech_frames, frame_mask)  # once per clip
         batch = tokens.shape[0]
         texts = list(transcripts) if transcripts is not None else [None] * batch
-        pieces = [prompt_pieces(self.tokenizer, t, text) for t in templates for text in texts]  # row k*B + b
         answer_sets = list(dict.fromkeys(t.candidates for t in templates))
-        row_set = torch.tensor([answer_sets.index(t.candidates) for t in templates]).repeat_interleave(batch)
+        answer_ids = [candidate_token_ids(self.tokenizer, c) for c in answer_sets]
         repeat = len(templates)
+        if self.isolated:  # the speech runs once per clip, every variant's text after it in the same forward
+            pieces = [[prompt_pieces(self.tokenizer, t, text) for t in templates] for text in texts]
+            sets = [[answer_sets.index(t.candidates) for t in templates]] * batch
+            scores = self.score_isolated(tokens, token_mask, pieces, sets, answer_ids)  # (B, K, 8)
+            scores = scores.transpose(0, 1).reshape(repeat * batch, -1)
+            return self._finish_vote(scores, templates, batch, calibrated)
+        pieces = [prompt_pieces(self.tokenizer, t, text) for t in templates for text in texts]  # row k*B + b
+        row_set = torch.tensor([answer_sets.index(t.candidates) for t in templates]).repeat_interleave(batch)
         scores = self.score_prompts(tokens.repeat(repeat, 1, 1), token_mask.repeat(repeat, 1),
                                     [before for before, _ in pieces], [after for _, after in pieces],
-                                    [candidate_token_ids(self.tokenizer, c) for c in answer_sets], row_set)
+                                    answer_ids, row_set)
+        return self._finish_vote(scores, templates, batch, calibrated)
+
+    def _finish_vote(self, scores: torch.Tensor, templates: Sequence[PromptTemplate], batch: int,
+                     calibrated: bool) -> np.ndarray:
+        """(K*B, 8) answer log-scores, row k*B + b -> (K, B, 8) probabilities, calibrated per variant."""
         if calibrated and self.calibration.fitted:
             scores = self.calibration.apply(scores, self._variant_indices(templates).repeat_interleave(batch))
-        return scores.softmax(-1).view(repeat, batch, -1).cpu().numpy()
+        return scores.softmax(-1).view(len(templates), batch, -1).cpu().numpy()
 
     @torch.no_grad()
     def score_prompts(self, tokens: torch.Tensor, token_mask: torch.Tensor, befores: Sequence[list[int]],
@@ -418,6 +475,10 @@ class AudioLLMModel(nn.Module):
         """
         from llmser.models.llm.scoring import score_after_prefix
 
+        answer_sets = self.scored_answers(answer_sets)
+        if self.isolated:
+            pieces = [[(before, after)] for before, after in zip(befores, afters)]
+            return self.score_isolated(tokens, token_mask, pieces, row_set[:, None].tolist(), answer_sets)[:, 0]
         if not all(befores):  # a prompt that starts with the speech (no chat template): the whole prompt runs
             pieces = pad_pieces(self.tokenizer, list(zip(befores, afters)), device=tokens.device)
             embeds, mask = self.splice(tokens, token_mask, *pieces)
@@ -426,6 +487,33 @@ class AudioLLMModel(nn.Module):
         empty = [([], ids) for ids in afters]
         embeds, mask = self.splice(tokens, token_mask, *pad_pieces(self.tokenizer, empty, device=tokens.device))
         return score_after_prefix(self.llm, cache, prefix_mask, embeds, mask, answer_sets, row_set)
+
+    @torch.no_grad()
+    def score_isolated(self, tokens: torch.Tensor, token_mask: torch.Tensor,
+                       pieces: Sequence[Sequence[tuple[list[int], list[int]]]], sets: Sequence[Sequence[int]],
+                       answer_sets: Sequence[list[list[int]]]) -> torch.Tensor:
+        """(B, K, 8) answer log-likelihoods of K prompts ``pieces[b][k]`` = (before, after) token ids per clip b.
+
+        Isolated speech attention: the speech tokens never see the instruction, so they run once per clip
+        whatever the prompt; each instruction comes from ``prefix_cache`` (joined and moved into place once
+        per set of prompts), and every prompt's text after the speech and its answers
+        ``answer_sets[sets[b][k]]`` run in the same forward (``score_isolated_input``).
+        """
+        answer_sets = self.scored_answers(answer_sets)
+        prefixes = list(dict.fromkeys(tuple(before) for row in pieces for before, _ in row if before))
+        instructions = self.prefix_cache.derived(
+            ("isolated", tuple(prefixes)), lambda: Instructions.join(self.llm, self.prefix_cache.states(self.llm, prefixes))
+        ) if prefixes else None
+        items = [[Item(prefixes.index(tuple(before)) if before else None, after, g)
+                  for (before, after), g in zip(row, row_sets)] for row, row_sets in zip(pieces, sets)]
+        embeds = tokens.to(self.llm.get_input_embeddings().weight.dtype)
+        return score_isolated_input(self.llm, instructions, embeds, token_mask, items, answer_sets)
+
+    def scored_answers(self, answer_sets: Sequence[list[list[int]]]) -> list[list[list[int]]]:
+        """The answers' token sequences as evaluation scores them: whole, or the first token only."""
+        if self.config.answer_scoring == "first_token":
+            return [[ids[:1] for ids in answers] for answers in answer_sets]
+        return list(answer_sets)
 
     def _variant_indices(self, templates: Sequence[PromptTemplate]) -> torch.Tensor:
         names = [t.name for t in self.templates]

@@ -25,12 +25,37 @@ class PrefixCache:
     def __init__(self, max_entries: int = 64):
         self.max_entries = max_entries
         self._states: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+        self._derived: OrderedDict[Any, Any] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._states)
 
     def clear(self) -> None:
         self._states.clear()
+        self._derived.clear()
+
+    def derived(self, key: Any, compute: Any, max_entries: int = 8) -> Any:
+        """``compute()`` memoised under ``key``: something built from cached states, dropped with them."""
+        if key not in self._derived:
+            self._derived[key] = compute()
+            while len(self._derived) > max_entries:
+                self._derived.popitem(last=False)
+        self._derived.move_to_end(key)
+        return self._derived[key]
+
+    @torch.no_grad()
+    def states(self, model: Any, prefixes: Sequence[Sequence[int]]) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Per-layer (keys, values) (1, heads, P, d) of each given prefix, computed on first use."""
+        keys = [tuple(int(t) for t in p) for p in prefixes]
+        if any(not k for k in keys):
+            raise ValueError("an empty prompt prefix cannot be cached; the template must start with some text")
+        self._compute(model, [k for k in dict.fromkeys(keys) if k not in self._states])
+        found = [self._states[k] for k in keys]
+        for key in keys:
+            self._states.move_to_end(key)
+        while len(self._states) > self.max_entries:
+            self._states.popitem(last=False)  # the least recently used; this call's prefixes were used last
+        return found
 
     @torch.no_grad()
     def batch(self, model: Any, prefixes: Sequence[Sequence[int]]) -> tuple[Any, torch.Tensor]:
@@ -39,10 +64,8 @@ class PrefixCache:
         from transformers import DynamicCache
 
         keys = [tuple(int(t) for t in p) for p in prefixes]
-        if any(not k for k in keys):
-            raise ValueError("an empty prompt prefix cannot be cached; the template must start with some text")
         distinct = list(dict.fromkeys(keys))
-        self._compute(model, [k for k in distinct if k not in self._states])
+        states = self.states(model, distinct)
         device = next(model.parameters()).device
         rows = torch.tensor([distinct.index(k) for k in keys], device=device)
         width = max(len(k) for k in distinct)
@@ -50,13 +73,9 @@ class PrefixCache:
         for i, k in enumerate(distinct):
             mask[i, width - len(k):] = 1
         layers = []  # each distinct prefix left-padded once, then picked for every row that reads it
-        for layer in range(len(self._states[keys[0]])):
-            padded = [[pad(t, (0, 0, width - t.shape[2], 0)) for t in self._states[k][layer]] for k in distinct]
+        for layer in range(len(states[0])):
+            padded = [[pad(t, (0, 0, width - t.shape[2], 0)) for t in s[layer]] for s in states]
             layers.append(tuple(torch.cat(parts)[rows] for parts in zip(*padded)))  # keys, values (N, h, P, d)
-        for key in distinct:
-            self._states.move_to_end(key)
-        while len(self._states) > self.max_entries:
-            self._states.popitem(last=False)  # the least recently used; this call's prefixes were used last
         return DynamicCache(ddp_cache_data=layers), mask[rows]
 
     def _compute(self, model: Any, missing: list[tuple[int, ...]]) -> None:
