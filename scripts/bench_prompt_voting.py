@@ -108,17 +108,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", type=int, default=8)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="passes per path; the best one counts")
+    parser.add_argument("--naive-repeats", type=int, default=None, help="passes of the naive loop (default: --repeats)")
     parser.add_argument("--speech-attention", choices=["causal", "isolated"], default=None,
                         help="override the recipe's model.speech_attention (untrained models only)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--quick", action="store_true",
-                        help="4 clips in one batch, best of 2 passes: under a minute on an idle 2-core CPU")
+                        help="4 clips in one batch, best of 5 passes (naive: 1): under a minute on an idle 2-core CPU")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
-        args.clips, args.batch, args.repeats = 4, 4, 2
+        args.clips, args.batch, args.repeats, args.naive_repeats = 4, 4, 5, 1
     waves = clips(args.clips, args.seconds)
     print(f"{'preset':<6} {'1 variant':>12} {'5 shared':>12} {'5 naive':>12} {'shared/1':>9} {'naive/1':>8}"
           "   (seconds per clip)")
@@ -127,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         model = build(preset, args.model if preset == "smol" else None, args.speech_attention)
         if len(model.templates) != 5:
             print(f"note: {preset} votes over {len(model.templates)} variants, not 5")
-        times = [seconds_per_clip(fn, model, waves, args.batch, args.repeats) for fn in (one_variant, shared, naive)]
+        naive_repeats = args.naive_repeats or args.repeats
+        times = [seconds_per_clip(fn, model, waves, args.batch, repeats)
+                 for fn, repeats in ((one_variant, args.repeats), (shared, args.repeats), (naive, naive_repeats))]
         ratios[preset] = (times[1] / times[0], times[2] / times[0])
         print(f"{preset:<6} {times[0]:>12.4f} {times[1]:>12.4f} {times[2]:>12.4f} {ratios[preset][0]:>9.2f} "
               f"{ratios[preset][1]:>8.2f}", flush=True)

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from llmser.models.llm.scoring import Reduction, _gather_answers, _packed_answers
+from llmser.models.llm.scoring import gather_answers, packed_answers
 
 BEFORE, INPUT, AFTER = 0, 1, 2  # instruction, speech, the text after it and answers; padding is -1
 
@@ -84,8 +84,8 @@ class Item:
 @torch.no_grad()
 def score_isolated_input(model: Any, instructions: Instructions | None,
                          input_embeds: torch.Tensor, input_mask: torch.Tensor, items: Sequence[Sequence[Item]],
-                         answer_sets: Sequence[list[list[int]]], reduction: Reduction = "sum") -> torch.Tensor:
-    """(B, K, C) answer log-likelihoods of K prompts per clip, in one forward.
+                         answer_sets: Sequence[list[list[int]]]) -> torch.Tensor:
+    """(B, K, C) summed answer log-likelihoods of K prompts per clip, in one forward.
 
     ``instructions`` holds the cached instructions (``Instructions.join``; None when no prompt has one);
     ``input_embeds`` (B, S, H) / ``input_mask`` (B, S) are each row's input block (real tokens first);
@@ -97,8 +97,7 @@ def score_isolated_input(model: Any, instructions: Instructions | None,
     ``isolated_attention_mask``.
     """
     device, dtype = input_embeds.device, input_embeds.dtype
-    rows, width = input_mask.shape
-    slots = len(items[0])
+    rows, slots = input_mask.shape[0], len(items[0])
     cache = instructions.cache(rows) if instructions is not None else None
     past_owner = instructions.owner if instructions is not None else torch.zeros(0, dtype=torch.long, device=device)
     layout = _Layout(items, answer_sets, input_mask, device)
@@ -116,12 +115,8 @@ def score_isolated_input(model: Any, instructions: Instructions | None,
         reads = len(layout.read[k])
         for g in {item[k].answers for item in items}:
             members = torch.tensor([b for b in range(rows) if items[b][k].answers == g], device=device)
-            scores[members, k] = _gather_answers(logp[members, start:start + reads], answer_sets[g])
+            scores[members, k] = gather_answers(logp[members, start:start + reads], answer_sets[g])
         start += reads
-    if reduction == "mean":
-        lengths = torch.tensor([[len(a) for a in answers] for answers in answer_sets], device=device, dtype=scores.dtype)
-        sets = torch.tensor([[item.answers for item in row] for row in items], device=device)
-        scores = scores / lengths[sets]
     return scores
 
 
@@ -161,7 +156,7 @@ class _Layout:
     def __init__(self, items: Sequence[Sequence[Item]], answer_sets: Sequence[list[list[int]]],
                  input_mask: torch.Tensor, device: torch.device):
         rows, width = input_mask.shape
-        packs = [_packed_answers(a) for a in answer_sets]
+        packs = [packed_answers(a) for a in answer_sets]
         spans, self.read, column = [], [], width
         for k in range(len(items[0])):
             tail = max(len(row[k].tail) for row in items)

@@ -109,7 +109,7 @@ def score_after_prefix(model: Any, prefix_cache: Any, prefix_mask: torch.Tensor 
     if prefix_mask is None:
         prefix_mask = torch.zeros((rows, 0), dtype=torch.long, device=device)
     row_set = torch.zeros(rows, dtype=torch.long, device=device) if row_set is None else row_set.to(device)
-    packs = [_packed_answers(answers) for answers in answer_sets]
+    packs = [packed_answers(answers) for answers in answer_sets]
     packed = max(1, max(len(tokens) for _, _, tokens in packs))
     table = torch.zeros((len(packs), 4, packed), dtype=torch.long)  # owner, step, token, valid per set
     for g, (owner, step, tokens) in enumerate(packs):
@@ -136,14 +136,14 @@ def score_after_prefix(model: Any, prefix_cache: Any, prefix_mask: torch.Tensor 
     for g, answers in enumerate(answer_sets):
         members = (row_set == g).nonzero().squeeze(1)
         if len(members):
-            scores[members] = _gather_answers(logp[members], answers)
+            scores[members] = gather_answers(logp[members], answers)
     if reduction == "mean":
         lengths = torch.tensor([[len(a) for a in answers] for answers in answer_sets], device=device)
         scores = scores / lengths[row_set].to(scores.dtype)
     return scores
 
 
-def _packed_answers(answers: list[list[int]]) -> tuple[list[int], list[int], list[int]]:
+def packed_answers(answers: list[list[int]]) -> tuple[list[int], list[int], list[int]]:
     """Every answer's tokens but its last (the last is only predicted), with their answer and step."""
     owner, step, tokens = [], [], []
     for c, ids in enumerate(answers):
@@ -154,7 +154,7 @@ def _packed_answers(answers: list[list[int]]) -> tuple[list[int], list[int], lis
     return owner, step, tokens
 
 
-def _gather_answers(logp: torch.Tensor, answers: list[list[int]]) -> torch.Tensor:
+def gather_answers(logp: torch.Tensor, answers: list[list[int]]) -> torch.Tensor:
     """(N, C) summed log-probabilities: an answer's first token is predicted after the suffix (column 0),
     its token j after its packed token j - 1."""
     columns, targets, owners = [], [], []
