@@ -25,8 +25,12 @@ def _config(**kw) -> AudioLLMConfig:
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    m = AudioLLMModel.from_config(_config())
-    with torch.no_grad():  # a non-trivial adapter, so save/load checks mean something
+    return _with_random_lora(AudioLLMModel.from_config(_config()))
+
+
+def _with_random_lora(m: AudioLLMModel) -> AudioLLMModel:
+    """A non-trivial adapter (LoRA B starts at zero), so scoring and save/load checks mean something."""
+    with torch.no_grad():
         for name, param in m.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.05)
@@ -125,18 +129,27 @@ def test_evaluation_logits_are_whole_answer_log_likelihoods(model):
 # ---------------------------------------------------------------------- voting
 
 
-def _naive_scores(model, frames, mask, template, transcript=None) -> torch.Tensor:
-    """(8,) one clip, one variant: encode alone, then one full forward per answer."""
+def _naive_scores(model, frames, mask, template, transcript=None, first_token=False) -> torch.Tensor:
+    """(8,) one clip, one variant: encode alone, then one full forward per answer (no cache, no packing);
+    under the isolation mask when the model's speech attention is isolated."""
+    from llmser.models.llm.isolated import AFTER, BEFORE, INPUT, isolated_attention_mask
+
     with torch.no_grad():
         tokens, token_mask, _ = model.speech(frames, mask)
         tokens = tokens[0, : int(token_mask[0].sum())]
         before, after = prompt_pieces(model.tokenizer, template, transcript)
         embed = model.llm.get_input_embeddings()
         prefix = torch.cat([embed(torch.tensor(before)), tokens, embed(torch.tensor(after))])
+        segments = [BEFORE] * len(before) + [INPUT] * len(tokens) + [AFTER] * len(after)
         scores = []
         for ids in candidate_token_ids(model.tokenizer, template.candidates):
+            ids = ids[:1] if first_token else ids
             full = torch.cat([prefix, embed(torch.tensor(ids))])[None]
-            logp = model.llm(inputs_embeds=full).logits[0].float().log_softmax(-1)
+            attention = None
+            if model.isolated:
+                seg = torch.tensor([segments + [AFTER] * len(ids)])
+                attention = isolated_attention_mask(torch.ones_like(seg), seg, full.dtype)
+            logp = model.llm(inputs_embeds=full, attention_mask=attention).logits[0].float().log_softmax(-1)
             positions = torch.arange(len(prefix) - 1, len(prefix) + len(ids) - 1)
             scores.append(logp[positions, torch.tensor(ids)].sum())
         return torch.stack(scores)
@@ -234,35 +247,7 @@ def test_prompts_for_other_inputs_are_refused():
 @pytest.fixture(scope="module")
 def isolated():
     torch.manual_seed(0)
-    m = AudioLLMModel.from_config(_config(speech_attention="isolated", inputs="speech+transcript"))
-    with torch.no_grad():
-        for name, param in m.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.05)
-    return m.eval()
-
-
-def _naive_isolated_scores(model, frames, mask, template, transcript=None, first_token=False) -> torch.Tensor:
-    """(8,) one clip, one variant, full prompt per answer under the isolation mask (no cache, no packing)."""
-    from llmser.models.llm.isolated import AFTER, BEFORE, INPUT, isolated_attention_mask
-
-    with torch.no_grad():
-        tokens, token_mask, _ = model.speech(frames, mask)
-        tokens = tokens[0, : int(token_mask[0].sum())]
-        before, after = prompt_pieces(model.tokenizer, template, transcript)
-        embed = model.llm.get_input_embeddings()
-        prefix = torch.cat([embed(torch.tensor(before)), tokens, embed(torch.tensor(after))])
-        segments = [BEFORE] * len(before) + [INPUT] * len(tokens) + [AFTER] * len(after)
-        scores = []
-        for ids in candidate_token_ids(model.tokenizer, template.candidates):
-            ids = ids[:1] if first_token else ids
-            full = torch.cat([prefix, embed(torch.tensor(ids))])[None]
-            seg = torch.tensor([segments + [AFTER] * len(ids)])
-            attention = isolated_attention_mask(torch.ones_like(seg), seg, full.dtype)
-            logp = model.llm(inputs_embeds=full, attention_mask=attention).logits[0].float().log_softmax(-1)
-            positions = torch.arange(len(prefix) - 1, len(prefix) + len(ids) - 1)
-            scores.append(logp[positions, torch.tensor(ids)].sum())
-        return torch.stack(scores)
+    return _with_random_lora(AudioLLMModel.from_config(_config(speech_attention="isolated", inputs="speech+transcript")))
 
 
 def test_isolated_voting_equals_full_prompt_scoring_under_the_isolation_mask(isolated):
@@ -274,7 +259,7 @@ def test_isolated_voting_equals_full_prompt_scoring_under_the_isolation_mask(iso
     for k, template in enumerate(templates):
         for b in range(2):
             n = int(mask[b].sum())
-            naive = _naive_isolated_scores(isolated, frames[b:b + 1, :n], mask[b:b + 1, :n], template, texts[b])
+            naive = _naive_scores(isolated, frames[b:b + 1, :n], mask[b:b + 1, :n], template, texts[b])
             np.testing.assert_allclose(probs[k, b], naive.softmax(-1).numpy(), atol=1e-5)
     causal = AudioLLMModel.from_config(_config(inputs="speech+transcript")).eval()
     causal.load_state_dict(isolated.state_dict())
@@ -297,7 +282,7 @@ def test_isolated_voting_runs_the_recipe_prompts_in_one_forward(monkeypatch):
     for k, template in enumerate(m.templates):
         for b in range(2):
             n = int(mask[b].sum())
-            naive = _naive_isolated_scores(m, frames[b:b + 1, :n], mask[b:b + 1, :n], template)
+            naive = _naive_scores(m, frames[b:b + 1, :n], mask[b:b + 1, :n], template)
             np.testing.assert_allclose(probs[k, b], naive.softmax(-1).numpy(), atol=1e-5)
 
 
@@ -321,7 +306,7 @@ def test_isolated_evaluation_reads_what_training_reads(isolated):
         assert trained.requires_grad
         torch.testing.assert_close(evaluated, trained.detach(), atol=1e-4, rtol=1e-4)
         n = int(mask[1].sum())
-        naive = _naive_isolated_scores(isolated, frames[1:, :n], mask[1:, :n], isolated.templates[3], texts[1], True)
+        naive = _naive_scores(isolated, frames[1:, :n], mask[1:, :n], isolated.templates[3], texts[1], True)
         torch.testing.assert_close(evaluated[1], naive, atol=1e-4, rtol=1e-4)
     finally:
         isolated.config.answer_scoring = "whole"

@@ -394,15 +394,12 @@ class AudioLLMModel(nn.Module):
     def isolated(self) -> bool:
         return self.config.speech_attention == "isolated"
 
-    def first_token_log_probs(self, embeds: torch.Tensor, mask: torch.Tensor,
-                              segments: torch.Tensor | None = None) -> torch.Tensor:
+    def first_token_log_probs(self, embeds: torch.Tensor, mask: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
         """(B, U) log-probability of each answer's first token: one prompt forward, no cache to repeat.
 
-        With isolated speech attention (``segments`` given), the speech tokens see only each other.
+        With isolated speech attention, the speech tokens (``segments`` == INPUT) see only each other.
         """
-        attention = mask
-        if self.isolated and segments is not None:
-            attention = isolated_attention_mask(mask, segments, embeds.dtype)
+        attention = isolated_attention_mask(mask, segments, embeds.dtype) if self.isolated else mask
         out = self.llm(inputs_embeds=embeds, attention_mask=attention, position_ids=prefix_positions(mask),
                        use_cache=False, logits_to_keep=1)
         first = torch.tensor([c[0] for c in self.candidates], device=embeds.device)
@@ -475,10 +472,10 @@ class AudioLLMModel(nn.Module):
         """
         from llmser.models.llm.scoring import score_after_prefix
 
-        answer_sets = self.scored_answers(answer_sets)
         if self.isolated:
             pieces = [[(before, after)] for before, after in zip(befores, afters)]
             return self.score_isolated(tokens, token_mask, pieces, row_set[:, None].tolist(), answer_sets)[:, 0]
+        answer_sets = self.scored_answers(answer_sets)
         if not all(befores):  # a prompt that starts with the speech (no chat template): the whole prompt runs
             pieces = pad_pieces(self.tokenizer, list(zip(befores, afters)), device=tokens.device)
             embeds, mask = self.splice(tokens, token_mask, *pieces)

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from llmser.models.llm.scoring import gather_answers, packed_answers
+from llmser.models.llm.scoring import additive_mask, gather_answers, packed_answers
 
 BEFORE, INPUT, AFTER = 0, 1, 2  # instruction, speech, the text after it and answers; padding is -1
 
@@ -36,8 +36,7 @@ def isolated_attention_mask(mask: torch.Tensor, segments: torch.Tensor, dtype: t
     is_input = segments == INPUT
     allowed &= ~(is_input[:, :, None] & ~is_input[:, None, :])
     allowed |= torch.eye(length, dtype=torch.bool, device=mask.device)[None]  # padding rows: no empty softmax
-    return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(
-        ~allowed, torch.finfo(dtype).min)[:, None]
+    return additive_mask(allowed, dtype)
 
 
 def rotary_embedding(model: Any) -> Any:
@@ -103,10 +102,9 @@ def score_isolated_input(model: Any, instructions: Instructions | None,
     layout = _Layout(items, answer_sets, input_mask, device)
     embed = model.get_input_embeddings()
     embeds = torch.cat([input_embeds, embed(layout.ids).to(dtype)], dim=1)  # (B, Q, H)
-    allowed = torch.cat([layout.sees_past(past_owner), layout.sees_new()], dim=2)  # (B, Q, P + Q)
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+    mask = additive_mask(torch.cat([layout.sees_past(past_owner), layout.sees_new()], dim=2), dtype)  # (B,1,Q,P+Q)
     keep = torch.tensor([c for k in range(slots) for c in layout.read[k]], device=device)
-    out = model(inputs_embeds=embeds, attention_mask=mask[:, None], position_ids=layout.positions, cache=cache,
+    out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=layout.positions, cache=cache,
                 use_cache=cache is not None, logits_to_keep=keep)
     logp = out.logits.float().log_softmax(-1)  # (B, read columns, V)
     scores = torch.zeros(rows, slots, len(answer_sets[0]), device=device)
@@ -191,7 +189,7 @@ class _Layout:
                     step[b, span] = torch.tensor(when)
                     positions[b, span] = lengths[b] + len(item.tail) + torch.tensor(when)
                 prefix[b, column: column + tail + packed] = -1 if item.prefix is None else item.prefix
-        self.width, self.slot = width, slot.to(device)
+        self.slot = slot.to(device)
         self.ids, self.real, self.positions = self.ids.to(device), real.to(device), positions.to(device)
         self.owner, self.step, self.prefix = owner.to(device), step.to(device), prefix.to(device)
 

@@ -125,11 +125,11 @@ def score_after_prefix(model: Any, prefix_cache: Any, prefix_mask: torch.Tensor 
     sees_answers = torch.cat([torch.zeros(rows, width, packed, dtype=torch.bool, device=device), own_answer], 1)
     allowed = torch.cat([prefix_mask.bool()[:, None, :].expand(-1, width + packed, -1), sees_suffix, sees_answers],
                         dim=2)  # (N, T + M, P + T + M)
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+    mask = additive_mask(allowed, dtype)
     start = prefix_mask.sum(-1, keepdim=True)  # (N, 1) real prefix tokens
     positions = torch.cat([start + (suffix_mask.cumsum(-1) - 1).clamp(min=0),
                            start + suffix_mask.sum(-1, keepdim=True) + step], dim=1)
-    out = model(inputs_embeds=embeds, attention_mask=mask[:, None], position_ids=positions, cache=prefix_cache,
+    out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=prefix_cache,
                 use_cache=prefix_cache is not None, logits_to_keep=packed + 1)
     logp = out.logits.float().log_softmax(-1)  # (N, 1 + M, V): after the suffix, then after each packed token
     scores = torch.zeros(rows, len(answer_sets[0]), device=device)
@@ -141,6 +141,12 @@ def score_after_prefix(model: Any, prefix_cache: Any, prefix_mask: torch.Tensor 
         lengths = torch.tensor([[len(a) for a in answers] for answers in answer_sets], device=device)
         scores = scores / lengths[row_set].to(scores.dtype)
     return scores
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, Q, K) booleans (True: query may attend to key) -> the (B, 1, Q, K) float mask transformers adds."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min)[:, None]
 
 
 def packed_answers(answers: list[list[int]]) -> tuple[list[int], list[int], list[int]]:
