@@ -22,10 +22,10 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from llmser.data.examples import AudioExampleDataset, CachedHiddenDataset, collate_hidden, collate_waveforms
+from llmser.data.feature_cache import FeatureCache, encoder_fingerprint
 from llmser.models.wavlm import SSLBranchConfig, SSLEmotionModel
 from llmser.models.wavlm.config import ENCODER_PRESETS
-from llmser.training.data import AudioExampleDataset, CachedHiddenDataset, collate_hidden, collate_waveforms
-from llmser.training.feature_cache import FeatureCache, encoder_fingerprint
 
 #: microsoft/wavlm-base-plus's architecture (random weights): a realistic encoder cost without a download.
 WAVLM_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
@@ -116,7 +116,7 @@ def main() -> None:
         torch.manual_seed(0)
         model = SSLEmotionModel.from_config(config)
         cache = FeatureCache(tmp / "cache", encoder_fingerprint(model.encoder), {"max_seconds": args.seconds})
-        from llmser.training.data import fill_feature_cache
+        from llmser.data.examples import fill_feature_cache
 
         start = time.perf_counter()
         fill_feature_cache(model, clips, cache, max_seconds=args.seconds, batch_size=args.batch_size, progress=False)

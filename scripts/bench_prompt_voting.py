@@ -41,7 +41,7 @@ def build(preset: str, model_dir: str | None, speech_attention: str | None = Non
     from llmser.config import load_config
     from llmser.models.audio_llm.config import AudioLLMConfig
     from llmser.models.audio_llm.model import AudioLLMModel
-    from llmser.training.recipe import Recipe
+    from llmser.recipe import Recipe
 
     if model_dir:
         return AudioLLMModel.from_pretrained(model_dir).eval()

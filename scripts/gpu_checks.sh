@@ -32,7 +32,7 @@ check bench_scoring "$PY" scripts/bench_label_scoring.py --quick
 # multi-GPU DDP when there is more than one GPU
 NGPU=$(nvidia-smi -L | wc -l)
 if [ "$NGPU" -gt 1 ]; then
-  check ddp accelerate launch --config_file scripts/accelerate/multi_gpu.yaml --num_processes "$NGPU" -m llmser.train \
+  check ddp accelerate launch --config_file scripts/accelerate/multi_gpu.yaml --num_processes "$NGPU" -m llmser train \
     adapters/text_smol.yaml train.max_steps=20 train.output_dir="$OUT/ddp"
 fi
 grep -h "scoring_speedup\|unparseable\|voting_" "$OUT"/bench_*.log

@@ -468,24 +468,15 @@ def test_salmonn_with_beats_imports_into_a_whisper_only_model():
 
 @pytest.fixture
 def registered():
-    from llmser.training.branches import BRANCHES, BranchSpec
-
-    added = "audio_llm" not in BRANCHES
-    if added:
-        BRANCHES["audio_llm"] = BranchSpec("audio_llm", "llmser.models.audio_llm.config:AudioLLMConfig",
-                                           "llmser.models.audio_llm.model:AudioLLMModel",
-                                           "llmser.models.audio_llm.training:prepare")
-    yield
-    if added:
-        del BRANCHES["audio_llm"]
+    yield  # every branch is registered in llmser.models.registry
 
 
 def test_shipped_audio_recipes_parse(registered):
-    from llmser.training.recipe import load_recipe
+    from llmser.models.registry import branch_config, load_recipe
 
     for path in sorted((ROOT / "adapters").glob("audio_*.yaml")):
         recipe = load_recipe(path)
-        config = recipe.model_config()
+        config = branch_config(recipe)
         assert isinstance(config, AudioLLMConfig) and recipe.branch == "audio_llm", path
 
 
@@ -503,8 +494,8 @@ def _tiny_corpus(root: Path) -> Path:
 
 
 def test_short_engine_run_changes_trainable_weights(tmp_path, registered):
+    from llmser.models.registry import branch_config, load_recipe
     from llmser.training.engine import Trainer
-    from llmser.training.recipe import load_recipe
 
     corpus_dir = _tiny_corpus(tmp_path / "corpus")
     recipe = load_recipe(ROOT / "adapters" / "audio_tiny.yaml",
@@ -514,11 +505,11 @@ def test_short_engine_run_changes_trainable_weights(tmp_path, registered):
     from accelerate import Accelerator
 
     from llmser.data.msp_podcast import MSPPodcast
-    from llmser.models.audio_llm.training import predict_with_voting, prepare
+    from llmser.models.audio_llm.branch import predict_with_voting, prepare
 
     corpus = MSPPodcast.from_folder(corpus_dir)
     torch.manual_seed(0)
-    setup = prepare(recipe, recipe.model_config(), corpus, Accelerator(cpu=True))
+    setup = prepare(recipe, branch_config(recipe), corpus, Accelerator(cpu=True))
     before = {n: p.detach().clone() for n, p in setup.model.named_parameters() if p.requires_grad}
     frozen = {n: p.detach().clone() for n, p in setup.model.encoders.named_parameters()}
     trainer = Trainer(recipe, setup.model, setup.train_set, setup.eval_set, setup.collate_fn,
@@ -537,7 +528,7 @@ def test_short_engine_run_changes_trainable_weights(tmp_path, registered):
 
 def _check_every_variant_is_calibrated_on_dev(trainer, setup, best_dir):
     """Each variant's prior is its own mean uncalibrated answer distribution on the dev split."""
-    from llmser.train import calibrate_on_dev
+    from llmser.training.run import calibrate_on_dev
 
     model = setup.model
     calibrate_on_dev(trainer, model, setup, best_dir)

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
+from llmser.recipe import OptimConfig
 from llmser.training import checkpoint as ckpt
 from llmser.training.batching import ShuffledBatchSampler
 from llmser.training.optim import build_optimizer, build_scheduler, lr_multiplier
-from llmser.training.recipe import OptimConfig
 
 
 def test_two_ranks_split_the_one_process_global_batch():

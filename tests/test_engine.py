@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llmser.train import run
+from llmser.training.run import run
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is needed for the demo corpus")
@@ -91,7 +91,7 @@ def test_two_processes_match_one_process(corpus, tmp_path):
     two = tmp_path / "two"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(ROOT / "scripts/accelerate/cpu_2proc.yaml"), "--main_process_port", "29531",
-           "-m", "llmser.train", str(ROOT / "adapters/wavlm_tiny.yaml"),
+           "-m", "llmser", "train", str(ROOT / "adapters/wavlm_tiny.yaml"),
            *_overrides(corpus, two, steps=4, batch=4, **common)]
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
@@ -112,7 +112,7 @@ def test_two_processes_train_and_predict_the_text_branch(corpus, tmp_path):
                  "train.save_every=4", "data.batch_size=4"]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(ROOT / "scripts/accelerate/cpu_2proc.yaml"), "--main_process_port", "29533",
-           "-m", "llmser.train", str(ROOT / "adapters/text_tiny.yaml"), *overrides]
+           "-m", "llmser", "train", str(ROOT / "adapters/text_tiny.yaml"), *overrides]
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -21,7 +21,6 @@ from llmser.models.fusion import (
 )
 from llmser.models.fusion.data import pool_frames
 from llmser.schema import CLASS_CODES
-from llmser.training.branches import BRANCHES, BranchSpec
 from tests.corpus_factory import write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,11 +64,11 @@ def test_model_needs_input_sizes():
 
 
 def test_shipped_recipe_parses():
-    from llmser.training.recipe import load_recipe
+    from llmser.models.registry import branch_config, load_recipe
 
     with _registered():
         recipe = load_recipe(ROOT / "adapters/fusion_tiny.yaml")
-        assert isinstance(recipe.model_config(), FusionConfig)
+        assert isinstance(branch_config(recipe), FusionConfig)
         with pytest.raises(ConfigError, match="did you mean 'hidden'"):
             load_recipe(ROOT / "adapters/fusion_tiny.yaml", ["model.hiden=3"])
 
@@ -193,9 +192,9 @@ def test_pool_frames_averages_real_frames_only():
 
 
 def test_collect_from_the_wavlm_branch(tmp_path):
+    from llmser.data.examples import AudioExampleDataset, collate_waveforms
     from llmser.data.msp_podcast import MSPPodcast
     from llmser.models.wavlm import SSLBranchConfig, SSLEmotionModel
-    from llmser.training.data import AudioExampleDataset, collate_waveforms
 
     corpus = MSPPodcast.from_folder(write_corpus(tmp_path / "c", _rows(5)))
     utts = corpus.utterances("train")
@@ -248,17 +247,13 @@ def _write_outputs(corpus, out_dir: Path, seed: int = 0) -> None:
 
 
 class _registered:
-    """Registers the fusion branch for the duration (the lead adds it to llmser/training/branches.py)."""
+    """Kept for the tests that use it: the fusion branch is always registered now."""
 
     def __enter__(self):
-        self.had = "fusion" in BRANCHES
-        BRANCHES.setdefault("fusion", BranchSpec("fusion", "llmser.models.fusion.config:FusionConfig",
-                                                 "llmser.models.fusion.model:FusionModel",
-                                                 "llmser.models.fusion.training:prepare"))
+        return self
 
     def __exit__(self, *exc):
-        if not self.had:
-            BRANCHES.pop("fusion", None)
+        return None
 
 
 @pytest.fixture(scope="module")
@@ -282,7 +277,7 @@ def _overrides(corpus_dir, outputs, out, **extra):
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["attention", "concat"])
 def test_engine_trains_fusion_on_cached_outputs(fake_run, tmp_path, mode):
-    from llmser.train import run
+    from llmser.training.run import run
 
     corpus_dir, outputs = fake_run
     with _registered():
@@ -300,8 +295,8 @@ def test_engine_trains_fusion_on_cached_outputs(fake_run, tmp_path, mode):
 
 def test_prepare_reports_files_without_outputs(fake_run, tmp_path):
     from llmser.data.msp_podcast import MSPPodcast
-    from llmser.models.fusion.training import prepare
-    from llmser.training.recipe import load_recipe
+    from llmser.models.fusion.branch import prepare
+    from llmser.models.registry import branch_config, load_recipe
 
     corpus_dir, outputs = fake_run
     partial = tmp_path / "partial"
@@ -315,9 +310,9 @@ def test_prepare_reports_files_without_outputs(fake_run, tmp_path):
     with _registered():
         recipe = load_recipe(ROOT / "adapters/fusion_tiny.yaml", [f"model.outputs_dir={partial}"])
         with pytest.raises(KeyError, match="wavlm: 1 e.g. \\['Train_0000.wav'\\]"):
-            prepare(recipe, recipe.model_config(), corpus, None)
+            prepare(recipe, branch_config(recipe), corpus, None)
         recipe = load_recipe(ROOT / "adapters/fusion_tiny.yaml", [f"model.outputs_dir={partial}", "data.on_error=skip"])
-        setup = prepare(recipe, recipe.model_config(), corpus, None)
+        setup = prepare(recipe, branch_config(recipe), corpus, None)
     assert len(setup.train_set) == 95 and setup.model.config.stream_sizes == SIZES
     batch = collate_fusion([setup.train_set[i] for i in range(3)])
     assert batch["wavlm_sequence"].shape[0] == 3 and batch["wavlm_sequence_mask"].dtype == torch.bool
@@ -326,11 +321,11 @@ def test_prepare_reports_files_without_outputs(fake_run, tmp_path):
 
 def test_collect_run_outputs_from_a_trained_branch_folder(tmp_path):
     from llmser.config import save_config
+    from llmser.data.examples import AudioExampleDataset, collate_waveforms
     from llmser.data.msp_podcast import MSPPodcast
     from llmser.models.fusion.data import collect_run_outputs
+    from llmser.models.registry import load_recipe
     from llmser.models.wavlm import SSLBranchConfig, SSLEmotionModel
-    from llmser.training.data import AudioExampleDataset, collate_waveforms
-    from llmser.training.recipe import load_recipe
 
     corpus_dir = write_corpus(tmp_path / "c", _rows(2))
     recipe = load_recipe(ROOT / "adapters/wavlm_tiny.yaml", [f"data.corpus={corpus_dir}", "data.max_seconds=1.0"])

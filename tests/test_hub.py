@@ -17,6 +17,9 @@ import pytest
 from llmser.hub import card as hub_card
 from llmser.hub import io as hub_io
 from llmser.hub.manifest import MANIFEST_NAME, BaseModelRef, ManifestError, Member, SystemManifest
+from llmser.models.llm import identity
+from llmser.utils import hub as utils_hub
+from llmser.utils import weights
 
 TOKEN = "hf_SECRETtokenDoNotPrint0123456789"
 SHA = "a" * 40
@@ -205,12 +208,12 @@ def test_card_without_report_has_no_model_index(tmp_path):
 
 
 def test_check_safe_folder_refuses_pickles(tmp_path):
-    hub_io.check_safe_folder(tmp_path)
+    weights.check_safe_folder(tmp_path)
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "pytorch_model.bin").write_bytes(b"x")
     (tmp_path / "optimizer.PT").write_bytes(b"x")
-    with pytest.raises(hub_io.UnsafeFolderError, match=r"optimizer.PT, sub/pytorch_model.bin.*safetensors"):
-        hub_io.check_safe_folder(tmp_path)
+    with pytest.raises(weights.UnsafeFolderError, match=r"optimizer.PT, sub/pytorch_model.bin.*safetensors"):
+        weights.check_safe_folder(tmp_path)
 
 
 def test_push_calls_hub_api_and_never_logs_the_token(tmp_path, fake_hub, llmser_logs, capsys):
@@ -233,14 +236,14 @@ def test_push_refuses_pickles_and_local_bases_before_any_upload(tmp_path, fake_h
     member = _fake_wavlm_member(system)
     SystemManifest.create([member]).save(system)
     (system / "wavlm" / "pytorch_model.bin").write_bytes(b"pickle")
-    with pytest.raises(hub_io.UnsafeFolderError):
+    with pytest.raises(weights.UnsafeFolderError):
         hub_io.push(system, "org/x", token=TOKEN)
     (system / "wavlm" / "pytorch_model.bin").unlink()
     member.base_models["encoder"] = BaseModelRef("/home/me/wavlm")
     SystemManifest.create([member]).save(system)
     with pytest.raises(ManifestError, match="local path"):
         hub_io.push(system, "org/x", token=TOKEN)
-    with pytest.raises(hub_io.HubError, match="not a valid Hub repo id"):
+    with pytest.raises(utils_hub.HubError, match="not a valid Hub repo id"):
         hub_io.push(system, "not a repo", token=TOKEN)
     assert fake_hub["calls"] == {"create_repo": [], "upload_folder": []}
 
@@ -272,26 +275,26 @@ def test_offline_resolve_from_a_populated_cache(tmp_path, monkeypatch):
     snapshot = _populate_cache(cache, "org/llmser-tiny", source)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))  # read at call time, not at import
-    assert hub_io.resolve_pretrained("org/llmser-tiny") == snapshot
-    assert hub_io.resolve_pretrained("org/llmser-tiny", revision=SHA, cache_dir=cache) == snapshot
+    assert utils_hub.resolve_pretrained("org/llmser-tiny") == snapshot
+    assert utils_hub.resolve_pretrained("org/llmser-tiny", revision=SHA, cache_dir=cache) == snapshot
     assert hub_io.pull("org/llmser-tiny") == snapshot
-    assert hub_io.resolve_pretrained(str(source)) == source  # a folder is used as it is
-    with pytest.raises(hub_io.HubError, match=r"org/other is not in the Hugging Face cache.*offline"):
-        hub_io.resolve_pretrained("org/other")
+    assert utils_hub.resolve_pretrained(str(source)) == source  # a folder is used as it is
+    with pytest.raises(utils_hub.HubError, match=r"org/other is not in the Hugging Face cache.*offline"):
+        utils_hub.resolve_pretrained("org/other")
     with pytest.raises(FileNotFoundError, match="not a folder"):
-        hub_io.resolve_pretrained("./no/such/folder")
+        utils_hub.resolve_pretrained("./no/such/folder")
     (snapshot / "extra.pkl").write_bytes(b"x")  # a pickle someone else put into the cache
-    with pytest.raises(hub_io.UnsafeFolderError):
-        hub_io.resolve_pretrained("org/llmser-tiny")
+    with pytest.raises(weights.UnsafeFolderError):
+        utils_hub.resolve_pretrained("org/llmser-tiny")
 
 
 def test_cli_parsers_run_push_and_pull(tmp_path, monkeypatch, capsys):
-    from llmser.hub import cli
+    from llmser.cli import hub as cli
 
     parser = argparse.ArgumentParser(prog="llmser")
     sub = parser.add_subparsers(dest="command")
-    cli.add_push_parser(sub)
-    cli.add_pull_parser(sub)
+    cli.add_push(sub)
+    cli.add_pull(sub)
     calls = []
     monkeypatch.setattr(hub_io, "push", lambda folder, repo_id, **kw: calls.append((folder, repo_id, kw)) or "URL")
     monkeypatch.setattr(hub_io, "pull", lambda repo_id, **kw: calls.append((repo_id, kw)) or tmp_path)
@@ -321,7 +324,7 @@ def test_wavlm_system_push_resolve_load_gives_identical_predictions(tmp_path, fa
     hub_card.write_card(system, _report(), repo_id="org/llmser-wavlm")
     hub_io.push(system, "org/llmser-wavlm")
 
-    folder = hub_io.resolve_pretrained("org/llmser-wavlm")  # offline, from the cache the push filled
+    folder = utils_hub.resolve_pretrained("org/llmser-wavlm")  # offline, from the cache the push filled
     assert folder != system and (folder / "README.md").is_file()
     manifest = SystemManifest.load(folder)
     loaded = SSLEmotionModel.from_pretrained(folder / manifest.member("wavlm").subfolder).eval()
@@ -362,15 +365,15 @@ def test_adapter_base_check_and_plain_peft_load(tiny_llama_adapter):
     from transformers import LlamaForCausalLM
 
     base_dir, adapter = tiny_llama_adapter["base"], tiny_llama_adapter["adapter"]
-    assert Path(hub_io.adapter_base(adapter)).resolve() == base_dir.resolve()
-    hub_io.check_adapter_base(adapter, str(base_dir))
-    with pytest.raises(hub_io.AdapterBaseMismatchError) as info:
-        hub_io.check_adapter_base(adapter, "meta-llama/Meta-Llama-3-8B-Instruct")
+    assert Path(identity.adapter_base(adapter)).resolve() == base_dir.resolve()
+    identity.check_adapter_base(adapter, str(base_dir))
+    with pytest.raises(identity.AdapterBaseMismatchError) as info:
+        identity.check_adapter_base(adapter, "meta-llama/Meta-Llama-3-8B-Instruct")
     assert str(base_dir) in str(info.value) and "meta-llama/Meta-Llama-3-8B-Instruct" in str(info.value)
     # once the local base says which Hub model it is a copy of, that Hub id is the same base
-    hub_io.write_source_marker(base_dir, "org/tiny-llama")
-    hub_io.check_adapter_base(adapter, "org/tiny-llama")
-    assert not hub_io.pickle_files(adapter)
+    identity.write_source_marker(base_dir, "org/tiny-llama")
+    identity.check_adapter_base(adapter, "org/tiny-llama")
+    assert not weights.pickle_files(adapter)
 
     model = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(base_dir), str(adapter)).eval()
     with torch.no_grad():

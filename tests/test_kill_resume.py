@@ -57,7 +57,7 @@ def _command(corpus: Path, out: Path, resume: bool = False) -> list[str]:
                  "train.eval_every": 2, "train.log_every": 1, "train.keep_checkpoints": 2, "data.batch_size": 4,
                  "data.eval_batch_size": 8, "data.max_seconds": 1.0, "optim.warmup_steps": 1,
                  "model.dropout": 0.1}  # dropout on: the resumed run must also restore the RNG streams
-    cmd = [sys.executable, "-m", "llmser.train", str(ROOT / "adapters" / "wavlm_tiny.yaml"),
+    cmd = [sys.executable, "-m", "llmser", "train", str(ROOT / "adapters" / "wavlm_tiny.yaml"),
            *(f"{k}={v}" for k, v in overrides.items())]
     return [*cmd, "--resume"] if resume else cmd
 
@@ -187,8 +187,8 @@ def test_sigkill_mid_write_keeps_the_previous_file(tmp_path):
 
 
 def _tiny_objects():
+    from llmser.recipe import OptimConfig
     from llmser.training.optim import build_optimizer, build_scheduler
-    from llmser.training.recipe import OptimConfig
 
     model = torch.nn.Linear(4, 2)
     optimizer = build_optimizer(model, OptimConfig())
@@ -205,19 +205,19 @@ def _save(directory: Path, step: int) -> Path:
 
 def test_crash_mid_checkpoint_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     _save(tmp_path, 1)
-    real_save_file = ckpt.save_file
+    real_save_file = ckpt.save_safetensors
     calls = []
 
-    def crash_on_second_file(tensors, filename, *args, **kwargs):
-        calls.append(filename)
+    def crash_on_second_file(tensors, path, *args, **kwargs):
+        calls.append(path)
         if len(calls) == 2:
             raise OSError("disk full (simulated) while writing the optimizer state")
-        return real_save_file(tensors, filename, *args, **kwargs)
+        return real_save_file(tensors, path, *args, **kwargs)
 
-    monkeypatch.setattr(ckpt, "save_file", crash_on_second_file)
+    monkeypatch.setattr(ckpt, "save_safetensors", crash_on_second_file)
     with pytest.raises(OSError, match="disk full"):
         _save(tmp_path, 2)
-    monkeypatch.setattr(ckpt, "save_file", real_save_file)
+    monkeypatch.setattr(ckpt, "save_safetensors", real_save_file)
     assert ckpt.latest_checkpoint(tmp_path).name == "checkpoint-1"  # the half-written step 2 is invisible
     assert (tmp_path / "checkpoint-2.partial").is_dir()
     model, optimizer, scheduler = _tiny_objects()

@@ -33,12 +33,11 @@ def test_the_expected_launch_configs_are_shipped():
 def test_recipe_parses_into_typed_configs(path):
     import yaml
 
-    from llmser.training.branches import BRANCHES
-    from llmser.training.recipe import load_recipe
+    from llmser.models.registry import BRANCHES, branch_config, load_recipe
 
     branch = yaml.safe_load(path.read_text())["branch"]
     if branch not in BRANCHES:
         pytest.skip(f"branch {branch!r} is not registered in this checkout")
     recipe = load_recipe(path)
-    config = recipe.model_config()
+    config = branch_config(recipe)
     assert recipe.train.output_dir and config is not None

@@ -16,8 +16,9 @@ import warnings
 import pytest
 import torch
 
+from llmser.cli.plan import plan_main
 from llmser.config import ConfigError
-from llmser.planning import PRESETS, fits_on, format_params, plan_main, resolve_specs, spec_from_recipe
+from llmser.planning import PRESETS, fits_on, format_params, resolve_specs, spec_from_recipe
 from llmser.planning.full_configs import FULL_CONFIGS, get_full_config, resolve_config
 from llmser.planning.memory import (
     GIB,

@@ -13,7 +13,7 @@ import torch
 from llmser.config import save_config
 from llmser.inference.predictor import Predictor
 from llmser.inference.system import build_system
-from llmser.training.recipe import Recipe
+from llmser.recipe import Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 

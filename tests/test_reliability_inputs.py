@@ -24,9 +24,11 @@ from safetensors.torch import save_file
 from llmser.config import ConfigError, from_dict, load_config
 from llmser.data.audio import AudioError, iter_audio_chunks, load_audio, load_audio_chunks
 from llmser.data.msp_podcast import CorpusError, MSPPodcast, ReaderConfig
+from llmser.models.registry import load_recipe
+from llmser.recipe import Recipe
 from llmser.training import checkpoint as ckpt
 from llmser.training.checkpoint import CheckpointError
-from llmser.training.recipe import Recipe, load_recipe
+from llmser.utils.weights import WeightsError
 from tests.corpus_factory import HEADER, good_rows, tone, write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -429,8 +431,8 @@ def test_cli_prints_recipe_errors_without_a_traceback(capsys):
 
 
 def _tiny_training_objects():
+    from llmser.recipe import OptimConfig
     from llmser.training.optim import build_optimizer, build_scheduler
-    from llmser.training.recipe import OptimConfig
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
     optimizer = build_optimizer(model, OptimConfig())
@@ -456,7 +458,7 @@ def test_truncated_safetensors_is_named_with_the_fix(tmp_path, keep_fraction):
     weights = directory / "trainable.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: int(len(data) * keep_fraction)])
-    with pytest.raises(CheckpointError) as err:
+    with pytest.raises(WeightsError) as err:
         _load(directory)
     message = str(err.value)
     assert str(weights) in message and "not a complete safetensors file" in message
@@ -471,7 +473,7 @@ def test_pickle_only_checkpoints_are_refused(tmp_path, suffix):
     torch.save({"0.weight": torch.zeros(3, 4)}, weights)
     (directory / "trainer_state.json").write_text("{}")
     for target in (directory, weights):  # a folder of pickles, or --resume pointed at the file itself
-        with pytest.raises(CheckpointError) as err:
+        with pytest.raises(WeightsError) as err:
             _load(target)
         message = str(err.value)
         assert str(target) in message and "safetensors only" in message

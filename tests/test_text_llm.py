@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from llmser.inference.voting import majority_vote
 from llmser.models.llm.adapter import AdapterMismatchError, check_adapter_base
 from llmser.models.llm.loading import load_causal_lm
 from llmser.models.llm.prefix_cache import PrefixCache
@@ -25,6 +24,7 @@ from llmser.models.llm.scoring import (
 from llmser.models.llm.tokenizer import build_tiny_tokenizer
 from llmser.models.text_llm.config import TextBranchConfig
 from llmser.models.text_llm.model import TextEmotionModel
+from llmser.models.voting import majority_vote
 from llmser.schema import CLASS_CODES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -303,7 +303,7 @@ def test_calibrated_prompt_voting_scores_content_free_prompts(tiny):
 def test_sft_rows_can_be_class_balanced(tiny):
     from types import SimpleNamespace
 
-    from llmser.models.text_llm.sft import sft_rows
+    from llmser.training.sft import sft_rows
 
     utts = [SimpleNamespace(class_index=0, emo_class="A", transcript=f"angry {i}") for i in range(2)] + \
         [SimpleNamespace(class_index=7, emo_class="N", transcript=f"neutral {i}") for i in range(38)] + \

@@ -7,9 +7,9 @@ import time
 import pytest
 import torch
 
+from llmser.data.feature_cache import FeatureCache, encoder_fingerprint
 from llmser.models.wavlm import SSLBranchConfig, SSLEmotionModel
 from llmser.models.wavlm.config import ENCODER_PRESETS
-from llmser.training.feature_cache import FeatureCache, encoder_fingerprint
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ import numpy as np
 
 from llmser.evaluation.metrics import ccc, macro_f1
 from llmser.evaluation.predictions import Predictions, PredictionsError
-from llmser.inference.voting import majority_vote
+from llmser.models.voting import majority_vote
 from llmser.schema import ATTRIBUTE_MAX, ATTRIBUTE_MIN, ATTRIBUTES, CLASS_CODES, CODE_TO_INDEX, NUM_CLASSES
 from llmser.utils.logging import get_logger
 

@@ -90,9 +90,9 @@ def card_tags(manifest: SystemManifest) -> list[str]:
 
 def hub_base_models(manifest: SystemManifest) -> list[str]:
     """Base models that are Hub ids (org/name): llmser presets map to theirs; random presets are left out."""
-    from llmser.hub.io import _preset_hub_id
+    from llmser.models.llm.identity import canonical_name
 
-    ids = [_preset_hub_id(model_id) for model_id in manifest.base_model_ids()]
+    ids = [canonical_name(model_id) for model_id in manifest.base_model_ids()]
     return list(dict.fromkeys(i for i in ids if i.count("/") == 1 and not i.startswith((".", "/", "~"))))
 
 

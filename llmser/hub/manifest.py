@@ -338,7 +338,8 @@ def _adapter_problems(member: Member, sub: Path, where: str) -> list[str]:
     if not adapters:
         return [f"{where}: {sub} holds no PEFT adapter (adapter_config.json); save the LLM with "
                 "PeftModel.save_pretrained"]
-    from llmser.hub.io import HubError, check_adapter_base
+    from llmser.models.llm.identity import check_adapter_base
+    from llmser.utils.hub import HubError
 
     issues = []
     expected = member.base_models["llm"].id if "llm" in member.base_models else None

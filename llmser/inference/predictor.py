@@ -65,10 +65,9 @@ class Predictor:
 
     @classmethod
     def from_pretrained(cls, id_or_path: str | Path, revision: str | None = None, asr: str = "smol") -> Predictor:
-        from llmser.hub.io import resolve_pretrained
         from llmser.hub.manifest import SystemManifest
-        from llmser.training.branches import get_branch
-        from llmser.training.recipe import load_recipe
+        from llmser.models.registry import get_branch, load_recipe
+        from llmser.utils.hub import resolve_pretrained
 
         folder = resolve_pretrained(id_or_path, revision)
         manifest = SystemManifest.load(folder)
@@ -177,7 +176,7 @@ class Predictor:
         return result
 
     def _combine(self, names: list[str], outputs: dict[str, dict[str, Any]]) -> Predictions:
-        from llmser.inference.voting import majority_vote
+        from llmser.models.voting import majority_vote
 
         with_probs = {n: o["probs"].numpy() for n, o in outputs.items() if "probs" in o}
         votes = {f"vote_{n}": [CLASS_CODES[i] for i in p.argmax(1)] for n, p in with_probs.items()}

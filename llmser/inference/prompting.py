@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from llmser.evaluation.predictions import Predictions
-from llmser.inference.voting import VoteResult, majority_vote
 from llmser.models.llm.prompts import RATINGS, PromptTemplate
 from llmser.models.llm.scoring import LabelScorer
 from llmser.models.text_llm.data import truncate_transcript
+from llmser.models.voting import VoteResult, majority_vote
 from llmser.schema import ATTRIBUTES, CLASS_CODES
 from llmser.utils.logging import get_logger
 

@@ -33,14 +33,14 @@ def _best_folder(run_dir: str | Path) -> Path:
 
 def _member_entry(name: str, best: Path) -> tuple[Any, dict[str, str]]:
     from llmser.hub.manifest import BaseModelRef, Member
-    from llmser.training.recipe import load_recipe
+    from llmser.models.registry import branch_config, load_recipe
 
     recipe = load_recipe(best / "recipe.yaml")
-    config = recipe.model_config()
+    config = branch_config(recipe)
     bases: dict[str, BaseModelRef] = {}
     prompts: dict[str, str] = {}
     if recipe.branch in ("text_llm", "audio_llm"):
-        from llmser.models.llm.loading import canonical_name
+        from llmser.models.llm.identity import canonical_name
         from llmser.models.llm.prompts import default_prompt_dir
 
         bases["llm"] = BaseModelRef(canonical_name(config.llm), config.revision)

@@ -6,8 +6,8 @@ state, so ``--resume`` continues exactly where the run stopped. Folders are writ
 temporary name and renamed when complete: a kill mid-save leaves the previous checkpoint intact.
 
 Loading is safetensors only: a folder holding only pickles (``.bin``, ``.pt``, ...) is refused,
-because unpickling runs whatever code the file carries. A truncated or foreign file gets a
-``CheckpointError`` naming it and what to do, not a low-level deserialisation error.
+because unpickling runs whatever code the file carries (``llmser.utils.weights``). A truncated,
+foreign or mismatched checkpoint gets a ``CheckpointError`` naming it and what to do.
 """
 
 from __future__ import annotations
@@ -20,49 +20,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from llmser.utils.io import atomic_write_json, recover_dir, replace_dir
+from llmser.utils.weights import WeightsError, load_safetensors, refuse_pickles, save_safetensors
 
 CHECKPOINT_PREFIX = "checkpoint-"
-#: Pickle-based weight files: never loaded (``torch.load`` of an untrusted file can run any code).
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint or weights file llmser will not or cannot load; the message names it and the fix."""
-
-
-def refuse_pickles(path: Path) -> None:
-    """Raise if ``path`` is (or is a folder holding only) pickle weights, with the way to convert them."""
-    path = Path(path)
-    if path.is_file():
-        pickles = [path] if path.suffix in PICKLE_SUFFIXES else []
-    elif path.is_dir() and not any(path.glob("*.safetensors")):
-        pickles = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    else:
-        pickles = []
-    if pickles:
-        names = ", ".join(p.name for p in pickles[:5])
-        raise CheckpointError(
-            f"{path}: holds only pickle weights ({names}); llmser loads safetensors only, because unpickling "
-            "an untrusted file can run arbitrary code. If you trust the file, convert it once: "
-            "safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors')")
-
-
-def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """``safetensors.torch.load_file`` with errors that name the file and say what to do."""
-    path = Path(path)
-    refuse_pickles(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; the folder is incomplete")
-    try:
-        return load_file(str(path))
-    except Exception as exc:  # noqa: BLE001 - safetensors raises SafetensorError/OSError/ValueError variants
-        raise CheckpointError(
-            f"{path}: not a complete safetensors file ({exc}); it was probably cut short by a crash, a full "
-            "disk or a partial download. Resume from an earlier checkpoint-<step> folder, or copy or "
-            "download it again") from None
+class CheckpointError(WeightsError):
+    """A checkpoint llmser will not or cannot resume from; the message names it and the fix."""
 
 
 def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -127,9 +93,9 @@ def save_checkpoint(directory: Path, *, model: torch.nn.Module, optimizer: torch
         if tmp.exists():
             shutil.rmtree(tmp)  # left by a kill mid-save; never loaded
         tmp.mkdir(parents=True)
-        save_file(trainable_state_dict(model), str(tmp / "trainable.safetensors"))
+        save_safetensors(trainable_state_dict(model), tmp / "trainable.safetensors")
         tensors, meta = _optimizer_to_files(optimizer)
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        save_safetensors(tensors, tmp / "optimizer.safetensors")
         atomic_write_json(tmp / "optimizer.json", meta)
         atomic_write_json(tmp / "scheduler.json", scheduler.state_dict())
         atomic_write_json(tmp / "trainer_state.json", trainer_state)

@@ -1,6 +1,6 @@
 """The training engine every branch uses, on one CPU up to many GPUs through Accelerate.
 
-    accelerate launch -m llmser.train adapters/wavlm_tiny.yaml [key=value ...]
+    accelerate launch -m llmser train adapters/wavlm_tiny.yaml [key=value ...]
     llmser train adapters/wavlm_tiny.yaml --resume          # one process; continues the latest checkpoint
 
 What it does, in order of a step: take this process's slice of the global batch (``batching``),
@@ -29,12 +29,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from llmser.evaluation.metrics import ccc as concordance
 from llmser.evaluation.metrics import macro_f1
+from llmser.recipe import Recipe
 from llmser.schema import ATTRIBUTES
 from llmser.training import checkpoint as ckpt
 from llmser.training.batching import ShuffledBatchSampler
 from llmser.training.losses import MultiTaskLoss
 from llmser.training.optim import build_optimizer, build_scheduler
-from llmser.training.recipe import Recipe
 from llmser.utils.io import atomic_write_json
 from llmser.utils.logging import get_logger
 
@@ -196,7 +196,7 @@ class Trainer:
         if self.is_main:
             atomic_write_json(self.output_dir / "trainer_state.json", self.state)
         # Not acc.end_training() here: it tears down the process group, and the caller may still
-        # evaluate the test split on every process (llmser.train calls it when everything is done).
+        # evaluate the test split on every process (llmser.training.run.run calls it when everything is done).
         return self.state
 
     def _optimizer_step(self, micro_batches: list[dict]) -> float:

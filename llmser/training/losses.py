@@ -15,13 +15,13 @@ when no row has a target, so a batch without any valid target still backpropagat
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from llmser.recipe import LossConfig
 from llmser.schema import ATTRIBUTES
 from llmser.utils.logging import get_logger
 
@@ -169,52 +169,6 @@ def ccc_loss(pred: Tensor, target: Tensor, reduction: Literal["mean", "none"] = 
 
 
 # ---------------------------------------------------------------------- multi-task loss
-
-
-@dataclass
-class LossConfig:
-    """Which losses a recipe trains with, and how they are weighted.
-
-    ``class_loss``: "ce", "weighted_ce" (inverse-frequency weights, the baseline), "focal" (alpha = the
-    same weights when class counts are known), "soft_ce" or "soft_kl" (annotator distributions; rows
-    without one fall back to the one-hot hard label). ``attribute_loss``: "ccc" (1 - CCC per attribute),
-    "mse", or "ccc+mse". The total is ``class_weight * class + attribute_weight * attribute``, where the
-    attribute term is the ``attribute_weights``-weighted mean over arousal, valence, dominance.
-    A model that also returns ``auxiliary_class_logits`` (a training-only head, e.g. the audio-LLM's class
-    head on its speech tokens) adds ``auxiliary_class_weight`` times the same class loss on them.
-    """
-
-    class_loss: Literal["ce", "weighted_ce", "focal", "soft_ce", "soft_kl"] = "weighted_ce"
-    focal_gamma: float = 2.0
-    label_smoothing: float = 0.0
-    weight_smoothing: float = 0.0
-    attribute_loss: Literal["ccc", "mse", "ccc+mse"] = "ccc"
-    class_weight: float = 1.0
-    attribute_weight: float = 1.0
-    attribute_weights: tuple[float, ...] = (1.0, 1.0, 1.0)
-    auxiliary_class_weight: float = 0.5
-
-    def __post_init__(self) -> None:
-        issues = []
-        if len(self.attribute_weights) != len(ATTRIBUTES):
-            issues.append(f"attribute_weights needs {len(ATTRIBUTES)} numbers ({', '.join(ATTRIBUTES)}), "
-                          f"got {list(self.attribute_weights)}")
-        elif any(w < 0 for w in self.attribute_weights) or sum(self.attribute_weights) <= 0:
-            issues.append(f"attribute_weights must be non-negative with a positive sum, got "
-                          f"{list(self.attribute_weights)}")
-        if self.auxiliary_class_weight < 0:
-            issues.append(f"auxiliary_class_weight must be >= 0, got {self.auxiliary_class_weight}")
-        if self.class_weight < 0 or self.attribute_weight < 0:
-            issues.append(f"class_weight and attribute_weight must be >= 0, got {self.class_weight} and "
-                          f"{self.attribute_weight}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            issues.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if not 0.0 <= self.weight_smoothing <= 1.0:
-            issues.append(f"weight_smoothing must be in [0, 1], got {self.weight_smoothing}")
-        if self.focal_gamma < 0:
-            issues.append(f"focal_gamma must be >= 0, got {self.focal_gamma}")
-        if issues:
-            raise ValueError("; ".join(issues))
 
 
 class MultiTaskLoss(nn.Module):

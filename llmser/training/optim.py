@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from llmser.training.recipe import OptimConfig
+from llmser.recipe import OptimConfig
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:

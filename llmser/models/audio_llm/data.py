@@ -15,14 +15,14 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from llmser.data.examples import _targets, example_targets
 from llmser.models.audio_llm.model import AudioLLMModel, pad_pieces, prompt_pieces
 from llmser.models.text_llm.data import pick_variant, truncate_transcript
-from llmser.training.data import _targets, example_targets
 
 
 def speech_cache(model: AudioLLMModel, cache_dir: str | Path) -> Any:
     """The feature cache of ``model``'s frozen encoders (a new key whenever an encoder or the limit changes)."""
-    from llmser.training.feature_cache import FeatureCache, encoder_fingerprint
+    from llmser.data.feature_cache import FeatureCache, encoder_fingerprint
 
     return FeatureCache(cache_dir, encoder_fingerprint(model.encoders),
                         {"sample_rate": 16000, "max_seconds": model.config.max_audio_seconds, "dtype": "float16",

@@ -51,6 +51,7 @@ from torch import nn
 from llmser.models.audio_llm.config import CONFIG_NAME, AudioLLMConfig
 from llmser.models.layers import EmotionHeads, EmotionOutput
 from llmser.models.llm.adapter import attach_lora, load_lora, save_lora
+from llmser.models.llm.identity import canonical_name
 from llmser.models.llm.isolated import (
     AFTER,
     BEFORE,
@@ -60,7 +61,7 @@ from llmser.models.llm.isolated import (
     isolated_attention_mask,
     score_isolated_input,
 )
-from llmser.models.llm.loading import canonical_name, load_causal_lm
+from llmser.models.llm.loading import load_causal_lm
 from llmser.models.llm.prefix_cache import PrefixCache
 from llmser.models.llm.prompts import SPEECH_PLACEHOLDER, PromptTemplate, load_prompts
 from llmser.models.llm.scoring import candidate_token_ids, prefix_positions
@@ -120,7 +121,7 @@ class SpeechEncoders(nn.Module):
         return frames, mask.to(device)
 
     def _second_frames(self, waves: Sequence[np.ndarray], length: int, device: torch.device) -> torch.Tensor:
-        from llmser.training.data import normalise_wave
+        from llmser.data.examples import normalise_wave
 
         limit = length * 320  # both encoders emit one frame per 20 ms
         sizes = [min(len(w), limit) for w in waves]
@@ -523,7 +524,7 @@ class AudioLLMModel(nn.Module):
     def vote(self, speech_frames: torch.Tensor, frame_mask: torch.Tensor,
              templates: Sequence[PromptTemplate] | None = None, transcripts: Sequence[str] | None = None):
         """Each variant's vote, the majority label (ties by summed probability) and the mean probabilities."""
-        from llmser.inference.voting import majority_vote
+        from llmser.models.voting import majority_vote
 
         templates = list(templates or self.templates)
         probs = self.vote_probabilities(speech_frames, frame_mask, templates, transcripts)
@@ -532,14 +533,12 @@ class AudioLLMModel(nn.Module):
     # ------------------------------------------------------------------ save / load
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        from safetensors.torch import save_file
+        from llmser.utils.weights import save_safetensors
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         save_lora(self.llm, directory, self.base_name)
-        tmp = directory / f".{SPEECH_MODULES}.tmp"
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.speech_modules().state_dict().items()}, str(tmp))
-        tmp.replace(directory / SPEECH_MODULES)
+        save_safetensors(self.speech_modules().state_dict(), directory / SPEECH_MODULES)
         self.tokenizer.save_pretrained(str(directory))
         self.config.save(directory)
         return directory
@@ -564,12 +563,12 @@ class AudioLLMModel(nn.Module):
         return model
 
     def load_speech_modules(self, directory: str | Path) -> None:
-        from safetensors.torch import load_file
+        from llmser.utils.weights import load_safetensors
 
         path = Path(directory) / SPEECH_MODULES
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing; the folder is incomplete (save it again)")
-        state = load_file(str(path))
+        state = load_safetensors(path)
         # folders saved before answer calibration existed: uncalibrated (a zero prior is a no-op)
         state.setdefault("calibration.log_prior", torch.zeros_like(self.calibration.log_prior))
         self.speech_modules().load_state_dict(state)
@@ -577,12 +576,12 @@ class AudioLLMModel(nn.Module):
     def load_trained_weights(self, directory: str | Path) -> None:
         """Load a saved folder's adapter and speech modules into this model in place (no base reload)."""
         from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
 
         from llmser.models.llm.adapter import ADAPTER_WEIGHTS, check_adapter_base
+        from llmser.utils.weights import load_safetensors
 
         check_adapter_base(directory, self.base_name)
-        set_peft_model_state_dict(self.llm, load_file(str(Path(directory) / ADAPTER_WEIGHTS)))
+        set_peft_model_state_dict(self.llm, load_safetensors(Path(directory) / ADAPTER_WEIGHTS))
         self.prefix_cache.clear()
         self.load_speech_modules(directory)
 

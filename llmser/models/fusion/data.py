@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from llmser.data.examples import example_targets
 from llmser.models.fusion.model import embedding_key, mask_key, sequence_key
 from llmser.schema import ATTRIBUTES, NUM_CLASSES
-from llmser.training.data import example_targets
 from llmser.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -111,17 +111,15 @@ def check_branch_tensors(file_names: Sequence[str], tensors: Mapping[str, torch.
 def save_branch_outputs(directory: str | Path, branch: str, split: str, file_names: Sequence[str],
                         tensors: Mapping[str, torch.Tensor]) -> Path:
     """Write one branch's outputs on one split atomically; returns the safetensors path."""
-    from safetensors.torch import save
-
-    from llmser.utils.io import atomic_write_bytes, atomic_write_json
+    from llmser.utils.io import atomic_write_json
+    from llmser.utils.weights import save_safetensors
 
     names = [str(n) for n in file_names]
     path = Path(directory) / branch / f"{split}.safetensors"
     check_branch_tensors(names, tensors, str(path))
-    data = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     metadata = {"branch": branch, "split": split, "file_names": json.dumps(names)}
     atomic_write_json(path.with_name(split + _NAMES_SUFFIX), names)
-    atomic_write_bytes(path, save(data, metadata=metadata))
+    save_safetensors(dict(tensors), path, metadata=metadata)
     return path
 
 
@@ -315,8 +313,7 @@ def collect_run_outputs(run_dir: str | Path, outputs_dir: str | Path, splits: Se
     """
     from accelerate import PartialState
 
-    from llmser.training.branches import get_branch
-    from llmser.training.recipe import load_recipe
+    from llmser.models.registry import branch_config, get_branch, load_recipe
 
     best = Path(run_dir) / "best"
     if not (best / "recipe.yaml").is_file():
@@ -333,7 +330,7 @@ def collect_run_outputs(run_dir: str | Path, outputs_dir: str | Path, splits: Se
 
             corpus = MSPPodcast.from_folder(recipe.data.corpus, ReaderConfig(on_error=recipe.data.on_error))
         spec = get_branch(recipe.branch)
-        setup = spec.prepare_fn(recipe, recipe.model_config(), corpus, PartialState())
+        setup = spec.prepare_fn(recipe, branch_config(recipe), corpus, PartialState())
         if model is None:
             model = _load_best(spec, setup.model, best)
         names, tensors = collect_branch_outputs(model, setup.test_set, setup.collate_fn,

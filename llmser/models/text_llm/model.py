@@ -23,7 +23,8 @@ from torch import nn
 
 from llmser.models.layers import EmotionHeads, EmotionOutput
 from llmser.models.llm.adapter import attach_lora, load_lora, save_lora
-from llmser.models.llm.loading import canonical_name, load_causal_lm
+from llmser.models.llm.identity import canonical_name
+from llmser.models.llm.loading import load_causal_lm
 from llmser.models.llm.scoring import prefix_positions
 from llmser.models.text_llm.config import CONFIG_NAME, TextBranchConfig
 from llmser.utils.logging import get_logger
@@ -74,14 +75,12 @@ class TextEmotionModel(nn.Module):
     # ------------------------------------------------------------------ save / load
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        from safetensors.torch import save_file
+        from llmser.utils.weights import save_safetensors
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         save_lora(self.llm, directory, self.base_name)
-        tmp = directory / f".{HEADS_NAME}.tmp"
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.heads.state_dict().items()}, str(tmp))
-        tmp.replace(directory / HEADS_NAME)
+        save_safetensors(self.heads.state_dict(), directory / HEADS_NAME)
         self.tokenizer.save_pretrained(str(directory))
         self.config.save(directory)
         return directory
@@ -93,7 +92,7 @@ class TextEmotionModel(nn.Module):
         (e.g. a local folder of the Hub model) and is checked against the adapter's record."""
         from transformers import AutoTokenizer
 
-        from llmser.hub.io import resolve_pretrained
+        from llmser.utils.hub import resolve_pretrained
 
         directory = _require_folder(resolve_pretrained(directory))
         config = TextBranchConfig.load(directory)
@@ -107,7 +106,7 @@ class TextEmotionModel(nn.Module):
         return model
 
     def load_heads(self, directory: str | Path) -> None:
-        from llmser.training.checkpoint import load_safetensors
+        from llmser.utils.weights import load_safetensors
 
         self.heads.load_state_dict(load_safetensors(Path(directory) / HEADS_NAME))
 
@@ -116,7 +115,7 @@ class TextEmotionModel(nn.Module):
         from peft import set_peft_model_state_dict
 
         from llmser.models.llm.adapter import ADAPTER_WEIGHTS, check_adapter_base
-        from llmser.training.checkpoint import load_safetensors
+        from llmser.utils.weights import load_safetensors
 
         check_adapter_base(directory, self.base_name)
         set_peft_model_state_dict(self.llm, load_safetensors(Path(directory) / ADAPTER_WEIGHTS))

@@ -3,7 +3,7 @@
 Three ways to train the encoder, chosen by ``SSLBranchConfig.encoder_mode``:
 
 - ``frozen``: only the layer weights, pooling and heads train; the encoder's hidden states can be
-  cached on disk once per file (``llmser.training.feature_cache``) so later epochs skip it.
+  cached on disk once per file (``llmser.data.feature_cache``) so later epochs skip it.
 - ``finetune``: the transformer layers train too (the CNN front end stays frozen by default).
 - ``lora``: peft LoRA adapters on the encoder's attention projections.
 
@@ -163,14 +163,12 @@ class SSLEmotionModel(nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith("encoder.")}
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        from safetensors.torch import save_file
+        from llmser.utils.weights import save_safetensors
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.config.save(directory)
-        tmp = directory / f".{WEIGHTS_NAME}.tmp"
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.head_state_dict().items()}, str(tmp))
-        tmp.replace(directory / WEIGHTS_NAME)
+        save_safetensors(self.head_state_dict(), directory / WEIGHTS_NAME)
         if self.config.encoder_mode == "lora":
             self.encoder.save_pretrained(str(directory / ADAPTER_DIR))
         elif self.config.encoder_mode == "finetune" or self.config.is_preset:
@@ -180,8 +178,8 @@ class SSLEmotionModel(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path, revision: str | None = None) -> SSLEmotionModel:
         """Rebuild from a folder saved by ``save_pretrained`` or a Hub id (offline from the HF cache too)."""
-        from llmser.hub.io import resolve_pretrained
-        from llmser.training.checkpoint import load_safetensors
+        from llmser.utils.hub import resolve_pretrained
+        from llmser.utils.weights import load_safetensors
 
         directory = resolve_pretrained(directory, revision)
         if not (directory / "config.json").is_file():

@@ -6,7 +6,7 @@ only (``completion_only_loss``). A variant is drawn per (seed, epoch, example) a
 rows are materialised for as many epochs as ``max_steps`` needs. The LoRA adapter is saved in the
 standard PEFT format; the test split is then predicted by constrained scoring and a vote over the
 variants (``llmser.inference.prompting``). Launch like any llmser recipe: ``llmser train`` or
-``accelerate launch -m llmser.train`` (trl's trainer is Accelerate-native).
+``accelerate launch -m llmser train`` (trl's trainer is Accelerate-native).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 from llmser.models.llm.prompts import load_prompts
 from llmser.models.text_llm.config import TextBranchConfig
 from llmser.models.text_llm.data import pick_variant, truncate_transcript
-from llmser.training.recipe import Recipe
+from llmser.recipe import Recipe
 from llmser.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -86,9 +86,9 @@ def run_sft(recipe: Recipe, config: TextBranchConfig, corpus: Any, resume: str |
     from trl import SFTTrainer
 
     from llmser.models.llm.adapter import save_lora
-    from llmser.models.llm.loading import canonical_name
+    from llmser.models.llm.identity import canonical_name
+    from llmser.models.text_llm.branch import split_utterances
     from llmser.models.text_llm.model import _load_base
-    from llmser.models.text_llm.training import split_utterances
 
     output_dir = Path(recipe.train.output_dir)
     train_utts, _, test_utts = split_utterances(recipe, corpus)

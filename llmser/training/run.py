@@ -1,12 +1,12 @@
-"""Train any llmser branch from a recipe; the entry point for ``accelerate launch``.
+"""Train any llmser branch from a recipe: what ``llmser train`` (and ``accelerate launch -m llmser train``) runs.
 
     # one process (CPU or one GPU)
     llmser train adapters/wavlm_tiny.yaml
     # two CPU processes (gloo) on this machine; same global batch as one process with batch_size 8
-    accelerate launch --config_file scripts/accelerate/cpu_2proc.yaml -m llmser.train \
+    accelerate launch --config_file scripts/accelerate/cpu_2proc.yaml -m llmser train \
         adapters/wavlm_tiny.yaml data.batch_size=4
     # 8 GPUs, bf16
-    accelerate launch --config_file scripts/accelerate/multi_gpu.yaml -m llmser.train adapters/wavlm_large.yaml
+    accelerate launch --config_file scripts/accelerate/multi_gpu.yaml -m llmser train adapters/wavlm_large.yaml
     # continue the latest checkpoint of the run's output_dir
     llmser train adapters/wavlm_tiny.yaml --resume
 
@@ -16,7 +16,6 @@ and a full report in ``output_dir/test/``.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
@@ -25,27 +24,19 @@ from llmser.utils.logging import get_logger
 logger = get_logger(__name__)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", help="YAML recipe (see adapters/)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=3e-4 train.max_steps=50")
-    parser.add_argument("--resume", nargs="?", const="latest", default=None,
-                        help="continue from a checkpoint folder (default: the latest in output_dir)")
-
-
 def run(recipe_path: str | Path, overrides: list[str] | None = None, resume: str | None = None) -> dict[str, Any]:
     """Train, then predict and report the test split; returns the final metrics."""
     import torch
     from accelerate.utils import set_seed
 
     from llmser.data.msp_podcast import MSPPodcast, ReaderConfig
-    from llmser.training.branches import get_branch
+    from llmser.models.registry import branch_config, get_branch, load_recipe
     from llmser.training.engine import Trainer, _available_trackers, _mixed_precision, ddp_kwargs
-    from llmser.training.recipe import load_recipe
 
     recipe = load_recipe(recipe_path, overrides)
     set_seed(recipe.train.seed)
     corpus = MSPPodcast.from_folder(recipe.data.corpus, ReaderConfig(on_error=recipe.data.on_error))
-    model_config = recipe.model_config()
+    model_config = branch_config(recipe)
     if getattr(model_config, "mode", None) == "sft":  # instruction tuning runs in trl's own trainer
         return _run_sft(recipe, model_config, corpus, resume)
     from accelerate import Accelerator
@@ -91,7 +82,7 @@ def _finish(accelerator: Any, trainer: Any) -> None:
 def _run_sft(recipe: Any, model_config: Any, corpus: Any, resume: str | None) -> dict[str, Any]:
     from accelerate import PartialState
 
-    from llmser.models.text_llm.sft import run_sft
+    from llmser.training.sft import run_sft
     from llmser.utils.io import atomic_write_json
 
     result = run_sft(recipe, model_config, corpus, resume)
@@ -121,8 +112,8 @@ def predict_test(trainer: Any, spec: Any, setup: Any) -> dict[str, Any]:
             model.load_state_dict(spec.model_cls.from_pretrained(best_dir).state_dict())
     calibrate_on_dev(trainer, model, setup, best_dir)
     out = trainer.evaluate(setup.test_set, desc="test")
-    if not trainer.is_main:
-        return out.metrics
+    if not trainer.is_main:  # the main process writes and reports; the others return the same shape
+        return {"metrics": out.metrics}
     names = [setup.test_utterances[i].file_name for i in out.indices]
     predictions = Predictions.from_probs(names, out.probs, attributes=out.attributes) if out.probs is not None \
         else Predictions(file_names=names, classes=None, probs=None, attributes=out.attributes, extras={})
@@ -158,15 +149,3 @@ def calibrate_on_dev(trainer: Any, model: Any, setup: Any, best_dir: Path) -> No
     if trainer.is_main and best_dir.is_dir():
         model.save_pretrained(best_dir)
     trainer.accelerator.wait_for_everyone()
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="llmser.train", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    run(args.recipe, args.overrides, args.resume)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,19 +1,19 @@
 """How the engine trains the text branch's head mode: model, prompted datasets, collate.
 
-(``mode: sft`` is trained by trl instead; see ``llmser.models.text_llm.sft``.)
+(``mode: sft`` is trained by trl instead; see ``llmser.training.sft``.)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from llmser.data.examples import class_counts, class_labels, recipe_splits
+from llmser.models.branch import BranchSetup
 from llmser.models.llm.prompts import load_prompts
 from llmser.models.text_llm.config import TextBranchConfig
 from llmser.models.text_llm.data import PromptCollator, PromptExampleDataset, check_transcripts
 from llmser.models.text_llm.model import TextEmotionModel
-from llmser.training.branches import BranchSetup
-from llmser.training.data import class_counts, class_labels, recipe_splits
-from llmser.training.recipe import Recipe
+from llmser.recipe import Recipe
 
 
 def split_utterances(recipe: Recipe, corpus: Any) -> tuple[list, list, list]:

@@ -17,7 +17,7 @@ from pathlib import Path
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 
 
-def add_build_system_parser(sub: argparse._SubParsersAction) -> None:
+def add_build_system(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build-system", help="assemble trained runs into one system folder (llmser.json + members)",
                        description="Copy the best models of training runs into one folder with an llmser.json "
                                    "manifest and a model card: what llmser predict and llmser push take.")
@@ -48,7 +48,7 @@ def run_build_system(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_predict_parser(sub: argparse._SubParsersAction) -> None:
+def add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict emotion classes and attributes for audio files with a system",
                        description="Run a trained system (folder or Hub id) on audio files: per file the class, "
                                    "its probabilities, the attributes and each member's vote.")
@@ -174,7 +174,7 @@ def _rows(p, rows):
                        {k: [v[i] for i in rows] for k, v in p.extras.items()})
 
 
-def add_transcribe_parser(sub: argparse._SubParsersAction) -> None:
+def add_transcribe(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("transcribe", help="write Whisper transcripts for audio that has none",
                        description="Transcribe audio files with Whisper into <stem>.txt files. With --corpus, every "
                                    "file of the corpus without a transcript gets CORPUS/Transcripts/<stem>.txt "
@@ -204,4 +204,63 @@ def run_transcribe(args: argparse.Namespace) -> int:
     for path, text in zip(todo, transcribe(todo, model=args.model, batch_size=args.batch_size)):
         atomic_write_text(out / f"{path.stem}.txt", text + "\n")
     print(f"wrote {len(todo)} transcript(s) to {out}")
+    return 0
+
+
+def add_predict_prior(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict-prior", help="majority-class / training-prior baseline predictions",
+                       description="Predict every file of a split from the training split's label prior: the "
+                                   "majority class and the mean attributes. The floor every model must beat.")
+    p.add_argument("--corpus", required=True, help="corpus folder in the MSP-Podcast layout")
+    p.add_argument("--split", default="test", help="split to predict (default: test)")
+    p.add_argument("--train-split", default="train", help="split whose prior is used (default: train)")
+    p.add_argument("--out", required=True, help="predictions CSV to write")
+    p.set_defaults(handler=run_predict_prior)
+
+
+def run_predict_prior(args: argparse.Namespace) -> int:
+    from llmser.inference.prior import predict_prior
+
+    predictions = predict_prior(args.corpus, split=args.split, train_split=args.train_split)
+    predictions.write_csv(args.out)
+    print(f"wrote {len(predictions)} prior predictions to {args.out}")
+    return 0
+
+
+def add_predict_prompts(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict-prompts", help="instruction-prompt predictions from transcripts (zero-shot or tuned)",
+                       description="Score every label under each prompt variant with an instruct LLM and take the "
+                                   "variants' vote (zero-shot with --llm, or a text-branch adapter with --adapter); "
+                                   "attributes from the rating prompts. Writes predictions and the report.")
+    p.add_argument("--corpus", required=True, help="corpus folder in the MSP-Podcast layout (with transcripts)")
+    p.add_argument("--split", default="test", help="split to predict (default: test)")
+    p.add_argument("--llm", default="smol", help="preset (smol, llama3-8b, tiny), Hub id or folder (default: smol)")
+    p.add_argument("--adapter", default=None, help="a text-branch folder saved by training (mode: sft)")
+    p.add_argument("--prompts", default=None, help="comma-separated prompt variants (default: the adapter's or five)")
+    p.add_argument("--no-ratings", action="store_true", help="skip the attribute rating prompts")
+    p.add_argument("--calibrate", action="store_true",
+                   help="contextual calibration: divide each variant's probabilities by its answer to content-free "
+                        "transcripts (removes a variant's constant label bias)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--limit", type=int, default=None, help="only the first N files (quick looks)")
+    p.add_argument("--out", required=True, help="predictions CSV to write; the report goes beside it")
+    p.set_defaults(handler=run_predict_prompts)
+
+
+def run_predict_prompts(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from llmser.evaluation.report import evaluate
+    from llmser.inference.prompting import predict_corpus_split
+
+    prompts = args.prompts.split(",") if args.prompts else None
+    predictions, utterances = predict_corpus_split(args.corpus, args.split, llm=args.llm, adapter=args.adapter,
+                                                   prompts=prompts, ratings=not args.no_ratings,
+                                                   batch_size=args.batch_size, limit=args.limit,
+                                                   calibrate=args.calibrate)
+    out = Path(args.out)
+    predictions.write_csv(out)
+    report = evaluate(predictions, utterances, out.parent, title=f"prompt voting ({args.adapter or args.llm})")
+    task1 = report.get("task1") or {}
+    print(f"wrote {len(predictions)} predictions to {out}; macro-F1 {task1.get('macro_f1', float('nan')):.4f}")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def add_collect_outputs_parser(sub: argparse._SubParsersAction) -> None:
+def add_collect_outputs(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("collect-outputs", help="cache a trained branch's embeddings/probabilities per split",
                        description="Run a trained branch (RUN_DIR/best) over corpus splits and write its pooled "
                                    "embeddings, class probabilities and attributes (and, with --frames, WavLM frame "

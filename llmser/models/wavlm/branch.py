@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmser.models.wavlm.config import SSLBranchConfig
-from llmser.models.wavlm.model import SSLEmotionModel
-from llmser.training.branches import BranchSetup
-from llmser.training.data import (
+from llmser.data.examples import (
     AudioExampleDataset,
     CachedHiddenDataset,
     class_counts,
@@ -17,7 +14,10 @@ from llmser.training.data import (
     fill_feature_cache,
     recipe_splits,
 )
-from llmser.training.recipe import Recipe
+from llmser.models.branch import BranchSetup
+from llmser.models.wavlm.config import SSLBranchConfig
+from llmser.models.wavlm.model import SSLEmotionModel
+from llmser.recipe import Recipe
 from llmser.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -59,7 +59,7 @@ def _augmenter(recipe: Recipe):
 
 
 def _fill_cache(model: SSLEmotionModel, utterances: list, recipe: Recipe, accelerator: Any):
-    from llmser.training.feature_cache import FeatureCache, encoder_fingerprint
+    from llmser.data.feature_cache import FeatureCache, encoder_fingerprint
 
     cache = FeatureCache(recipe.data.cache_dir, encoder_fingerprint(model.encoder),
                          {"sample_rate": 16000, "max_seconds": recipe.data.max_seconds, "dtype": "float16",

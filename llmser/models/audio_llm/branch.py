@@ -2,7 +2,7 @@
 
     llmser train adapters/audio_smol.yaml
     llmser train adapters/audio_smol.yaml model.inputs=speech+transcript
-    accelerate launch --config_file scripts/accelerate/cpu_2proc.yaml -m llmser.train adapters/audio_smol.yaml \
+    accelerate launch --config_file scripts/accelerate/cpu_2proc.yaml -m llmser train adapters/audio_smol.yaml \
         data.batch_size=4
 
 The engine's class loss reads ``class_logits``: the verbalised answers' log-likelihoods (see
@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from llmser.data.examples import class_counts, class_labels, recipe_splits
 from llmser.models.audio_llm.config import AudioLLMConfig
 from llmser.models.audio_llm.data import (
     SpeechPromptCollator,
@@ -26,9 +27,8 @@ from llmser.models.audio_llm.data import (
     speech_cache,
 )
 from llmser.models.audio_llm.model import AudioLLMModel
-from llmser.training.branches import BranchSetup
-from llmser.training.data import class_counts, class_labels, recipe_splits
-from llmser.training.recipe import Recipe
+from llmser.models.branch import BranchSetup
+from llmser.recipe import Recipe
 from llmser.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -78,7 +78,7 @@ def predict_with_voting(model: AudioLLMModel, utterances: Sequence, cache: Any, 
     from tqdm.auto import tqdm
 
     from llmser.evaluation.predictions import Predictions
-    from llmser.inference.voting import majority_vote
+    from llmser.models.voting import majority_vote
     from llmser.schema import CLASS_CODES
 
     dataset = SpeechPromptDataset(utterances, cache, model)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def add_ensemble_parser(sub: argparse._SubParsersAction) -> None:
+def add_ensemble(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ensemble", help="plurality vote / averaging / stacking across trained systems",
                        description="Run every method of an ensemble spec (YAML, see ensembles/demo.yaml): stacking "
                                    "fits on the spec's fit split, every method predicts its predict split; writes "

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from llmser.utils.weights import save_safetensors
 
 
 def encoder_fingerprint(encoder: torch.nn.Module) -> str:
@@ -75,10 +77,7 @@ class FeatureCache:
 
     def put(self, audio_path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
         path = self.path_for(audio_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{id(tensors)}.tmp")
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-        tmp.replace(path)
+        save_safetensors(tensors, path)  # atomic: concurrent writers of one entry each replace it whole
 
     def __contains__(self, audio_path: str | Path) -> bool:
         return self.path_for(audio_path).is_file()

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from llmser.data.examples import class_counts, class_labels
+from llmser.models.branch import BranchSetup
 from llmser.models.fusion.config import FusionConfig
 from llmser.models.fusion.data import (
     BranchOutputs,
@@ -20,9 +22,7 @@ from llmser.models.fusion.data import (
     missing_files,
 )
 from llmser.models.fusion.model import FusionModel
-from llmser.training.branches import BranchSetup
-from llmser.training.data import class_counts, class_labels
-from llmser.training.recipe import Recipe
+from llmser.recipe import Recipe
 from llmser.utils.logging import get_logger
 
 logger = get_logger(__name__)

@@ -5,7 +5,7 @@ the shared data / optimiser / loss / schedule sections. Any field can be overrid
 line::
 
     llmser train adapters/wavlm_tiny.yaml optim.lr=5e-4 train.max_steps=200
-    accelerate launch -m llmser.train adapters/wavlm_tiny.yaml data.batch_size=4
+    accelerate launch -m llmser train adapters/wavlm_tiny.yaml data.batch_size=4
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from llmser.config import ConfigError, from_dict, load_config
+from llmser.config import load_config
 from llmser.data.augment import AugmentConfig
-from llmser.training.losses import LossConfig
+from llmser.schema import ATTRIBUTES
 
 
 @dataclass
@@ -37,6 +37,52 @@ class DataConfig:
     feature_cache: bool = True  # cache a frozen encoder's hidden states on disk
     cache_dir: str = ".cache/llmser/features"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class LossConfig:
+    """Which losses a recipe trains with, and how they are weighted.
+
+    ``class_loss``: "ce", "weighted_ce" (inverse-frequency weights, the baseline), "focal" (alpha = the
+    same weights when class counts are known), "soft_ce" or "soft_kl" (annotator distributions; rows
+    without one fall back to the one-hot hard label). ``attribute_loss``: "ccc" (1 - CCC per attribute),
+    "mse", or "ccc+mse". The total is ``class_weight * class + attribute_weight * attribute``, where the
+    attribute term is the ``attribute_weights``-weighted mean over arousal, valence, dominance.
+    A model that also returns ``auxiliary_class_logits`` (a training-only head, e.g. the audio-LLM's class
+    head on its speech tokens) adds ``auxiliary_class_weight`` times the same class loss on them.
+    """
+
+    class_loss: Literal["ce", "weighted_ce", "focal", "soft_ce", "soft_kl"] = "weighted_ce"
+    focal_gamma: float = 2.0
+    label_smoothing: float = 0.0
+    weight_smoothing: float = 0.0
+    attribute_loss: Literal["ccc", "mse", "ccc+mse"] = "ccc"
+    class_weight: float = 1.0
+    attribute_weight: float = 1.0
+    attribute_weights: tuple[float, ...] = (1.0, 1.0, 1.0)
+    auxiliary_class_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        issues = []
+        if len(self.attribute_weights) != len(ATTRIBUTES):
+            issues.append(f"attribute_weights needs {len(ATTRIBUTES)} numbers ({', '.join(ATTRIBUTES)}), "
+                          f"got {list(self.attribute_weights)}")
+        elif any(w < 0 for w in self.attribute_weights) or sum(self.attribute_weights) <= 0:
+            issues.append(f"attribute_weights must be non-negative with a positive sum, got "
+                          f"{list(self.attribute_weights)}")
+        if self.auxiliary_class_weight < 0:
+            issues.append(f"auxiliary_class_weight must be >= 0, got {self.auxiliary_class_weight}")
+        if self.class_weight < 0 or self.attribute_weight < 0:
+            issues.append(f"class_weight and attribute_weight must be >= 0, got {self.class_weight} and "
+                          f"{self.attribute_weight}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            issues.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0.0 <= self.weight_smoothing <= 1.0:
+            issues.append(f"weight_smoothing must be in [0, 1], got {self.weight_smoothing}")
+        if self.focal_gamma < 0:
+            issues.append(f"focal_gamma must be >= 0, got {self.focal_gamma}")
+        if issues:
+            raise ValueError("; ".join(issues))
 
 
 @dataclass
@@ -77,21 +123,8 @@ class Recipe:
     loss: LossConfig = field(default_factory=LossConfig)
     train: ScheduleConfig = field(default_factory=ScheduleConfig)
 
-    def model_config(self) -> Any:
-        """The branch's own typed model config, parsed from the ``model:`` section."""
-        from llmser.training.branches import get_branch
 
-        spec = get_branch(self.branch)
-        return from_dict(spec.config_cls, self.model, source=f"model section ({self.branch})")
-
-
-def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
-    """Load a recipe and validate its model section too, so every mistake surfaces before training."""
-    recipe = load_config(Recipe, path, overrides)
-    try:
-        recipe.model_config()
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    except KeyError as exc:
-        raise ConfigError(str(exc.args[0])) from None
-    return recipe
+def read_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
+    """The shared sections typed; the ``model:`` section stays a mapping, typed by its branch's config class
+    (``llmser.models.registry.load_recipe`` reads and validates both)."""
+    return load_config(Recipe, path, overrides)

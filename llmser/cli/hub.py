@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 
 
-def add_push_parser(sub: argparse._SubParsersAction) -> None:
+def add_push(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("push", help="upload a trained system folder to the Hugging Face Hub",
                        description="Upload a system folder (llmser.json, README.md, members) as a Hub model repo. "
                                    "Refuses pickle weights and local base-model paths before anything is sent. "
@@ -45,7 +45,7 @@ def _run_push(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_pull_parser(sub: argparse._SubParsersAction) -> None:
+def add_pull(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pull", help="download a shared system from the Hugging Face Hub (or check the cached copy)",
                        description="Download a system into the Hugging Face cache (or --local-dir), skipping pickle "
                                    "files, and validate its llmser.json. With HF_HUB_OFFLINE=1 it only checks the "
@@ -64,4 +64,4 @@ def _run_pull(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_push_parser", "add_pull_parser"]
+__all__ = ["add_push", "add_pull"]

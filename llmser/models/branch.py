@@ -1,0 +1,68 @@
+"""The contract between the training engine and a branch: what every branch folder implements.
+
+Each branch (``models/<name>/``) has the same files, as peft's tuners do: ``config.py`` (its typed
+model config, the recipe's ``model:`` section), ``model.py`` (an :class:`EmotionModel`) and
+``branch.py`` (a module satisfying :class:`Branch`). The engine (``llmser.training``) and the
+predictor (``llmser.inference``) depend on these two protocols and on ``models/registry.py``, never
+on a branch's internals, as torchtune's runner depends on its recipe interface.
+
+One step, in the engine's words: ``prepare`` builds the model, the datasets and the collate function
+(batches); ``model(**batch)`` runs the forward; the engine's ``MultiTaskLoss`` turns the output's
+``class_logits`` / ``attributes`` into the loss; after training, the same outputs are the
+predictions (``predict_data`` feeds raw audio files to a trained model for ``llmser predict``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class EmotionModel(Protocol):
+    """A trainable branch model.
+
+    ``model(**batch)`` returns an object with ``class_logits`` (B, 8) and/or ``attributes`` (B, 3)
+    (and optionally ``auxiliary_class_logits``, a training-only head); ``save_pretrained(dir)`` writes a
+    folder that the class's ``from_pretrained(dir_or_hub_id)`` reads back.
+    """
+
+    config: Any
+
+    def __call__(self, **batch: Any) -> Any: ...
+
+    def save_pretrained(self, directory: str | Path) -> Path: ...
+
+
+@dataclass
+class BranchSetup:
+    """What ``Branch.prepare`` hands the engine: the model, the three datasets and how to batch them."""
+
+    model: Any
+    train_set: Any
+    eval_set: Any
+    test_set: Any
+    collate_fn: Any
+    test_utterances: list
+    class_counts: list[int] | None = None
+    train_labels: list[int] | None = None
+
+
+@runtime_checkable
+class Branch(Protocol):
+    """A branch's training interface (its ``branch.py`` module satisfies it)."""
+
+    def prepare(self, recipe: Any, config: Any, corpus: Any, accelerator: Any) -> BranchSetup:
+        """Model, datasets (train/eval/test from the recipe's splits) and collate function."""
+        ...
+
+
+@runtime_checkable
+class PredictsAudio(Protocol):
+    """A branch that can also predict raw audio files (every branch but fusion, which reads branch outputs)."""
+
+    def predict_data(self, model: Any, recipe: Any, utterances: Sequence) -> tuple[Any, Callable]:
+        """Dataset + collate that feed ``utterances`` (audio, and transcripts where read) to ``model``."""
+        ...
