@@ -287,9 +287,18 @@ def _add_transcribe(sub: argparse._SubParsersAction) -> None:
     add_transcribe_parser(sub)
 
 
+def _add_baseline(sub: argparse._SubParsersAction) -> None:
+    from llmser.baselines import cli as baselines_cli
+
+    p = sub.add_parser("baseline", help="classical reference systems (eGeMAPS / TF-IDF + linear models)")
+    baselines_cli.add_arguments(p)
+    p.set_defaults(handler=baselines_cli.run)
+
+
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "make-demo-corpus": _add_make_demo_corpus,
     "predict-prior": _add_predict_prior,
+    "baseline": _add_baseline,
     "predict-prompts": _add_predict_prompts,
     "evaluate": _add_evaluate,
     "compare": _add_compare,
