@@ -2,7 +2,7 @@
 # llmser's main job, end to end, set-up included:
 #   1. set up the environment (scripts/setup_env.sh),
 #   2. make the synthetic demo corpus (skipped with --corpus DIR: any corpus in the MSP-Podcast layout),
-#   3. the training-prior baseline on the test split, evaluated into a report,
+#   3. the training-prior baseline and the classical ones (eGeMAPS / TF-IDF + linear models) on the test split,
 #   4. the WavLM branch (tiny random WavLM trained end to end),
 #   5. the text branch on transcripts with SmolLM2-135M-Instruct: zero-shot prompt voting and LoRA + head
 #      (the training engine); with --sft also LoRA instruction tuning (trl SFT) with prompt voting (+~10 min),
@@ -66,6 +66,9 @@ mkdir -p "$OUT/prior"
 "${LLMSER[@]}" evaluate --predictions "$OUT/prior/predictions.csv" --corpus "$CORPUS" --split "$SPLIT" \
   --out "$OUT/prior" --submission
 
+echo "== classical baselines: eGeMAPS and transcript TF-IDF, linear models chosen on dev, and their late fusion"
+"${LLMSER[@]}" baseline classical --corpus "$CORPUS" --split "$SPLIT" --out "$OUT/classical"
+
 # Each branch trains from its recipe; the overrides only point it at this corpus and output folder.
 steps() { if [ "$QUICK" = 1 ]; then echo "train.max_steps=$2 train.eval_every=$2 train.save_every=$2"; else echo "train.max_steps=$1"; fi; }
 train() {  # train NAME RECIPE FULL_STEPS QUICK_STEPS [overrides...]
@@ -119,7 +122,9 @@ rm -rf "$OUT/system_predictions"  # a rebuilt system predicts afresh (predict re
   --split "$SPLIT" --out "$OUT/system_predictions"
 
 echo "== summary: test split '$SPLIT'"
-"${LLMSER[@]}" compare prior="$OUT/prior/report.json" wavlm="$OUT/wavlm/test/report.json" \
+"${LLMSER[@]}" compare prior="$OUT/prior/report.json" classical_egemaps="$OUT/classical/egemaps/report.json" \
+  classical_tfidf="$OUT/classical/tfidf/report.json" classical_late_fusion="$OUT/classical/late_fusion/report.json" \
+  wavlm="$OUT/wavlm/test/report.json" \
   text_zero_shot="$OUT/text_zero_shot/report.json" text_head="$OUT/text_head/test/report.json" \
   "${SFT_REPORT[@]}" "$AUDIO=$OUT/$AUDIO/test/report.json" fusion_concat="$OUT/fusion_concat/test/report.json" \
   fusion="$OUT/fusion/test/report.json" ensemble_plurality="$OUT/ensemble/plurality/report.json" \
