@@ -124,15 +124,15 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from llmser.evaluation.report import evaluate_corpus
 
     out_dir = Path(args.out) if args.out else Path(args.predictions).resolve().parent
-    report = evaluate_corpus(args.predictions, args.corpus, args.split, out_dir)
-    _print_headline(report)
-    if args.submission:
+    if args.submission:  # before scoring: a blind split (Test3) is refused scoring but can be submitted
         from llmser.evaluation.predictions import Predictions
         from llmser.evaluation.submission import write_submissions
 
         written = write_submissions(out_dir, Predictions.read_csv(args.predictions))
         for task, path in written.items():
             print(f"  {task} submission: {path}")
+    report = evaluate_corpus(args.predictions, args.corpus, args.split, out_dir)
+    _print_headline(report)
     print(f"report: {out_dir / 'report.md'}")
     return 0
 
@@ -185,30 +185,24 @@ def _run_compare(args: argparse.Namespace) -> int:
 
 def _add_validate_submission(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("validate-submission", help="check a challenge submission CSV before uploading it")
-    p.add_argument("path", help="task1 (FileName,EmoClass) or task2 (FileName,EmoAct,EmoVal,EmoDom) CSV")
+    p.add_argument("path", help="task1 (FileName,EmoClass), task1 probabilities (FileName,Angry,...,Neutral) or "
+                                "task2 (FileName,EmoAct,EmoVal,EmoDom) CSV")
     p.add_argument("--corpus", default=None, help="corpus folder: check every file of --split is present once")
     p.add_argument("--split", default="test", help="split the submission is for (default: test)")
     p.set_defaults(handler=_run_validate_submission)
 
 
 def _run_validate_submission(args: argparse.Namespace) -> int:
-    import csv
-
     from llmser.evaluation import submission
 
-    with open(args.path, encoding="utf-8-sig", newline="") as handle:
-        header = next(csv.reader(handle), [])
     expected = None
     if args.corpus:
         from llmser.data.msp_podcast import MSPPodcast
 
         corpus = MSPPodcast.from_folder(args.corpus)
         expected = [u.file_name for u in corpus.utterances(corpus.resolve_split(args.split), task="all")]
-    if "EmoClass" in header:
-        rows = submission.validate_task1(args.path, expected)
-    else:
-        rows = submission.validate_task2(args.path, expected)
-    print(f"{args.path}: valid ({len(rows)} files)")
+    kind, rows = submission.validate_file(args.path, expected)
+    print(f"{args.path}: valid {kind} submission ({len(rows)} files)")
     return 0
 
 
