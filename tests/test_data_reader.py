@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import csv
+import logging
 
 import numpy as np
 import pytest
+import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llmser.data.msp_podcast import CorpusError, MSPPodcast, ReaderConfig
-from tests.corpus_factory import good_rows, write_corpus
+from tests.corpus_factory import good_rows, tone, write_corpus
 
 
 @pytest.fixture
@@ -140,3 +142,176 @@ def test_garbage_in_a_numeric_column_is_always_a_corpus_error(tmp_path_factory, 
             return  # the garbage changed the CSV's row structure itself; covered by other tests
     with pytest.raises(CorpusError, match="row 4"):
         MSPPodcast.from_folder(root)
+
+
+# ----------------------------------------------------------------------------- released layouts
+# Fixtures are hand-written from the published descriptions of each layout, not produced by llmser.
+
+RELEASE_CONSENSUS = """\
+FileName,EmoClass,EmoAct,EmoVal,EmoDom,SpkrID,Gender,Split_Set,Notes
+MSP-PODCAST_0002_0033.wav,A,4.5,2.75,5.0,127,Female,Train,x
+MSP-PODCAST_0002_0034.wav,N,3.8,4.0,4.2,Unknown,Unknown,Development,
+MSP-PODCAST_0153_0001.wav,,,,,Unknown,Unknown,Test3,
+MSP-PODCAST_0153_0002.wav,,,,,Unknown,Unknown,Test3,
+"""
+
+DETAILED_PER_ANNOTATOR = """\
+FileName,{worker},EmoClass_Major,EmoClass_Second,EmoAct,EmoVal,EmoDom
+MSP-PODCAST_0002_0033.wav,WORKER00012,Angry,"Frustrated,Annoyed",4.0,3.0,5.0
+MSP-PODCAST_0002_0033.wav,WORKER00031,A,Disgust,5.0,2.0,5.0
+MSP-PODCAST_0002_0033.wav,WORKER00007,Disgust,,4.0,3.0,4.0
+MSP-PODCAST_0002_0033.wav,WORKER00044,Other-Concerned,Concerned,3.0,3.0,3.0
+MSP-PODCAST_0002_0034.wav,WORKER00012,Neutral,,4.0,4.0,4.0
+MSP-PODCAST_0002_0034.wav,WORKER00031,Sad,"Disappointed,Sad",3.0,3.0,3.0
+MSP-PODCAST_0002_0034.wav,WORKER00007,Neutral,Bored,4.0,5.0,4.0
+"""
+
+DETAILED_PACKED = """\
+FileName,EmoDetail
+MSP-PODCAST_0002_0033.wav,"WORKER00012; Angry; Frustrated,Annoyed; A:4.0; V:3.0; D:5.0;"
+MSP-PODCAST_0002_0033.wav,WORKER00031; A; Disgust; A:5.0; V:2.0; D:5.0;
+MSP-PODCAST_0002_0033.wav,WORKER00007; Disgust; ; A:4.0; V:3.0; D:4.0;
+MSP-PODCAST_0002_0033.wav,WORKER00044; Other-Concerned; Concerned; A:3.0; V:3.0; D:3.0;
+MSP-PODCAST_0002_0034.wav,WORKER00012; Neutral; ; A:4.0; V:4.0; D:4.0;
+MSP-PODCAST_0002_0034.wav,"WORKER00031; Sad; Disappointed,Sad; A:3.0; V:3.0; D:3.0;"
+MSP-PODCAST_0002_0034.wav,WORKER00007; Neutral; Bored; A:4.0; V:5.0; D:4.0;
+"""
+
+DETAILED_LLMSER = """\
+FileName,WorkerID,EmoClass,EmoAct,EmoVal,EmoDom
+MSP-PODCAST_0002_0033.wav,WORKER00012,A,4.0,3.0,5.0
+MSP-PODCAST_0002_0033.wav,WORKER00031,A,5.0,2.0,5.0
+MSP-PODCAST_0002_0033.wav,WORKER00007,D,4.0,3.0,4.0
+MSP-PODCAST_0002_0033.wav,WORKER00044,O,3.0,3.0,3.0
+MSP-PODCAST_0002_0034.wav,WORKER00012,N,4.0,4.0,4.0
+MSP-PODCAST_0002_0034.wav,WORKER00031,S,3.0,3.0,3.0
+MSP-PODCAST_0002_0034.wav,WORKER00007,N,4.0,5.0,4.0
+"""
+
+LAYOUTS = {
+    "per_annotator_Workers": DETAILED_PER_ANNOTATOR.format(worker="Workers"),
+    "per_annotator_WorkerID": DETAILED_PER_ANNOTATOR.format(worker="WorkerID"),
+    "packed": DETAILED_PACKED,
+    "llmser": DETAILED_LLMSER,
+}
+
+
+def _release_corpus(root, detailed: str | None, audio: bool = True):
+    (root / "Labels").mkdir(parents=True)
+    (root / "Labels" / "labels_consensus.csv").write_text(RELEASE_CONSENSUS, encoding="utf-8")
+    if detailed is not None:
+        (root / "Labels" / "labels_detailed.csv").write_text(detailed, encoding="utf-8")
+    if audio:
+        (root / "Audios").mkdir()
+        for line in RELEASE_CONSENSUS.splitlines()[1:]:
+            sf.write(root / "Audios" / line.split(",")[0], tone(), 16000)
+    return root
+
+
+def _votes(corpus):
+    return {u.file_name: [(a.worker, a.code, a.arousal, a.valence, a.dominance) for a in u.annotations]
+            for u in corpus.items}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_every_detailed_layout_gives_the_same_labels(tmp_path, layout):
+    corpus = MSPPodcast.from_folder(_release_corpus(tmp_path / layout, LAYOUTS[layout]))
+    reference = MSPPodcast.from_folder(_release_corpus(tmp_path / "ref", DETAILED_LLMSER))
+    assert _votes(corpus) == _votes(reference)
+    angry, neutral = corpus.utterances("train")[0], corpus.utterances("dev")[0]
+    np.testing.assert_allclose(angry.soft_label, [2 / 3, 0, 0, 0, 0, 1 / 3, 0, 0])  # the Other vote is ignored
+    np.testing.assert_allclose(neutral.soft_label, [0, 1 / 3, 0, 0, 0, 0, 0, 2 / 3])
+    assert [u.emo_class for u in corpus.items] == ["A", "N", None, None]
+    assert [a.code for a in angry.annotations] == ["A", "A", "D", "O"]
+    if layout != "llmser":  # the only layout without secondary emotions
+        assert [a.secondary for a in angry.annotations] == [("Frustrated", "Annoyed"), ("Disgust",), (),
+                                                            ("Concerned",)]
+        assert neutral.annotations[2].secondary == ("Bored",)  # not a known word: kept as text
+        assert neutral.annotations[1].secondary_codes == ("S",)
+
+
+def test_release_consensus_extra_columns_unknown_speakers_and_blind_test3(tmp_path, caplog):
+    logger = logging.getLogger("llmser")
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="llmser")
+    try:
+        corpus = MSPPodcast.from_folder(_release_corpus(tmp_path / "c", None))
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "Notes are not used by llmser; ignored" in caplog.text
+    assert corpus.splits() == ["Train", "Development", "Test3"]
+    dev = corpus.utterances("dev")[0]
+    assert (dev.speaker, dev.gender) == ("Unknown", "Unknown")
+    blind = corpus.utterances("test3")
+    assert [u.file_name for u in blind] == ["MSP-PODCAST_0153_0001.wav", "MSP-PODCAST_0153_0002.wav"]
+    assert all(u.emo_class is None and u.arousal is None and not u.labelled for u in blind)
+    assert corpus.resolve_split("test") == "Test3" and corpus.utterances("test3", task="class") == []
+
+
+def test_labels_only_reads_without_any_audio(tmp_path):
+    root = _release_corpus(tmp_path / "c", DETAILED_PACKED, audio=False)
+    with pytest.raises(CorpusError, match="Audios.* is missing.*labels_only=True"):
+        MSPPodcast.from_folder(root)
+    corpus = MSPPodcast.from_folder(root, ReaderConfig(labels_only=True))
+    assert len(corpus) == 4 and corpus.utterances("train")[0].soft_label is not None
+    (root / "Audios").mkdir()  # present but empty: still not looked at
+    assert len(MSPPodcast.from_folder(root, ReaderConfig(labels_only=True))) == 4
+
+
+def test_unknown_primary_word_is_a_row_error_and_can_be_skipped(tmp_path):
+    detailed = DETAILED_PER_ANNOTATOR.format(worker="Workers").replace("WORKER00007,Disgust,", "WORKER00007,Grumpy,")
+    detailed = detailed.replace("Neutral,Bored,4.0,5.0", "Neutral,Bored,4.0,9.0")
+    root = _release_corpus(tmp_path / "c", detailed)
+    with pytest.raises(CorpusError) as err:
+        MSPPodcast.from_folder(root)
+    message = str(err.value)
+    assert "2 problem(s)" in message
+    assert "labels_detailed.csv row 4 (MSP-PODCAST_0002_0033.wav): primary emotion 'Grumpy' is unknown" in message
+    assert "accepted: Angry, Sad, Happy, Surprise, Fear, Disgust, Contempt, Neutral, Other" in message
+    assert "labels_detailed.csv row 8 (MSP-PODCAST_0002_0034.wav): EmoVal=9.0 is outside" in message
+    corpus = MSPPodcast.from_folder(root, ReaderConfig(on_error="skip"))
+    assert len(corpus) == 4 and len(corpus.problems) == 2
+    assert [a.worker for a in corpus.utterances("train")[0].annotations] == ["WORKER00012", "WORKER00031",
+                                                                             "WORKER00044"]
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("FileName,Annotator,Label\nMSP-PODCAST_0002_0033.wav,W1,Angry\n", "not a known labels_detailed.csv layout"),
+    ("FileName,EmoDetail\nMSP-PODCAST_0002_0033.wav,WORKER1; Angry\n", r"row 2 .*EmoDetail 'WORKER1; Angry' is not"),
+])
+def test_bad_detailed_files_are_reported_with_the_rest_and_skippable(tmp_path, text, match):
+    root = _release_corpus(tmp_path / "c", text)
+    with pytest.raises(CorpusError, match=match):
+        MSPPodcast.from_folder(root)
+    corpus = MSPPodcast.from_folder(root, ReaderConfig(on_error="skip"))
+    assert len(corpus) == 4 and all(not u.annotations for u in corpus.items)
+
+
+# ----------------------------------------------------------------------------- size
+
+
+def test_selecting_a_split_resolves_its_name_once(corpus_dir, monkeypatch):
+    # Resolving a name scans every row; resolving it per row made reading a release quadratic.
+    corpus = MSPPodcast.from_folder(corpus_dir)
+    calls = []
+    original = MSPPodcast.resolve_split
+    monkeypatch.setattr(MSPPodcast, "resolve_split", lambda self, name: calls.append(name) or original(self, name))
+    assert len(corpus.utterances("train")) == 3 and calls == ["train"]
+
+
+@pytest.mark.slow
+def test_a_release_sized_label_set_reads_in_linear_time(tmp_path):
+    import time
+
+    from scripts.bench_reader import write_labels
+
+    seconds = {}
+    for n in (10_000, 40_000):
+        write_labels(tmp_path / str(n), n, 5 * n)
+        start = time.perf_counter()
+        corpus = MSPPodcast.from_folder(tmp_path / str(n), ReaderConfig(labels_only=True))
+        sizes = [len(corpus.utterances(split)) for split in corpus.splits()]
+        seconds[n] = time.perf_counter() - start
+        assert sum(sizes) == n and sum(len(u.annotations) for u in corpus.items) == 5 * n
+    # 4x the rows: ~4x the time when linear, ~16x when quadratic (the old reader); generous for noisy CI
+    assert seconds[40_000] < 8 * seconds[10_000] + 1.0

@@ -1,6 +1,7 @@
 """Metrics: cross-checked against scikit-learn on random inputs, CCC and bins against hand-computed values."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -29,7 +30,9 @@ def _random_labels(seed: int, n: int, drop: tuple[int, ...] = ()) -> tuple[np.nd
 @pytest.mark.parametrize("seed,n,drop", [(0, 200, ()), (1, 37, ()), (2, 50, (3, 6)), (3, 5, ()), (4, 1, ())])
 def test_classification_metrics_match_sklearn(seed, n, drop):
     y_true, y_pred = _random_labels(seed, n, drop)
-    assert metrics.macro_f1(y_true, y_pred) == pytest.approx(
+    # the organisers' scorer: f1_score(average="macro") without labels=
+    assert metrics.macro_f1(y_true, y_pred) == pytest.approx(skm.f1_score(y_true, y_pred, average="macro"))
+    assert metrics.macro_f1_8(y_true, y_pred) == pytest.approx(
         skm.f1_score(y_true, y_pred, labels=LABELS, average="macro", zero_division=0)
     )
     assert metrics.accuracy(y_true, y_pred) == pytest.approx(skm.accuracy_score(y_true, y_pred))
@@ -53,15 +56,27 @@ def test_classification_metrics_match_sklearn(seed, n, drop):
 @given(st.lists(st.tuples(st.integers(0, 7), st.integers(0, 7)), min_size=1, max_size=60))
 def test_macro_f1_property_matches_sklearn(pairs):
     y_true, y_pred = (np.array(column) for column in zip(*pairs))
-    expected = skm.f1_score(y_true, y_pred, labels=LABELS, average="macro", zero_division=0)
+    expected_8 = skm.f1_score(y_true, y_pred, labels=LABELS, average="macro", zero_division=0)
+    assert metrics.macro_f1_8(y_true, y_pred) == pytest.approx(expected_8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn warns about classes that are only predicted
+        expected = skm.f1_score(y_true, y_pred, average="macro")
     assert metrics.macro_f1(y_true, y_pred) == pytest.approx(expected)
-    assert 0.0 <= metrics.macro_f1(y_true, y_pred) <= 1.0
+    assert 0.0 <= metrics.macro_f1_8(y_true, y_pred) <= metrics.macro_f1(y_true, y_pred) <= 1.0
 
 
-def test_absent_classes_count_as_zero_in_the_macro_mean():
-    # Classes 0 and 1 have F1 2/3 each; the six absent classes count as 0 -> (4/3) / 8.
-    assert metrics.macro_f1([0, 0, 1], [0, 1, 1]) == pytest.approx(1 / 6)
-    assert metrics.macro_f1(list(range(8)), list(range(8))) == 1.0
+def test_absent_classes_are_left_out_of_macro_f1_and_count_as_zero_in_macro_f1_8():
+    # Classes 0 and 1 have F1 2/3 each; the organisers average over those two only -> 2/3, while the
+    # all-eight figure counts the six absent classes as 0 -> (4/3) / 8.
+    assert metrics.macro_f1([0, 0, 1], [0, 1, 1]) == pytest.approx(2 / 3)
+    assert metrics.macro_f1_8([0, 0, 1], [0, 1, 1]) == pytest.approx(1 / 6)
+    # a class only predicted is present: it enters the organisers' mean with F1 = 0
+    assert metrics.macro_f1([0, 0], [0, 2]) == pytest.approx((2 / 3 + 0) / 2)
+    for score in (metrics.macro_f1, metrics.macro_f1_8):
+        assert score(list(range(8)), list(range(8))) == 1.0
+    report = metrics.classification_report([0, 0, 1], [0, 1, 1])
+    assert report["macro_f1"] == pytest.approx(2 / 3) and report["macro_f1_8"] == pytest.approx(1 / 6)
+    assert report["macro_f1_classes"] == ["A", "S"]
 
 
 def test_codes_and_indices_give_the_same_scores():
@@ -97,7 +112,9 @@ def test_classification_report_is_json_and_consistent():
     assert report["n"] == 120
     assert list(report["per_class"]) == list(CLASS_CODES)
     assert report["per_class"]["F"]["support"] == 0 and report["per_class"]["F"]["f1"] == 0.0
-    assert report["macro_f1"] == pytest.approx(np.mean([c["f1"] for c in report["per_class"].values()]))
+    assert report["macro_f1_8"] == pytest.approx(np.mean([c["f1"] for c in report["per_class"].values()]))
+    present = [c["f1"] for c in report["per_class"].values() if c["support"] or c["predicted"]]
+    assert report["macro_f1"] == pytest.approx(np.mean(present)) and len(present) == 7
     counts = np.array(report["confusion_matrix"]["counts"])
     assert counts.sum() == 120
     assert [c["predicted"] for c in report["per_class"].values()] == counts.sum(axis=0).tolist()
@@ -117,7 +134,7 @@ def _challenge_ccc(true, pred):
 
 def test_ccc_hand_computed():
     # means 2 and 3, population variances 2/3 and 2/3, covariance 2/3 -> (4/3) / (4/3 + 1) = 4/7
-    assert metrics.ccc([1, 2, 3], [2, 3, 4]) == pytest.approx(4 / 7)
+    assert metrics.ccc([1, 2, 3], [2, 3, 4]) == pytest.approx(4 / 7)  # sample (ddof=1) moments would give 2/3
     # perfectly anti-correlated, same mean and variance -> -1
     assert metrics.ccc([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
 
@@ -227,20 +244,23 @@ def test_group_breakdown_hand_computed_gap():
     out = metrics.group_breakdown(groups, y_true, y_pred, attr_true, attr_pred)
     female, male, unknown = (out["groups"][g] for g in ("Female", "Male", "Unknown"))
     assert female["n"] == 3 and female["n_task1"] == 2
-    assert female["macro_f1"] == pytest.approx(2 / 8)  # classes 0 and 1 perfect, six absent
-    # Male: class 0 P=1/2 R=1 F1=2/3; class 1 F1=0; class 2 F1=1 -> (5/3) / 8
-    assert male["macro_f1"] == pytest.approx(5 / 24)
+    assert female["macro_f1_8"] == pytest.approx(2 / 8)  # classes 0 and 1 perfect, six absent
+    assert female["macro_f1"] == pytest.approx(1.0)  # the organisers' mean leaves the six absent classes out
+    # Male: class 0 P=1/2 R=1 F1=2/3; class 1 F1=0; class 2 F1=1 -> (5/3) / 8, or / 3 over present classes
+    assert male["macro_f1_8"] == pytest.approx(5 / 24)
+    assert male["macro_f1"] == pytest.approx(5 / 9)
     assert female["ccc_arousal"] == pytest.approx(1.0)
     assert male["ccc_arousal"] == pytest.approx(-1.0)  # two rows with attributes, swapped
     assert unknown["ccc_arousal"] is None  # one row: undefined
-    assert out["gap"]["macro_f1"] == pytest.approx(2 / 8 - 5 / 24)  # Unknown left out of the gap
+    assert out["gap"]["macro_f1_8"] == pytest.approx(2 / 8 - 5 / 24)  # Unknown left out of the gap
+    assert out["gap"]["macro_f1"] == pytest.approx(1 - 5 / 9)
     assert out["gap"]["ccc_valence"] == pytest.approx(2.0)
     json.dumps(out)
 
 
 def test_group_breakdown_single_group_has_no_gap_and_checks_lengths():
     out = metrics.group_breakdown(["Female"] * 3, [0, 1, 2], [0, 1, 1])
-    assert out["gap"] == {"macro_f1": None, "accuracy": None}
+    assert out["gap"] == {"macro_f1": None, "macro_f1_8": None, "accuracy": None}
     assert "ccc_arousal" not in out["groups"]["Female"]
     with pytest.raises(ValueError, match="like groups"):
         metrics.group_breakdown(["Female"] * 2, [0, 1, 2], [0, 1, 1])

@@ -179,3 +179,43 @@ def test_summary_row_from_a_report(tmp_path):
     assert row["macro_f1"] == result["task1"]["macro_f1"]
     assert row["ccc_dominance"] == result["task2"]["ccc"]["dominance"]
     assert report_module.SUMMARY_COLUMNS[0] in format_summary_table([row])
+
+
+def test_a_split_missing_a_class_reports_both_macro_f1s(tmp_path):
+    refs = [Utt(f"f{i}.wav", "ASH"[i % 3], 4.0, 4.0, 4.0, "Female") for i in range(9)]
+    classes = ["A", "S", "H", "A", "S", "S", "A", "H", "H"]
+    result = evaluate(Predictions([u.file_name for u in refs], classes=classes), refs, tmp_path, plots=False)
+    task1, y_true = result["task1"], [u.emo_class for u in refs]
+    assert task1["macro_f1"] == pytest.approx(f1_score(y_true, classes, average="macro"))  # the organisers' way
+    assert task1["macro_f1_8"] == pytest.approx(
+        f1_score(y_true, classes, labels=list(CLASS_CODES), average="macro", zero_division=0)
+    )
+    assert task1["macro_f1_8"] == pytest.approx(task1["macro_f1"] * 3 / 8) and task1["macro_f1_classes"] == ["A", "S", "H"]
+    markdown = (tmp_path / "report.md").read_text()
+    assert f"**Macro-F1 {task1['macro_f1']:.4f}** (as the organisers score it" in markdown
+    assert f"macro-F1 over all 8 classes {task1['macro_f1_8']:.4f}" in markdown
+    assert summary_row("s", result)["macro_f1_8"] == task1["macro_f1_8"]
+
+
+def test_a_blind_split_is_read_predicted_and_submitted_but_not_scored(tmp_path, capsys):
+    from llmser.cli import main
+    from llmser.data.msp_podcast import MSPPodcast
+    from llmser.evaluation import submission
+    from llmser.evaluation.report import UnlabelledSplitError
+    from tests.corpus_factory import good_rows, write_corpus
+
+    blind = [[f"MSP-PODCAST_0153_000{i}.wav", "", "", "", "", "Unknown", "Unknown", "Test3"] for i in range(3)]
+    root = write_corpus(tmp_path / "c", good_rows() + blind)
+    names = [u.file_name for u in MSPPodcast.from_folder(root).utterances("test3")]
+    assert len(names) == 3
+    preds = Predictions.from_probs(names, np.full((3, 8), 1 / 8), attributes=np.full((3, 3), 4.0))
+    path = preds.write_csv(tmp_path / "predictions.csv")
+    with pytest.raises(UnlabelledSplitError, match=r"split Test3 has no labels .* blind test set .*--submission"):
+        evaluate_corpus(path, root, "test3", tmp_path / "report")
+    assert main(["evaluate", "--predictions", str(path), "--corpus", str(root), "--split", "Test3",
+                 "--out", str(tmp_path / "out"), "--submission"]) == 2
+    assert "blind test set" in capsys.readouterr().err
+    for name in ("task1_predictions.csv", "task1_probabilities.csv", "task2_predictions.csv"):
+        kind, rows = submission.validate_file(tmp_path / "out" / name, names)
+        assert sorted(rows) == sorted(names), kind
+    assert not (tmp_path / "out" / "report.json").exists()

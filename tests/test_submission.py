@@ -171,6 +171,7 @@ def test_write_submissions(tmp_path):
     written = submission.write_submissions(tmp_path, full)
     assert written == {
         "task1": tmp_path / "task1_predictions.csv",
+        "task1_probabilities": tmp_path / "task1_probabilities.csv",
         "task2": tmp_path / "task2_predictions.csv",
     }
     assert submission.validate_task1(written["task1"], NAMES) == {NAMES[2]: "H", NAMES[1]: "N", NAMES[0]: "A"}
@@ -179,3 +180,32 @@ def test_write_submissions(tmp_path):
     assert list(submission.write_submissions(tmp_path / "t2only", only_attributes)) == ["task2"]
     with pytest.raises(SubmissionError, match="nothing to submit"):
         submission.write_submissions(tmp_path, Predictions(NAMES))
+
+
+def test_task1_probabilities_exact_format_and_validation(tmp_path):
+    probs = np.array([[0.5, 0.5, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0, 1.0], np.full(8, 0.125)])
+    path = submission.write_task1_probabilities(tmp_path / "p.csv", NAMES, probs)
+    lines = path.read_text().splitlines()
+    assert lines[0] == "FileName,Angry,Sad,Happy,Surprise,Fear,Disgust,Contempt,Neutral"
+    assert lines[1] == "MSP-PODCAST_0001_0001.wav," + ",".join(["0.125"] * 8)
+    assert [line.split(",")[0] for line in lines[1:]] == sorted(NAMES)
+    rows = submission.validate_task1_probabilities(path, NAMES)
+    assert rows[NAMES[0]] == (0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    assert submission.validate_file(path, NAMES)[0] == "task1_probabilities"
+    codes = _write(tmp_path, "FileName,A,S,H,U,F,D,C,N\nx.wav,0.1,0.1,0.1,0.1,0.1,0.1,0.1,0.3\n", "codes.csv")
+    assert submission.validate_file(codes) == ("task1_probabilities", {"x.wav": (0.1,) * 7 + (0.3,)})
+
+
+def test_task1_probabilities_refuse_what_is_not_a_distribution(tmp_path):
+    with pytest.raises(SubmissionError) as err:
+        submission.write_task1_probabilities(tmp_path / "p.csv", NAMES, np.array([[2.0] + [0] * 7, [-1, 2] + [0] * 6,
+                                                                                  [np.nan] * 8]))
+    message = str(err.value)
+    assert "3 problem(s)" in message and "do not sum to 1" in message and "negative" in message and "NaN" in message
+    text = ("FileName,Angry,Sad,Happy,Surprise,Fear,Disgust,Contempt,Neutral\n"
+            "a.wav,0.5,0.5,0,0,0,0,0,0\nb.wav,high,0,0,0,0,0,0,1\nc.wav,3,1,1,1,1,1,1,1\n")
+    with pytest.raises(SubmissionError) as err:
+        submission.validate_task1_probabilities(_write(tmp_path, text), ["a.wav", "b.wav", "c.wav", "d.wav"])
+    message = str(err.value)
+    assert "row 3 (b.wav): non-numeric" in message and "row 4: 1 file(s) have probabilities that do not sum" in message
+    assert "1 of 4 expected file(s) missing, e.g. ['d.wav']" in message

@@ -25,15 +25,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from llmser.evaluation.report import evaluate_corpus
 
     out_dir = Path(args.out) if args.out else Path(args.predictions).resolve().parent
-    report = evaluate_corpus(args.predictions, args.corpus, args.split, out_dir)
-    _print_headline(report)
-    if args.submission:
+    if args.submission:  # before scoring: a blind split (Test3) is refused scoring but can be submitted
         from llmser.evaluation.predictions import Predictions
         from llmser.evaluation.submission import write_submissions
 
         written = write_submissions(out_dir, Predictions.read_csv(args.predictions))
         for task, path in written.items():
             print(f"  {task} submission: {path}")
+    report = evaluate_corpus(args.predictions, args.corpus, args.split, out_dir)
+    _print_headline(report)
     print(f"report: {out_dir / 'report.md'}")
     return 0
 
@@ -42,7 +42,8 @@ def _print_headline(report: dict) -> None:
     task1 = report.get("task1") or {}
     task2 = report.get("task2") or {}
     if task1:
-        print(f"task 1  macro-F1 {task1['macro_f1']:.4f}  accuracy {task1['accuracy']:.4f}  (n={task1['n']})")
+        print(f"task 1  macro-F1 {task1['macro_f1']:.4f} (all 8 classes: {task1.get('macro_f1_8', float('nan')):.4f})  "
+              f"accuracy {task1['accuracy']:.4f}  (n={task1['n']})")
     if task2:
         cccs = "  ".join(f"{name} {value:.4f}" for name, value in task2["ccc"].items())
         print(f"task 2  CCC {cccs}  (n={task2['n']})")
@@ -86,28 +87,22 @@ def run_compare(args: argparse.Namespace) -> int:
 
 def add_validate_submission(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("validate-submission", help="check a challenge submission CSV before uploading it")
-    p.add_argument("path", help="task1 (FileName,EmoClass) or task2 (FileName,EmoAct,EmoVal,EmoDom) CSV")
+    p.add_argument("path", help="task1 (FileName,EmoClass), task1 probabilities (FileName,Angry,...,Neutral) or "
+                                "task2 (FileName,EmoAct,EmoVal,EmoDom) CSV")
     p.add_argument("--corpus", default=None, help="corpus folder: check every file of --split is present once")
     p.add_argument("--split", default="test", help="split the submission is for (default: test)")
     p.set_defaults(handler=run_validate_submission)
 
 
 def run_validate_submission(args: argparse.Namespace) -> int:
-    import csv
-
     from llmser.evaluation import submission
 
-    with open(args.path, encoding="utf-8-sig", newline="") as handle:
-        header = next(csv.reader(handle), [])
     expected = None
     if args.corpus:
         from llmser.data.msp_podcast import MSPPodcast
 
         corpus = MSPPodcast.from_folder(args.corpus)
         expected = [u.file_name for u in corpus.utterances(corpus.resolve_split(args.split), task="all")]
-    if "EmoClass" in header:
-        rows = submission.validate_task1(args.path, expected)
-    else:
-        rows = submission.validate_task2(args.path, expected)
-    print(f"{args.path}: valid ({len(rows)} files)")
+    kind, rows = submission.validate_file(args.path, expected)
+    print(f"{args.path}: valid {kind} submission ({len(rows)} files)")
     return 0

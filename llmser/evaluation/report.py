@@ -1,7 +1,8 @@
 """The evaluation report of one system on one split: ``report.json``, ``report.md`` and PNG figures.
 
 Task 1 is scored on the references with one of the eight class labels (X = no agreement and O = other
-are left out and counted); task 2 on the references with all three attributes. Beside the challenge
+are left out and counted), by macro-F1 as the organisers compute it (``macro_f1``, over the classes
+present) and over all eight classes (``macro_f1_8``); task 2 on the references with all three attributes. Beside the challenge
 metrics the report shows where errors go (confusion matrix, per-class F1), whether extreme ratings are
 pulled to mid-range (per-bin means and MAE), and how the scores differ between speaker genders.
 
@@ -43,6 +44,10 @@ FIGURE_DPI = 100
 MAX_LISTED_NAMES = 5
 
 
+class UnlabelledSplitError(PredictionsError):
+    """Scoring asked of references that carry no labels at all: the blind test set (Test3)."""
+
+
 def evaluate(
     predictions: Predictions,
     references: Sequence[Any],
@@ -57,10 +62,12 @@ def evaluate(
     ``arousal``/``valence``/``dominance`` (float or None) and ``gender``. Every reference needs a
     prediction unless ``allow_missing=True``, in which case the uncovered ones are left out and the
     coverage is reported. Predictions for files outside ``references`` are ignored (and counted).
+References without any label (the blind test set) raise :class:`UnlabelledSplitError`.
     Returns the report dict that is also written to ``report.json``.
     """
     if not references:
         raise ValueError("no reference utterances to evaluate against; check the split name")
+    _require_labels(references)
     duplicates = [name for name, count in Counter(u.file_name for u in references).items() if count > 1]
     if duplicates:
         raise ValueError(
@@ -145,6 +152,21 @@ def evaluate_corpus(
 
 
 # ----------------------------------------------------------------------------- report sections
+
+
+def _require_labels(references: Sequence[Any]) -> None:
+    """Refuse to score a split none of whose files has a class or an attribute (the blind test set)."""
+    if any(getattr(u, "emo_class", None) or getattr(u, "arousal", None) is not None for u in references):
+        return
+    splits = sorted({str(getattr(u, "split", "?")) for u in references})
+    raise UnlabelledSplitError(
+        f"split {', '.join(splits)} has no labels (none of its {len(references)} files, e.g. "
+        f"{references[0].file_name!r}, has an EmoClass or EmoAct/EmoVal/EmoDom): it is a blind test set that "
+        "only the organisers can score. Write its submission files instead (`llmser evaluate --submission` "
+        "writes them before scoring, `llmser predict --corpus ... --split ... --submission` too), check them "
+        "with `llmser validate-submission`, and upload them."
+    )
+
 
 
 def _attribute(utterance: Any, name: str) -> float:
@@ -245,7 +267,9 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines += [
             "## Task 1: eight emotion classes",
             "",
-            f"**Macro-F1 {task1['macro_f1']:.4f}** (mean F1 over all 8 classes), accuracy "
+            f"**Macro-F1 {task1['macro_f1']:.4f}** (as the organisers score it: mean F1 over the "
+            f"{len(task1['macro_f1_classes'])} classes in the references or predictions), macro-F1 over all 8 "
+            f"classes {task1['macro_f1_8']:.4f}, accuracy "
             f"{task1['accuracy']:.4f}, n = {task1['n']}; left out: {excluded['X']} X (no agreement), "
             f"{excluded['O']} O (other), {excluded['unlabelled']} without a class label.",
             "",
@@ -304,7 +328,9 @@ def to_markdown(report: dict[str, Any]) -> str:
     gender = report.get("gender")
     if gender:
         keys = [
-            key for key in ("macro_f1", "accuracy", *(f"ccc_{a}" for a in ATTRIBUTES)) if key in gender["gap"]
+            key
+            for key in ("macro_f1", "macro_f1_8", "accuracy", *(f"ccc_{a}" for a in ATTRIBUTES))
+            if key in gender["gap"]
         ]
         lines += ["## By speaker gender", ""]
         rows = [
@@ -476,7 +502,11 @@ def _bins_figure(task2: dict) -> Any:
 def summary_row(system: str, report: dict[str, Any]) -> dict[str, Any]:
     """One row for :func:`format_summary_table` from a report dict (None where a task was not scored)."""
     task1, task2 = report.get("task1") or {}, report.get("task2") or {}
-    row: dict[str, Any] = {"system": system, "macro_f1": task1.get("macro_f1")}
+    row: dict[str, Any] = {
+        "system": system,
+        "macro_f1": task1.get("macro_f1"),
+        "macro_f1_8": task1.get("macro_f1_8"),
+    }
     for name in ATTRIBUTES:
         row[f"ccc_{name}"] = (task2.get("ccc") or {}).get(name)
     row["ccc_mean"] = task2.get("ccc_mean")
@@ -516,6 +546,7 @@ def format_summary_table(
 
 __all__ = [
     "SUMMARY_COLUMNS",
+    "UnlabelledSplitError",
     "evaluate",
     "evaluate_corpus",
     "format_summary_table",

@@ -2,6 +2,12 @@
 
 - Task 1: header ``FileName,EmoClass``, one row per test file with a class CODE (A, S, H, U, F, D, C, N),
   sorted by FileName.
+- Task 1, as probabilities: ``task1_probabilities.csv`` with header
+  ``FileName,Angry,Sad,Happy,Surprise,Fear,Disgust,Contempt,Neutral`` (the class columns of the
+  baseline's categorical label file, ``process_labels_for_categorical.py``), one row of eight
+  probabilities per test file, sorted by FileName. Written beside the class file whenever the
+  predictions carry probabilities, so either form can be submitted; the validator also accepts the
+  codes ``FileName,A,S,H,U,F,D,C,N`` as the header.
 - Task 2: header ``FileName,EmoAct,EmoVal,EmoDom``, one row per test file, values clipped to [1, 7],
   sorted by FileName.
 
@@ -22,7 +28,15 @@ from typing import Any
 
 import numpy as np
 
-from llmser.schema import ATTRIBUTE_MAX, ATTRIBUTE_MIN, CLASS_CODES, EXTRA_CODES, normalise_class
+from llmser.schema import (
+    ATTRIBUTE_MAX,
+    ATTRIBUTE_MIN,
+    CLASS_CODES,
+    CLASS_NAMES,
+    EXTRA_CODES,
+    NUM_CLASSES,
+    normalise_class,
+)
 from llmser.utils.io import atomic_open
 from llmser.utils.logging import get_logger
 
@@ -32,6 +46,12 @@ TASK1_HEADER: list[str] = ["FileName", "EmoClass"]
 TASK2_HEADER: list[str] = ["FileName", "EmoAct", "EmoVal", "EmoDom"]
 TASK1_FILE = "task1_predictions.csv"
 TASK2_FILE = "task2_predictions.csv"
+TASK1_PROBS_HEADER: list[str] = ["FileName", *CLASS_NAMES]
+#: Also accepted when validating: the same columns named by the class codes.
+TASK1_PROBS_CODE_HEADER: list[str] = ["FileName", *CLASS_CODES]
+TASK1_PROBS_FILE = "task1_probabilities.csv"
+#: How far a row of probabilities may sum from 1 (eight values rounded to 4 decimals stay within 4e-4).
+PROB_SUM_TOLERANCE = 1e-3
 #: Row problems listed before the rest are only counted; names shown for missing/extra files.
 MAX_LISTED_PROBLEMS = 20
 MAX_LISTED_NAMES = 5
@@ -83,12 +103,55 @@ def write_task2(path: str | Path, file_names: Sequence[str], attributes: Any) ->
     return Path(path)
 
 
+def write_task1_probabilities(path: str | Path, file_names: Sequence[str], probs: Any) -> Path:
+    """Write the eight class probabilities per file (N, 8), sorted by FileName; refuses non-probabilities."""
+    names = [str(n) for n in file_names]
+    values = np.asarray(probs, dtype=np.float64)
+    if values.ndim != 2 or values.shape[1] != NUM_CLASSES:
+        raise SubmissionError(f"task 1 probabilities must have shape (N, {NUM_CLASSES}), got {values.shape}")
+    problems = _check_names(names, values.shape[0])
+    problems += _probability_problems(values, names)
+    _raise("task 1 probabilities", problems)
+    order = sorted(range(len(names)), key=names.__getitem__)
+    with atomic_open(path, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(TASK1_PROBS_HEADER)
+        for i in order:
+            writer.writerow([names[i], *(repr(float(v)) for v in values[i])])
+    return Path(path)
+
+
+def _probability_problems(values: np.ndarray, names: Sequence[str]) -> list[str]:
+    """Rows (N, 8) that are not probability vectors: non-finite, negative, or not summing to 1."""
+    problems = []
+    checks = (
+        (~np.isfinite(values).all(axis=1), "NaN/inf probabilities"),
+        ((values < 0).any(axis=1), "negative probabilities (apply a softmax to logits)"),
+        (np.abs(values.sum(axis=1) - 1.0) > PROB_SUM_TOLERANCE,
+         f"probabilities that do not sum to 1 (tolerance {PROB_SUM_TOLERANCE}; apply a softmax to logits)"),
+    )
+    reported = np.zeros(values.shape[0], dtype=bool)
+    for bad, what in checks:
+        rows = np.flatnonzero(bad & ~reported)
+        reported |= bad
+        if rows.size:
+            examples = [names[i] for i in rows[:MAX_LISTED_NAMES] if i < len(names)]
+            problems.append(f"{rows.size} file(s) have {what}, e.g. {examples}")
+    return problems
+
+
 def write_submissions(out_dir: str | Path, predictions: Any) -> dict[str, Path]:
-    """Write ``task1_predictions.csv`` and/or ``task2_predictions.csv``: whichever ``predictions`` covers."""
+    """Write ``task1_predictions.csv``, ``task1_probabilities.csv`` and/or ``task2_predictions.csv``.
+
+    Whichever ``predictions`` covers: the probability file needs ``predictions.probs``.
+    """
     out_dir = Path(out_dir)
     written: dict[str, Path] = {}
     if predictions.classes is not None:
         written["task1"] = write_task1(out_dir / TASK1_FILE, predictions.file_names, predictions.classes)
+    if getattr(predictions, "probs", None) is not None:
+        written["task1_probabilities"] = write_task1_probabilities(out_dir / TASK1_PROBS_FILE,
+                                                                   predictions.file_names, predictions.probs)
     if predictions.attributes is not None:
         written["task2"] = write_task2(out_dir / TASK2_FILE, predictions.file_names, predictions.attributes)
     if not written:
@@ -158,7 +221,52 @@ def validate_task2(
     return rows
 
 
+def validate_task1_probabilities(
+    path: str | Path, expected_files: Iterable[str] | None = None
+) -> dict[str, tuple[float, ...]]:
+    """Check a task-1 probability file (and, given ``expected_files``, its coverage); returns its rows.
+
+    The header is ``FileName`` then the eight class names (or codes) in schema order; every row must
+    hold eight finite, non-negative numbers summing to 1.
+    """
+    header = _header(path)
+    expected_header = TASK1_PROBS_CODE_HEADER if header == TASK1_PROBS_CODE_HEADER else TASK1_PROBS_HEADER
+    body, header_problems, problems = _read(path, expected_header)
+    rows: dict[str, tuple[float, ...]] = {}
+    for line, name, cells in body:
+        try:
+            values = np.array([float(v) for v in cells[1:]])
+        except ValueError:
+            problems.append(f"row {line} ({name}): non-numeric probabilities {cells[1:]}")
+            continue
+        row_problems = _probability_problems(values[None, :], [name])
+        problems += [f"row {line}: {message}" for message in row_problems]
+        if not row_problems:
+            rows.setdefault(name, tuple(float(v) for v in values))
+    _raise(path, header_problems + _coverage([name for _, name, _ in body], expected_files) + problems)
+    return rows
+
+
+def validate_file(path: str | Path, expected_files: Iterable[str] | None = None) -> tuple[str, dict[str, Any]]:
+    """Validate any submission file, its kind told by the header: ("task1" | "task1_probabilities" | "task2", rows)."""
+    header = _header(path)
+    if "EmoClass" in header:
+        return "task1", validate_task1(path, expected_files)
+    if any(column in header for column in (*CLASS_NAMES, *CLASS_CODES)):
+        return "task1_probabilities", validate_task1_probabilities(path, expected_files)
+    return "task2", validate_task2(path, expected_files)
+
+
 # ----------------------------------------------------------------------------- helpers
+
+
+def _header(path: str | Path) -> list[str]:
+    """The stripped first row, or [] (the full readers report unreadable files with the fix)."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            return [cell.strip() for cell in next(csv.reader(handle), [])]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
 
 
 def _code_problem(code: str) -> str | None:
@@ -278,14 +386,19 @@ def _raise(what: Any, problems: list[str]) -> None:
 __all__ = [
     "TASK1_FILE",
     "TASK1_HEADER",
+    "TASK1_PROBS_FILE",
+    "TASK1_PROBS_HEADER",
     "TASK2_FILE",
     "TASK2_HEADER",
     "SubmissionError",
     "read_task1",
     "read_task2",
+    "validate_file",
     "validate_task1",
+    "validate_task1_probabilities",
     "validate_task2",
     "write_submissions",
     "write_task1",
+    "write_task1_probabilities",
     "write_task2",
 ]
