@@ -24,7 +24,7 @@ import torch
 
 from llmser.data.examples import AudioExampleDataset, CachedHiddenDataset, collate_hidden, collate_waveforms
 from llmser.data.feature_cache import FeatureCache, encoder_fingerprint
-from llmser.models.wavlm import SSLBranchConfig, SSLEmotionModel
+from llmser.models.wavlm import WavLMBranchConfig, WavLMEmotionModel
 from llmser.models.wavlm.config import ENCODER_PRESETS
 
 #: microsoft/wavlm-base-plus's architecture (random weights): a realistic encoder cost without a download.
@@ -70,7 +70,7 @@ def build_encoder_folder(name: str, directory: Path) -> str:
     return str(directory / name)
 
 
-def run_epochs(model: SSLEmotionModel, dataset, collate, epochs: int, batch_size: int) -> list[float]:
+def run_epochs(model: WavLMEmotionModel, dataset, collate, epochs: int, batch_size: int) -> list[float]:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     times = []
     for epoch in range(epochs):
@@ -106,15 +106,15 @@ def main() -> None:
         tmp = Path(tmp)
         clips = make_clips(tmp, n_clips, args.seconds)
         encoder_path = build_encoder_folder(encoder, tmp)
-        config = SSLBranchConfig(encoder=encoder_path, encoder_mode="frozen", dropout=0.0)
+        config = WavLMBranchConfig(encoder=encoder_path, encoder_mode="frozen", dropout=0.0)
 
         torch.manual_seed(0)
-        model = SSLEmotionModel.from_config(config)
+        model = WavLMEmotionModel.from_config(config)
         plain = run_epochs(model, AudioExampleDataset(clips, max_seconds=args.seconds), collate_waveforms,
                            epochs, args.batch_size)
 
         torch.manual_seed(0)
-        model = SSLEmotionModel.from_config(config)
+        model = WavLMEmotionModel.from_config(config)
         cache = FeatureCache(tmp / "cache", encoder_fingerprint(model.encoder), {"max_seconds": args.seconds})
         from llmser.data.examples import fill_feature_cache
 

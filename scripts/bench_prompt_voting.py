@@ -8,7 +8,7 @@ Per clip, it times:
 
 - **1 variant**: Whisper encoder + Q-Former + constrained label scoring with one prompt;
 - **5 shared**: the audio encoded once and the Q-Former run once, the speech tokens reused for the
-  five variants (``AudioLLMModel.vote_probabilities``); each variant's instruction (the prompt before
+  five variants (``AudioLLMEmotionModel.vote_probabilities``); each variant's instruction (the prompt before
   the speech) comes from the key/value cache kept across clips. With the recipe's
   ``speech_attention: isolated`` (the ``smol`` and ``tiny`` recipes) the speech tokens attend only to
   each other, so one forward per batch of clips runs the speech once per clip and each variant's short
@@ -39,18 +39,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def build(preset: str, model_dir: str | None, speech_attention: str | None = None):
     from llmser.config import load_config
-    from llmser.models.audio_llm.config import AudioLLMConfig
-    from llmser.models.audio_llm.model import AudioLLMModel
+    from llmser.models.audio_llm.config import AudioLLMBranchConfig
+    from llmser.models.audio_llm.model import AudioLLMEmotionModel
     from llmser.recipe import Recipe
 
     if model_dir:
-        return AudioLLMModel.from_pretrained(model_dir).eval()
+        return AudioLLMEmotionModel.from_pretrained(model_dir).eval()
     recipe = load_config(Recipe, ROOT / "adapters" / f"audio_{preset}.yaml")
     from llmser.config import from_dict
 
     overrides = {"speech_attention": speech_attention} if speech_attention else {}
     torch.manual_seed(0)
-    return AudioLLMModel.from_config(from_dict(AudioLLMConfig, {**recipe.model, **overrides}, source=preset)).eval()
+    return AudioLLMEmotionModel.from_config(from_dict(AudioLLMBranchConfig, {**recipe.model, **overrides}, source=preset)).eval()
 
 
 def clips(count: int, seconds: float) -> list[np.ndarray]:

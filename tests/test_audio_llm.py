@@ -9,26 +9,26 @@ import numpy as np
 import pytest
 import torch
 
-from llmser.models.audio_llm.config import AudioLLMConfig
-from llmser.models.audio_llm.model import AudioLLMModel, pad_pieces, prompt_pieces, speech_token_count
+from llmser.models.audio_llm.config import AudioLLMBranchConfig
+from llmser.models.audio_llm.model import AudioLLMEmotionModel, pad_pieces, prompt_pieces, speech_token_count
 from llmser.models.llm.scoring import candidate_token_ids
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _config(**kw) -> AudioLLMConfig:
+def _config(**kw) -> AudioLLMBranchConfig:
     base = {"llm": "tiny", "whisper": "tiny", "max_audio_seconds": 6.0, "qformer_hidden": 32, "lora_r": 4,
             "lora_alpha": 8, "lora_dropout": 0.0, "head_hidden_size": 16, "dropout": 0.0}
-    return AudioLLMConfig(**{**base, **kw})
+    return AudioLLMBranchConfig(**{**base, **kw})
 
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return _with_random_lora(AudioLLMModel.from_config(_config()))
+    return _with_random_lora(AudioLLMEmotionModel.from_config(_config()))
 
 
-def _with_random_lora(m: AudioLLMModel) -> AudioLLMModel:
+def _with_random_lora(m: AudioLLMEmotionModel) -> AudioLLMEmotionModel:
     """A non-trivial adapter (LoRA B starts at zero), so scoring and save/load checks mean something."""
     with torch.no_grad():
         for name, param in m.named_parameters():
@@ -42,7 +42,7 @@ def _waves(*seconds: float) -> list[np.ndarray]:
     return [(0.1 * rng.standard_normal(int(16000 * s))).astype(np.float32) for s in seconds]
 
 
-def _batch(model: AudioLLMModel, seconds=(2.0, 0.5), variants=(0, 4)) -> dict:
+def _batch(model: AudioLLMEmotionModel, seconds=(2.0, 0.5), variants=(0, 4)) -> dict:
     frames, mask = model.encoders(_waves(*seconds))
     pieces = [prompt_pieces(model.tokenizer, model.templates[v]) for v in variants]
     ids = pad_pieces(model.tokenizer, pieces)
@@ -228,7 +228,7 @@ def test_answer_calibration_divides_out_the_dev_prior_at_inference_only(model):
 
 def test_speech_plus_transcript_prompts_read_the_transcript():
     torch.manual_seed(0)
-    m = AudioLLMModel.from_config(_config(inputs="speech+transcript")).eval()
+    m = AudioLLMEmotionModel.from_config(_config(inputs="speech+transcript")).eval()
     assert m.templates and all(t.inputs == "speech+transcript" for t in m.templates)
     frames, mask = m.encoders(_waves(1.0, 1.0))
     probs = m.vote_probabilities(frames, mask, transcripts=["i am so happy", "leave me alone"])
@@ -238,7 +238,7 @@ def test_speech_plus_transcript_prompts_read_the_transcript():
 
 def test_prompts_for_other_inputs_are_refused():
     with pytest.raises(ValueError, match="do not read 'speech'"):
-        AudioLLMModel.from_config(_config(prompts=["speech_plain", "speech_transcript"]))
+        AudioLLMEmotionModel.from_config(_config(prompts=["speech_plain", "speech_transcript"]))
 
 
 # ---------------------------------------------------------------------- isolated speech attention
@@ -247,7 +247,7 @@ def test_prompts_for_other_inputs_are_refused():
 @pytest.fixture(scope="module")
 def isolated():
     torch.manual_seed(0)
-    return _with_random_lora(AudioLLMModel.from_config(_config(speech_attention="isolated", inputs="speech+transcript")))
+    return _with_random_lora(AudioLLMEmotionModel.from_config(_config(speech_attention="isolated", inputs="speech+transcript")))
 
 
 def test_isolated_voting_equals_full_prompt_scoring_under_the_isolation_mask(isolated):
@@ -261,7 +261,7 @@ def test_isolated_voting_equals_full_prompt_scoring_under_the_isolation_mask(iso
             n = int(mask[b].sum())
             naive = _naive_scores(isolated, frames[b:b + 1, :n], mask[b:b + 1, :n], template, texts[b])
             np.testing.assert_allclose(probs[k, b], naive.softmax(-1).numpy(), atol=1e-5)
-    causal = AudioLLMModel.from_config(_config(inputs="speech+transcript")).eval()
+    causal = AudioLLMEmotionModel.from_config(_config(inputs="speech+transcript")).eval()
     causal.load_state_dict(isolated.state_dict())
     assert np.abs(causal.vote_probabilities(frames, mask, templates, transcripts=texts) - probs).max() > 1e-3
 
@@ -270,7 +270,7 @@ def test_isolated_voting_runs_the_recipe_prompts_in_one_forward(monkeypatch):
     """The recipes' speech_last_* prompts: every clip's speech once and each variant's chat tail, one forward."""
     recipe_prompts = ["speech_last_plain", "speech_last_definitions", "speech_last_short"]
     torch.manual_seed(1)
-    m = AudioLLMModel.from_config(_config(speech_attention="isolated", prompts=recipe_prompts)).eval()
+    m = AudioLLMEmotionModel.from_config(_config(speech_attention="isolated", prompts=recipe_prompts)).eval()
     frames, mask = m.encoders(_waves(1.2, 0.5))
     import llmser.models.audio_llm.model as audio_model
 
@@ -348,7 +348,7 @@ def test_save_load_round_trip_and_plain_peft_loading(tmp_path):
     tiny.model.save_pretrained(base_dir)
     tiny.tokenizer.save_pretrained(base_dir)
     torch.manual_seed(0)
-    model = AudioLLMModel.from_config(_config(llm=str(base_dir)))
+    model = AudioLLMEmotionModel.from_config(_config(llm=str(base_dir)))
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name or name.startswith("speech.projection"):
@@ -363,13 +363,13 @@ def test_save_load_round_trip_and_plain_peft_loading(tmp_path):
     assert json.loads((saved / "llmser_config.json").read_text())["branch"] == "audio_llm"
     assert json.loads((saved / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base_dir)
 
-    again = AudioLLMModel.from_pretrained(saved).eval()
+    again = AudioLLMEmotionModel.from_pretrained(saved).eval()
     with torch.no_grad():
         got = again(**batch)
     torch.testing.assert_close(got.class_logits, expected.class_logits)
     torch.testing.assert_close(got.attributes, expected.attributes)
 
-    fresh = AudioLLMModel.from_config(_config(llm=str(base_dir))).eval()
+    fresh = AudioLLMEmotionModel.from_config(_config(llm=str(base_dir))).eval()
     fresh.load_trained_weights(saved)
     with torch.no_grad():
         torch.testing.assert_close(fresh(**batch).class_logits, expected.class_logits)
@@ -382,12 +382,12 @@ def test_save_load_round_trip_and_plain_peft_loading(tmp_path):
 
 def test_missing_folder_gives_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="llmser_config.json"):
-        AudioLLMModel.from_pretrained(tmp_path)
+        AudioLLMEmotionModel.from_pretrained(tmp_path)
 
 
 def test_second_encoder_frames_are_concatenated_per_frame():
     torch.manual_seed(0)
-    m = AudioLLMModel.from_config(_config(second_encoder="wavlm-tiny")).eval()
+    m = AudioLLMEmotionModel.from_config(_config(second_encoder="wavlm-tiny")).eval()
     frames, mask = m.encoders(_waves(1.0, 0.4))
     assert frames.shape == (2, 50, 64 + 64) and mask.sum(-1).tolist() == [50, 20]
     tokens, token_mask, _ = m.speech(frames, mask)
@@ -397,7 +397,7 @@ def test_second_encoder_frames_are_concatenated_per_frame():
 # ---------------------------------------------------------------------- SALMONN import
 
 
-def _fake_salmonn_state(model: AudioLLMModel) -> dict[str, torch.Tensor]:
+def _fake_salmonn_state(model: AudioLLMEmotionModel) -> dict[str, torch.Tensor]:
     """A state dict with SALMONN's key names and this model's (tiny) shapes."""
     gen = torch.Generator().manual_seed(0)
     state = {}
@@ -454,9 +454,9 @@ def test_salmonn_with_beats_imports_into_a_whisper_only_model():
     from llmser.models.audio_llm.salmonn import load_salmonn_into
 
     torch.manual_seed(0)
-    with_second = AudioLLMModel.from_config(_config(second_encoder="wavlm-tiny"))
+    with_second = AudioLLMEmotionModel.from_config(_config(second_encoder="wavlm-tiny"))
     state = _fake_salmonn_state(with_second)
-    whisper_only = AudioLLMModel.from_config(_config())
+    whisper_only = AudioLLMEmotionModel.from_config(_config())
     load_salmonn_into(whisper_only, state, drop_second=True)
     key = "speech_Qformer.bert.encoder.layer.0.crossattention.self.key.weight"
     torch.testing.assert_close(whisper_only.speech.qformer.encoder.layer[0].crossattention.attention.key.weight.data,
@@ -477,7 +477,7 @@ def test_shipped_audio_recipes_parse(registered):
     for path in sorted((ROOT / "adapters").glob("audio_*.yaml")):
         recipe = load_recipe(path)
         config = branch_config(recipe)
-        assert isinstance(config, AudioLLMConfig) and recipe.branch == "audio_llm", path
+        assert isinstance(config, AudioLLMBranchConfig) and recipe.branch == "audio_llm", path
 
 
 def _tiny_corpus(root: Path) -> Path:

@@ -11,8 +11,8 @@ import torch
 
 from llmser.config import ConfigError
 from llmser.models.fusion import (
-    FusionConfig,
-    FusionModel,
+    FusionBranchConfig,
+    FusionEmotionModel,
     collate_fusion,
     collect_branch_outputs,
     load_branch_outputs,
@@ -28,10 +28,10 @@ SIZES = {"text_llm": 10, "wavlm": 12}
 SEQ = {"wavlm": 6}
 
 
-def _config(**kw) -> FusionConfig:
+def _config(**kw) -> FusionBranchConfig:
     base = dict(streams=["text_llm", "wavlm"], hidden=16, heads=2, head_hidden_size=16, dropout=0.0,
                 stream_sizes=dict(SIZES), sequence_sizes=dict(SEQ))
-    return FusionConfig(**{**base, **kw})
+    return FusionBranchConfig(**{**base, **kw})
 
 
 def _batch(b=4, seed=0):
@@ -60,7 +60,7 @@ def test_config_errors_name_the_problem(kwargs, message):
 
 def test_model_needs_input_sizes():
     with pytest.raises(ValueError, match="input sizes"):
-        FusionModel(FusionConfig(streams=["text_llm", "wavlm"]))
+        FusionEmotionModel(FusionBranchConfig(streams=["text_llm", "wavlm"]))
 
 
 def test_shipped_recipe_parses():
@@ -68,7 +68,7 @@ def test_shipped_recipe_parses():
 
     with _registered():
         recipe = load_recipe(ROOT / "adapters/fusion_tiny.yaml")
-        assert isinstance(branch_config(recipe), FusionConfig)
+        assert isinstance(branch_config(recipe), FusionBranchConfig)
         with pytest.raises(ConfigError, match="did you mean 'hidden'"):
             load_recipe(ROOT / "adapters/fusion_tiny.yaml", ["model.hiden=3"])
 
@@ -77,7 +77,7 @@ def test_shipped_recipe_parses():
 
 
 def test_attention_shapes_gate_and_bounds():
-    model = FusionModel(_config()).eval()
+    model = FusionEmotionModel(_config()).eval()
     batch = _batch()
     out = model(**batch)
     assert out.class_logits.shape == (4, 8) and out.attributes.shape == (4, 3)
@@ -89,7 +89,7 @@ def test_attention_shapes_gate_and_bounds():
 
 
 def test_padded_frames_do_not_change_the_output():
-    model = FusionModel(_config()).eval()
+    model = FusionEmotionModel(_config()).eval()
     batch = _batch()
     alone = {k: v[:1] for k, v in batch.items()}
     alone["wavlm_sequence"], alone["wavlm_sequence_mask"] = alone["wavlm_sequence"][:, :3], alone["wavlm_sequence_mask"][:, :3]
@@ -97,7 +97,7 @@ def test_padded_frames_do_not_change_the_output():
 
 
 def test_sequences_off_uses_pooled_embeddings_only():
-    model = FusionModel(_config(sequences=False)).eval()
+    model = FusionEmotionModel(_config(sequences=False)).eval()
     assert model.encoders["wavlm"].sequence is None
     batch = _batch()
     changed = dict(batch, wavlm_sequence=torch.randn(4, 5, 6))
@@ -105,7 +105,7 @@ def test_sequences_off_uses_pooled_embeddings_only():
 
 
 def test_concat_baseline():
-    model = FusionModel(_config(mode="concat")).eval()
+    model = FusionEmotionModel(_config(mode="concat")).eval()
     out = model(**_batch())
     assert out.class_logits.shape == (4, 8) and out.embedding.shape == (4, 22)
     assert model.fuse(_batch())[1] is None
@@ -115,7 +115,7 @@ def test_concat_baseline():
 @pytest.mark.parametrize("mode", ["attention", "concat"])
 def test_only_fusion_parameters_exist_and_all_train(mode):
     torch.manual_seed(0)
-    model = FusionModel(_config(mode=mode))
+    model = FusionEmotionModel(_config(mode=mode))
     names = {n.split(".")[0] for n, _ in model.named_parameters()}
     assert names <= {"encoders", "cross", "heads", "norms"}  # no branch encoder or LLM inside
     assert sum(p.numel() for p in model.parameters()) < 50_000
@@ -135,11 +135,11 @@ def test_only_fusion_parameters_exist_and_all_train(mode):
 @pytest.mark.parametrize("mode", ["attention", "concat"])
 def test_save_load_round_trip_is_identical(mode, tmp_path):
     torch.manual_seed(1)
-    model = FusionModel(_config(mode=mode, dropout=0.2)).eval()
+    model = FusionEmotionModel(_config(mode=mode, dropout=0.2)).eval()
     model.save_pretrained(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
     assert json.loads((tmp_path / "config.json").read_text())["stream_sizes"] == SIZES
-    reloaded = FusionModel.from_pretrained(tmp_path).eval()
+    reloaded = FusionEmotionModel.from_pretrained(tmp_path).eval()
     a, b = model(**_batch()), reloaded(**_batch())
     torch.testing.assert_close(a.class_logits, b.class_logits, rtol=0, atol=0)
     torch.testing.assert_close(a.attributes, b.attributes, rtol=0, atol=0)
@@ -148,7 +148,7 @@ def test_save_load_round_trip_is_identical(mode, tmp_path):
 def test_from_pretrained_refuses_another_branch(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"branch": "wavlm"}))
     with pytest.raises(ValueError, match="not a fusion adapter"):
-        FusionModel.from_pretrained(tmp_path)
+        FusionEmotionModel.from_pretrained(tmp_path)
 
 
 # ---------------------------------------------------------------------- branch outputs
@@ -194,11 +194,11 @@ def test_pool_frames_averages_real_frames_only():
 def test_collect_from_the_wavlm_branch(tmp_path):
     from llmser.data.examples import AudioExampleDataset, collate_waveforms
     from llmser.data.msp_podcast import MSPPodcast
-    from llmser.models.wavlm import SSLBranchConfig, SSLEmotionModel
+    from llmser.models.wavlm import WavLMBranchConfig, WavLMEmotionModel
 
     corpus = MSPPodcast.from_folder(write_corpus(tmp_path / "c", _rows(5)))
     utts = corpus.utterances("train")
-    model = SSLEmotionModel.from_config(SSLBranchConfig(encoder="tiny", encoder_mode="finetune"))
+    model = WavLMEmotionModel.from_config(WavLMBranchConfig(encoder="tiny", encoder_mode="finetune"))
     names, tensors = collect_branch_outputs(model, AudioExampleDataset(utts, max_seconds=1.0), collate_waveforms,
                                             batch_size=2, sequence_fn=wavlm_sequence, sequence_stride=2,
                                             progress=False)
@@ -288,7 +288,7 @@ def test_engine_trains_fusion_on_cached_outputs(fake_run, tmp_path, mode):
     assert result["test"]["metrics"]["ccc_valence"] > 0.3  # from text_llm's pooled embedding
     if mode == "attention":  # arousal is only in wavlm's frames, which only the attention mode reads
         assert result["test"]["metrics"]["ccc_arousal"] > 0.5
-    best = FusionModel.from_pretrained(tmp_path / "run" / "best")
+    best = FusionEmotionModel.from_pretrained(tmp_path / "run" / "best")
     assert best.config.stream_sizes == SIZES and best.config.sequence_sizes == SEQ
     assert (tmp_path / "run" / "test_predictions.csv").is_file()
 
@@ -325,12 +325,12 @@ def test_collect_run_outputs_from_a_trained_branch_folder(tmp_path):
     from llmser.data.msp_podcast import MSPPodcast
     from llmser.models.fusion.data import collect_run_outputs
     from llmser.models.registry import load_recipe
-    from llmser.models.wavlm import SSLBranchConfig, SSLEmotionModel
+    from llmser.models.wavlm import WavLMBranchConfig, WavLMEmotionModel
 
     corpus_dir = write_corpus(tmp_path / "c", _rows(2))
     recipe = load_recipe(ROOT / "adapters/wavlm_tiny.yaml", [f"data.corpus={corpus_dir}", "data.max_seconds=1.0"])
     torch.manual_seed(0)
-    model = SSLEmotionModel.from_config(SSLBranchConfig(encoder="tiny", encoder_mode="finetune")).eval()
+    model = WavLMEmotionModel.from_config(WavLMBranchConfig(encoder="tiny", encoder_mode="finetune")).eval()
     model.save_pretrained(tmp_path / "run" / "best")
     save_config(recipe, tmp_path / "run" / "best" / "recipe.yaml")
     written = collect_run_outputs(tmp_path / "run", tmp_path / "outputs", ("train", "dev", "test"),

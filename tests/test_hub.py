@@ -313,10 +313,10 @@ def test_cli_parsers_run_push_and_pull(tmp_path, monkeypatch, capsys):
 def test_wavlm_system_push_resolve_load_gives_identical_predictions(tmp_path, fake_hub):
     import torch
 
-    from llmser.models.wavlm import SSLBranchConfig, SSLEmotionModel
+    from llmser.models.wavlm import WavLMBranchConfig, WavLMEmotionModel
 
     torch.manual_seed(0)
-    model = SSLEmotionModel.from_config(SSLBranchConfig(encoder="tiny", encoder_mode="finetune")).eval()
+    model = WavLMEmotionModel.from_config(WavLMBranchConfig(encoder="tiny", encoder_mode="finetune")).eval()
     system = tmp_path / "system"
     model.save_pretrained(system / "wavlm")
     member = Member("wavlm", "wavlm", "wavlm", {"encoder": BaseModelRef("tiny")})
@@ -327,7 +327,7 @@ def test_wavlm_system_push_resolve_load_gives_identical_predictions(tmp_path, fa
     folder = utils_hub.resolve_pretrained("org/llmser-wavlm")  # offline, from the cache the push filled
     assert folder != system and (folder / "README.md").is_file()
     manifest = SystemManifest.load(folder)
-    loaded = SSLEmotionModel.from_pretrained(folder / manifest.member("wavlm").subfolder).eval()
+    loaded = WavLMEmotionModel.from_pretrained(folder / manifest.member("wavlm").subfolder).eval()
     values = torch.randn(2, 16000)
     by_id = hub_io.load_member("org/llmser-wavlm", "wavlm").eval()
     with torch.no_grad():

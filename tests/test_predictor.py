@@ -27,24 +27,24 @@ def _run(tmp: Path, name: str, model, branch: str, model_section: dict) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from llmser.models.fusion.config import FusionConfig
-    from llmser.models.fusion.model import FusionModel
-    from llmser.models.text_llm.config import TextBranchConfig
-    from llmser.models.text_llm.model import TextEmotionModel
-    from llmser.models.wavlm.config import SSLBranchConfig
-    from llmser.models.wavlm.model import SSLEmotionModel
+    from llmser.models.fusion.config import FusionBranchConfig
+    from llmser.models.fusion.model import FusionEmotionModel
+    from llmser.models.text_llm.config import TextLLMBranchConfig
+    from llmser.models.text_llm.model import TextLLMEmotionModel
+    from llmser.models.wavlm.config import WavLMBranchConfig
+    from llmser.models.wavlm.model import WavLMEmotionModel
 
     torch.manual_seed(0)
     tmp = tmp_path_factory.mktemp("runs")
     wavlm_section = {"encoder": "tiny", "encoder_mode": "finetune", "head_hidden_size": 16}
-    wavlm = SSLEmotionModel.from_config(SSLBranchConfig(**wavlm_section))
+    wavlm = WavLMEmotionModel.from_config(WavLMBranchConfig(**wavlm_section))
     text_section = {"llm": "tiny", "lora_r": 4, "lora_alpha": 8, "head_hidden_size": 16}
-    text = TextEmotionModel.from_config(TextBranchConfig(**text_section))
+    text = TextLLMEmotionModel.from_config(TextLLMBranchConfig(**text_section))
     fusion_section = {"streams": ["text_llm", "wavlm"], "hidden": 16, "heads": 2, "head_hidden_size": 16,
                       "stream_sizes": {"wavlm": wavlm.pooling.output_size,
                                        "text_llm": text.llm.get_base_model().config.hidden_size},
                       "sequence_sizes": {"wavlm": wavlm.encoder.config.hidden_size}}
-    fusion = FusionModel(FusionConfig(**fusion_section))
+    fusion = FusionEmotionModel(FusionBranchConfig(**fusion_section))
     return {"wavlm": _run(tmp, "wavlm", wavlm, "wavlm", wavlm_section),
             "text_llm": _run(tmp, "text", text, "text_llm", text_section),
             "fusion": _run(tmp, "fusion", fusion, "fusion", fusion_section)}

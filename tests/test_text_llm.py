@@ -22,8 +22,8 @@ from llmser.models.llm.scoring import (
     score_with_prefix_cache,
 )
 from llmser.models.llm.tokenizer import build_tiny_tokenizer
-from llmser.models.text_llm.config import TextBranchConfig
-from llmser.models.text_llm.model import TextEmotionModel
+from llmser.models.text_llm.config import TextLLMBranchConfig
+from llmser.models.text_llm.model import TextLLMEmotionModel
 from llmser.models.voting import majority_vote
 from llmser.schema import CLASS_CODES
 
@@ -35,9 +35,9 @@ def tiny():
     return load_causal_lm("tiny")
 
 
-def _config(**kw) -> TextBranchConfig:
+def _config(**kw) -> TextLLMBranchConfig:
     base = {"llm": "tiny", "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "head_hidden_size": 16, "dropout": 0.0}
-    return TextBranchConfig(**{**base, **kw})
+    return TextLLMBranchConfig(**{**base, **kw})
 
 
 # ---------------------------------------------------------------------- tokenizer and prompts
@@ -164,7 +164,7 @@ def test_majority_vote_breaks_ties_by_summed_probability():
 
 def test_head_model_output_shapes_and_left_padding_invariance():
     torch.manual_seed(0)
-    model = TextEmotionModel.from_config(_config()).eval()
+    model = TextLLMEmotionModel.from_config(_config()).eval()
     tok = model.tokenizer
     texts = ["short one", "a much longer transcript that needs many more tokens than the first"]
     enc = tok(texts, padding=True, padding_side="left", return_tensors="pt")
@@ -175,7 +175,7 @@ def test_head_model_output_shapes_and_left_padding_invariance():
 
 
 def test_only_lora_and_heads_train():
-    model = TextEmotionModel.from_config(_config())
+    model = TextLLMEmotionModel.from_config(_config())
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n or n.startswith("heads.") for n in trainable)
 
@@ -188,7 +188,7 @@ def test_save_load_round_trip_and_plain_peft_loading(tmp_path):
     tiny.model.save_pretrained(base_dir)
     tiny.tokenizer.save_pretrained(base_dir)
     torch.manual_seed(0)
-    model = TextEmotionModel.from_config(_config(llm=str(base_dir)))
+    model = TextLLMEmotionModel.from_config(_config(llm=str(base_dir)))
     with torch.no_grad():  # make the adapter non-trivial
         for name, param in model.named_parameters():
             if "lora_B" in name:
@@ -201,7 +201,7 @@ def test_save_load_round_trip_and_plain_peft_loading(tmp_path):
     assert adapter_config["base_model_name_or_path"] == str(base_dir)
     assert not list(saved.glob("*.bin")) and (saved / "adapter_model.safetensors").is_file()
 
-    again = TextEmotionModel.from_pretrained(saved).eval()
+    again = TextLLMEmotionModel.from_pretrained(saved).eval()
     got = again(**enc)
     torch.testing.assert_close(got.class_logits, expected.class_logits)
     torch.testing.assert_close(got.attributes, expected.attributes)
@@ -222,7 +222,7 @@ def test_adapter_for_another_base_is_refused_naming_both(tmp_path):
 
 def test_missing_folder_gives_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="llmser_config.json"):
-        TextEmotionModel.from_pretrained(tmp_path)
+        TextLLMEmotionModel.from_pretrained(tmp_path)
     shutil.rmtree(tmp_path)
 
 
@@ -237,7 +237,7 @@ def test_lora_weights_change_after_an_eval_pass_with_4bit_qlora(tmp_path):
                          num_attention_heads=4, num_key_value_heads=2)
     LlamaForCausalLM(config).save_pretrained(tmp_path / "base")
     tok.save_pretrained(tmp_path / "base")
-    model = TextEmotionModel.from_config(_config(llm=str(tmp_path / "base"), quantization="4bit", dtype="float32"))
+    model = TextLLMEmotionModel.from_config(_config(llm=str(tmp_path / "base"), quantization="4bit", dtype="float32"))
     enc = tok(["you never listen", "what a lovely day"], padding=True, padding_side="left", return_tensors="pt")
     with torch.no_grad():
         model.eval()(**enc)  # the evaluation pass that silently froze 4-bit LoRA before the guard

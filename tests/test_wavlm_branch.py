@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from llmser.data.feature_cache import FeatureCache, encoder_fingerprint
-from llmser.models.wavlm import SSLBranchConfig, SSLEmotionModel
+from llmser.models.wavlm import WavLMBranchConfig, WavLMEmotionModel
 from llmser.models.wavlm.config import ENCODER_PRESETS
 
 
@@ -46,11 +46,11 @@ def _step(model):
 
 def test_preset_requires_finetune():
     with pytest.raises(ValueError, match="encoder_mode: finetune"):
-        SSLBranchConfig(encoder="tiny", encoder_mode="frozen")
+        WavLMBranchConfig(encoder="tiny", encoder_mode="frozen")
 
 
 def test_outputs_and_padding_invariance():
-    model = SSLEmotionModel.from_config(SSLBranchConfig(encoder="tiny", encoder_mode="finetune", dropout=0.0)).eval()
+    model = WavLMEmotionModel.from_config(WavLMBranchConfig(encoder="tiny", encoder_mode="finetune", dropout=0.0)).eval()
     values, mask = _batch()
     out = model(input_values=values, attention_mask=mask)
     assert out.class_logits.shape == (3, 8) and out.attributes.shape == (3, 3)
@@ -62,14 +62,14 @@ def test_outputs_and_padding_invariance():
 
 
 def test_frozen_mode_trains_only_heads(pretrained_dir):
-    model = SSLEmotionModel.from_config(SSLBranchConfig(encoder=pretrained_dir, encoder_mode="frozen"))
+    model = WavLMEmotionModel.from_config(WavLMBranchConfig(encoder=pretrained_dir, encoder_mode="frozen"))
     changed = _step(model)
     assert changed and not any(k.startswith("encoder.") for k in changed)
     assert "layer_weights.logits" in changed
 
 
 def test_finetune_mode_keeps_cnn_frozen(pretrained_dir):
-    model = SSLEmotionModel.from_config(SSLBranchConfig(encoder=pretrained_dir, encoder_mode="finetune"))
+    model = WavLMEmotionModel.from_config(WavLMBranchConfig(encoder=pretrained_dir, encoder_mode="finetune"))
     changed = _step(model)
     assert any(k.startswith("encoder.encoder.layers") for k in changed)
     assert not any(k.startswith("encoder.feature_extractor") for k in changed)
@@ -79,7 +79,7 @@ def test_lora_mode_trains_only_adapters_and_saves_plain_peft(pretrained_dir, tmp
     from peft import PeftModel
     from transformers import WavLMModel
 
-    model = SSLEmotionModel.from_config(SSLBranchConfig(encoder=pretrained_dir, encoder_mode="lora", lora_r=4))
+    model = WavLMEmotionModel.from_config(WavLMBranchConfig(encoder=pretrained_dir, encoder_mode="lora", lora_r=4))
     changed = _step(model)
     encoder_changed = [k for k in changed if k.startswith("encoder.")]
     assert encoder_changed and all("lora_" in k for k in encoder_changed)
@@ -90,23 +90,23 @@ def test_lora_mode_trains_only_adapters_and_saves_plain_peft(pretrained_dir, tmp
     plain = PeftModel.from_pretrained(WavLMModel.from_pretrained(pretrained_dir), str(tmp_path / "out/encoder_adapter"))
     lora_keys = [k for k in plain.state_dict() if "lora_B" in k]
     assert lora_keys and any(plain.state_dict()[k].abs().sum() > 0 for k in lora_keys)
-    reloaded = SSLEmotionModel.from_pretrained(tmp_path / "out").eval()
+    reloaded = WavLMEmotionModel.from_pretrained(tmp_path / "out").eval()
     values, mask = _batch()
     torch.testing.assert_close(reloaded(input_values=values, attention_mask=mask).class_logits,
                                model.eval()(input_values=values, attention_mask=mask).class_logits)
 
 
 def test_lora_on_wavlm_attention_is_refused(pretrained_dir):
-    config = SSLBranchConfig(encoder=pretrained_dir, encoder_mode="lora", lora_target_modules=["q_proj", "v_proj"])
+    config = WavLMBranchConfig(encoder=pretrained_dir, encoder_mode="lora", lora_target_modules=["q_proj", "v_proj"])
     with pytest.raises(ValueError, match="no effect on WavLM"):
-        SSLEmotionModel.from_config(config)
+        WavLMEmotionModel.from_config(config)
 
 
 def test_finetuned_tiny_round_trip(tmp_path):
-    model = SSLEmotionModel.from_config(SSLBranchConfig(encoder="tiny", encoder_mode="finetune"))
+    model = WavLMEmotionModel.from_config(WavLMBranchConfig(encoder="tiny", encoder_mode="finetune"))
     _step(model)
     model.save_pretrained(tmp_path)
-    reloaded = SSLEmotionModel.from_pretrained(tmp_path).eval()
+    reloaded = WavLMEmotionModel.from_pretrained(tmp_path).eval()
     values, mask = _batch()
     torch.testing.assert_close(reloaded(input_values=values, attention_mask=mask).attributes,
                                model.eval()(input_values=values, attention_mask=mask).attributes)
@@ -116,7 +116,7 @@ def test_finetuned_tiny_round_trip(tmp_path):
 def test_cached_hidden_states_give_the_same_outputs(pretrained_dir, tmp_path):
     import soundfile as sf
 
-    model = SSLEmotionModel.from_config(SSLBranchConfig(encoder=pretrained_dir, encoder_mode="frozen")).eval()
+    model = WavLMEmotionModel.from_config(WavLMBranchConfig(encoder=pretrained_dir, encoder_mode="frozen")).eval()
     wav = tmp_path / "a.wav"
     values, _ = _batch(1)
     sf.write(wav, values[0].numpy() * 0.1, 16000)
@@ -133,7 +133,7 @@ def test_cached_hidden_states_give_the_same_outputs(pretrained_dir, tmp_path):
     time.sleep(0.01)
     sf.write(wav, values[0].numpy()[:8000] * 0.1, 16000)
     assert cache.path_for(wav) != old and cache.get(wav) is None
-    other = SSLEmotionModel.from_config(SSLBranchConfig(encoder="tiny", encoder_mode="finetune"))
+    other = WavLMEmotionModel.from_config(WavLMBranchConfig(encoder="tiny", encoder_mode="finetune"))
     assert encoder_fingerprint(other.encoder) != encoder_fingerprint(model.encoder)
     assert FeatureCache(tmp_path / "cache", "x", {"max_seconds": 8}).path_for(wav) != \
         FeatureCache(tmp_path / "cache", "x", {"max_seconds": 4}).path_for(wav)

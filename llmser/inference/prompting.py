@@ -105,9 +105,9 @@ def load_prompting_model(llm: str = "smol", adapter: str | None = None, *, revis
         return loaded.model, loaded.tokenizer, None
     from transformers import AutoTokenizer
 
-    from llmser.models.text_llm.config import TextBranchConfig
+    from llmser.models.text_llm.config import TextLLMBranchConfig
 
-    config = TextBranchConfig.load(adapter)
+    config = TextLLMBranchConfig.load(adapter)
     tokenizer = AutoTokenizer.from_pretrained(adapter)
     loaded = load_causal_lm(config.llm, revision=config.revision, quantization=quantization, tokenizer=tokenizer)
     return load_lora(loaded.model, adapter, config.llm), tokenizer, list(config.prompts)

@@ -113,15 +113,15 @@ def _load(path: str) -> Any:
 
 
 for _spec in (
-    BranchSpec("wavlm", "llmser.models.wavlm.config:SSLBranchConfig", "llmser.models.wavlm.model:SSLEmotionModel",
+    BranchSpec("wavlm", "llmser.models.wavlm.config:WavLMBranchConfig", "llmser.models.wavlm.model:WavLMEmotionModel",
                "llmser.models.wavlm.branch"),
-    BranchSpec("text_llm", "llmser.models.text_llm.config:TextBranchConfig",
-               "llmser.models.text_llm.model:TextEmotionModel", "llmser.models.text_llm.branch",
+    BranchSpec("text_llm", "llmser.models.text_llm.config:TextLLMBranchConfig",
+               "llmser.models.text_llm.model:TextLLMEmotionModel", "llmser.models.text_llm.branch",
                reads_transcripts=True),
-    BranchSpec("audio_llm", "llmser.models.audio_llm.config:AudioLLMConfig",
-               "llmser.models.audio_llm.model:AudioLLMModel", "llmser.models.audio_llm.branch",
+    BranchSpec("audio_llm", "llmser.models.audio_llm.config:AudioLLMBranchConfig",
+               "llmser.models.audio_llm.model:AudioLLMEmotionModel", "llmser.models.audio_llm.branch",
                reads_transcripts=True),
-    BranchSpec("fusion", "llmser.models.fusion.config:FusionConfig", "llmser.models.fusion.model:FusionModel",
+    BranchSpec("fusion", "llmser.models.fusion.config:FusionBranchConfig", "llmser.models.fusion.model:FusionEmotionModel",
                "llmser.models.fusion.branch"),
 ):
     register_branch(_spec)

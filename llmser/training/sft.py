@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from llmser.models.llm.prompts import load_prompts
-from llmser.models.text_llm.config import TextBranchConfig
+from llmser.models.text_llm.config import TextLLMBranchConfig
 from llmser.models.text_llm.data import pick_variant, truncate_transcript
 from llmser.recipe import Recipe
 from llmser.utils.logging import get_logger
@@ -60,7 +60,7 @@ def _balanced_draw(labelled: list, power: float, seed: int, epoch: int) -> list:
     return [pools[classes[c]][int(rng.integers(len(pools[classes[c]])))] for c in picks]
 
 
-def sft_arguments(recipe: Recipe, config: TextBranchConfig, output_dir: Path) -> Any:
+def sft_arguments(recipe: Recipe, config: TextLLMBranchConfig, output_dir: Path) -> Any:
     import torch
     from trl import SFTConfig
 
@@ -81,7 +81,7 @@ def sft_arguments(recipe: Recipe, config: TextBranchConfig, output_dir: Path) ->
         disable_tqdm=False, dataloader_num_workers=recipe.data.num_workers)
 
 
-def run_sft(recipe: Recipe, config: TextBranchConfig, corpus: Any, resume: str | None = None) -> dict[str, Any]:
+def run_sft(recipe: Recipe, config: TextLLMBranchConfig, corpus: Any, resume: str | None = None) -> dict[str, Any]:
     """Fine-tune with trl, save the adapter to ``output_dir/best``, predict and report the test split."""
     from trl import SFTTrainer
 
@@ -129,7 +129,7 @@ def run_sft(recipe: Recipe, config: TextBranchConfig, corpus: Any, resume: str |
     return result
 
 
-def predict_split(model: Any, tokenizer: Any, utterances: list, config: TextBranchConfig, output_dir: Path,
+def predict_split(model: Any, tokenizer: Any, utterances: list, config: TextLLMBranchConfig, output_dir: Path,
                   *, batch_size: int = 8, title: str = "text_llm (sft) branch, test split") -> dict[str, Any]:
     """Vote over the prompt variants on a split, write ``test_predictions.csv`` and the report."""
     from llmser.evaluation.report import evaluate

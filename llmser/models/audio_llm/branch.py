@@ -6,7 +6,7 @@
         data.batch_size=4
 
 The engine's class loss reads ``class_logits``: the verbalised answers' log-likelihoods (see
-``AudioLLMConfig``). ``predict_with_voting`` scores a split with every prompt variant on one
+``AudioLLMBranchConfig``). ``predict_with_voting`` scores a split with every prompt variant on one
 shared encoding of each clip and takes their vote.
 """
 
@@ -19,14 +19,14 @@ import numpy as np
 import torch
 
 from llmser.data.examples import class_counts, class_labels, recipe_splits
-from llmser.models.audio_llm.config import AudioLLMConfig
+from llmser.models.audio_llm.config import AudioLLMBranchConfig
 from llmser.models.audio_llm.data import (
     SpeechPromptCollator,
     SpeechPromptDataset,
     fill_speech_cache,
     speech_cache,
 )
-from llmser.models.audio_llm.model import AudioLLMModel
+from llmser.models.audio_llm.model import AudioLLMEmotionModel
 from llmser.models.branch import BranchSetup
 from llmser.recipe import Recipe
 from llmser.utils.logging import get_logger
@@ -34,7 +34,7 @@ from llmser.utils.logging import get_logger
 logger = get_logger(__name__)
 
 
-def split_utterances(recipe: Recipe, corpus: Any, config: AudioLLMConfig) -> tuple[list, list, list]:
+def split_utterances(recipe: Recipe, corpus: Any, config: AudioLLMBranchConfig) -> tuple[list, list, list]:
     """Train/eval/test utterances; transcripts are checked up front when the prompts read them."""
     from llmser.models.text_llm.data import check_transcripts
 
@@ -45,11 +45,11 @@ def split_utterances(recipe: Recipe, corpus: Any, config: AudioLLMConfig) -> tup
     return train, dev, test
 
 
-def prepare(recipe: Recipe, config: AudioLLMConfig, corpus: Any, accelerator: Any) -> BranchSetup:
+def prepare(recipe: Recipe, config: AudioLLMBranchConfig, corpus: Any, accelerator: Any) -> BranchSetup:
     if recipe.data.augment.any_enabled():
         logger.warning("the audio-LLM reads cached frozen-encoder frames; data.augment is ignored")
     train_utts, eval_utts, test_utts = split_utterances(recipe, corpus, config)
-    model = AudioLLMModel.from_config(config)
+    model = AudioLLMEmotionModel.from_config(config)
     model.encoders.to(accelerator.device)
     cache = speech_cache(model, recipe.data.cache_dir)
     fill_speech_cache(model, train_utts + eval_utts + test_utts, cache, batch_size=recipe.data.eval_batch_size,
@@ -69,7 +69,7 @@ def prepare(recipe: Recipe, config: AudioLLMConfig, corpus: Any, accelerator: An
 
 
 @torch.no_grad()
-def predict_with_voting(model: AudioLLMModel, utterances: Sequence, cache: Any, *, batch_size: int = 8,
+def predict_with_voting(model: AudioLLMEmotionModel, utterances: Sequence, cache: Any, *, batch_size: int = 8,
                         progress: bool = True):
     """Predictions for ``utterances`` by the vote of every prompt variant (audio encoded once per clip).
 
@@ -101,7 +101,7 @@ def predict_with_voting(model: AudioLLMModel, utterances: Sequence, cache: Any, 
     return predictions, vote
 
 
-def predict_data(model: AudioLLMModel, recipe: Recipe, utterances: list) -> tuple[Any, Any]:
+def predict_data(model: AudioLLMEmotionModel, recipe: Recipe, utterances: list) -> tuple[Any, Any]:
     """Dataset + collate for raw audio files (``llmser predict``): frames encoded as each file is read."""
     from llmser.models.audio_llm.data import EncodeOnRead
 

@@ -15,7 +15,7 @@ SECOND_ENCODERS = {"wavlm-tiny"}  # presets; any other value is a Hub id or fold
 
 
 @dataclass
-class AudioLLMConfig(LLMConfig):
+class AudioLLMBranchConfig(LLMConfig):
     """An LLM that hears the speech: frozen encoders, a window-level Q-Former, a projection, LoRA.
 
     The windows follow SALMONN (bytedance/SALMONN ``models/salmonn.py``): 0.333 s windows with a 0.333 s
@@ -91,5 +91,5 @@ class AudioLLMConfig(LLMConfig):
         save_branch_config(self, Path(directory) / name, "audio_llm")
 
     @classmethod
-    def load(cls, directory: str | Path, name: str = CONFIG_NAME) -> AudioLLMConfig:
+    def load(cls, directory: str | Path, name: str = CONFIG_NAME) -> AudioLLMBranchConfig:
         return load_branch_config(cls, Path(directory) / name, "audio_llm", "an audio-LLM model", "an audio-LLM model")

@@ -16,11 +16,11 @@ import torch
 from torch.utils.data import Dataset
 
 from llmser.data.examples import _targets, example_targets
-from llmser.models.audio_llm.model import AudioLLMModel, pad_pieces, prompt_pieces
+from llmser.models.audio_llm.model import AudioLLMEmotionModel, pad_pieces, prompt_pieces
 from llmser.models.text_llm.data import pick_variant, truncate_transcript
 
 
-def speech_cache(model: AudioLLMModel, cache_dir: str | Path) -> Any:
+def speech_cache(model: AudioLLMEmotionModel, cache_dir: str | Path) -> Any:
     """The feature cache of ``model``'s frozen encoders (a new key whenever an encoder or the limit changes)."""
     from llmser.data.feature_cache import FeatureCache, encoder_fingerprint
 
@@ -30,7 +30,7 @@ def speech_cache(model: AudioLLMModel, cache_dir: str | Path) -> Any:
 
 
 @torch.no_grad()
-def fill_speech_cache(model: AudioLLMModel, utterances: Sequence, cache: Any, *, batch_size: int = 8,
+def fill_speech_cache(model: AudioLLMEmotionModel, utterances: Sequence, cache: Any, *, batch_size: int = 8,
                       rank: int = 0, world_size: int = 1, progress: bool = True) -> int:
     """Encode every utterance not yet cached (this rank's share) and store its frames (T, D) in float16."""
     from tqdm.auto import tqdm
@@ -51,7 +51,7 @@ def fill_speech_cache(model: AudioLLMModel, utterances: Sequence, cache: Any, *,
 class SpeechPromptDataset(Dataset):
     """Utterances -> cached frames + the chosen prompt variant's token ids around the speech + targets."""
 
-    def __init__(self, utterances: Sequence, cache: Any, model: AudioLLMModel, *, sample_variants: bool = False,
+    def __init__(self, utterances: Sequence, cache: Any, model: AudioLLMEmotionModel, *, sample_variants: bool = False,
                  seed: int = 0):
         self.utterances = list(utterances)
         self.cache = cache
@@ -119,7 +119,7 @@ class EncodeOnRead:
     whether it went through training's cache or ``llmser predict``.
     """
 
-    def __init__(self, model: AudioLLMModel):
+    def __init__(self, model: AudioLLMEmotionModel):
         self.model = model
 
     @torch.no_grad()

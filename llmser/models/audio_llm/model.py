@@ -33,7 +33,7 @@ Saved layout (``save_pretrained``)::
 
     adapter_config.json, adapter_model.safetensors   # standard PEFT LoRA adapter (base = Hub id)
     speech_modules.safetensors                       # layer norms, Q-Former, queries, projection, head
-    llmser_config.json                               # AudioLLMConfig (branch "audio_llm")
+    llmser_config.json                               # AudioLLMBranchConfig (branch "audio_llm")
     tokenizer files
 """
 
@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from llmser.models.audio_llm.config import CONFIG_NAME, AudioLLMConfig
+from llmser.models.audio_llm.config import CONFIG_NAME, AudioLLMBranchConfig
 from llmser.models.layers import EmotionHeads, EmotionOutput
 from llmser.models.llm.adapter import attach_lora, load_lora, save_lora
 from llmser.models.llm.identity import canonical_name
@@ -89,7 +89,7 @@ class SpeechEncoders(nn.Module):
         self.requires_grad_(False)
 
     @classmethod
-    def from_config(cls, config: AudioLLMConfig) -> SpeechEncoders:
+    def from_config(cls, config: AudioLLMBranchConfig) -> SpeechEncoders:
         from llmser.models.whisper.loading import load_whisper_encoder
 
         loaded = load_whisper_encoder(config.whisper, revision=config.whisper_revision,
@@ -162,7 +162,7 @@ def _second_encoder(name: str | None) -> nn.Module | None:
 class WindowQFormer(nn.Module):
     """SALMONN's window-level Q-Former: learned queries attend to each window of encoder frames."""
 
-    def __init__(self, config: AudioLLMConfig, whisper_size: int, second_size: int, llm_hidden: int):
+    def __init__(self, config: AudioLLMBranchConfig, whisper_size: int, second_size: int, llm_hidden: int):
         super().__init__()
         from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
@@ -278,10 +278,10 @@ class AttributeHead(nn.Module):
 # ---------------------------------------------------------------------- the model
 
 
-class AudioLLMModel(nn.Module):
+class AudioLLMEmotionModel(nn.Module):
     """Encoders (frozen) + Q-Former/projection (trainable) + LoRA LLM. ``from_config`` / ``from_pretrained``."""
 
-    def __init__(self, config: AudioLLMConfig, encoders: SpeechEncoders, llm: Any, tokenizer: Any, base_name: str):
+    def __init__(self, config: AudioLLMBranchConfig, encoders: SpeechEncoders, llm: Any, tokenizer: Any, base_name: str):
         super().__init__()
         self.config = config
         self.encoders = encoders
@@ -310,7 +310,7 @@ class AudioLLMModel(nn.Module):
                            "answers on a repeated prefix cache (slower, more memory)")
 
     @classmethod
-    def from_config(cls, config: AudioLLMConfig) -> AudioLLMModel:
+    def from_config(cls, config: AudioLLMBranchConfig) -> AudioLLMEmotionModel:
         loaded = _load_base(config)
         encoders = SpeechEncoders.from_config(config)
         return cls(config, encoders, attach_lora(loaded.model, config), loaded.tokenizer, loaded.name)
@@ -325,7 +325,7 @@ class AudioLLMModel(nn.Module):
         modules["calibration"] = self.calibration
         return nn.ModuleDict(modules)
 
-    def train(self, mode: bool = True) -> AudioLLMModel:
+    def train(self, mode: bool = True) -> AudioLLMEmotionModel:
         if mode:
             self.prefix_cache.clear()  # the weights may change from here on: cached instruction states go stale
         return super().train(mode)
@@ -544,15 +544,15 @@ class AudioLLMModel(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, *, base: str | None = None, trainable: bool = False) -> AudioLLMModel:
+    def from_pretrained(cls, directory: str | Path, *, base: str | None = None, trainable: bool = False) -> AudioLLMEmotionModel:
         """Rebuild from a saved folder; ``base`` puts the adapter on another copy of the same base LLM."""
         from transformers import AutoTokenizer
 
         directory = Path(directory)
         if not (directory / CONFIG_NAME).is_file():
             raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}; is it a folder saved by "
-                                    "AudioLLMModel.save_pretrained?")
-        config = AudioLLMConfig.load(directory)
+                                    "AudioLLMEmotionModel.save_pretrained?")
+        config = AudioLLMBranchConfig.load(directory)
         if base is not None:
             config.llm = base
         tokenizer = AutoTokenizer.from_pretrained(str(directory))
@@ -589,7 +589,7 @@ class AudioLLMModel(nn.Module):
 # ---------------------------------------------------------------------- prompts and answers
 
 
-def class_templates(config: AudioLLMConfig) -> list[PromptTemplate]:
+def class_templates(config: AudioLLMBranchConfig) -> list[PromptTemplate]:
     """The configured class prompts that read ``config.inputs``; listing one that reads other inputs is an error."""
     templates = load_prompts(config.prompts, task="class", folder=config.prompt_dir)
     wrong = [t.name for t in templates if t.inputs != config.inputs]
@@ -644,14 +644,14 @@ def _masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
-def _load_base(config: AudioLLMConfig, tokenizer: Any = None):
+def _load_base(config: AudioLLMBranchConfig, tokenizer: Any = None):
     loaded = load_causal_lm(config.llm, revision=config.revision, dtype=config.dtype,
                             quantization=config.quantization, quant_type=config.quant_type, tokenizer=tokenizer)
     loaded.name = canonical_name(loaded.name)
     return loaded
 
 
-def speech_token_count(seconds: float, config: AudioLLMConfig) -> int:
+def speech_token_count(seconds: float, config: AudioLLMBranchConfig) -> int:
     """Speech tokens a clip of ``seconds`` becomes (for planning prompt lengths)."""
     frames = max(1, math.ceil(seconds * FRAMES_PER_SECOND))
     window = max(1, round(config.window_seconds * FRAMES_PER_SECOND))

@@ -1,4 +1,4 @@
-"""Import the weights released with bytedance/SALMONN into ``AudioLLMModel`` (mapping written from its model code).
+"""Import the weights released with bytedance/SALMONN into ``AudioLLMEmotionModel`` (mapping written from its model code).
 
 SALMONN (``models/salmonn.py`` in github.com/bytedance/SALMONN, branch ``salmonn``) is: a frozen
 Whisper encoder (``openai/whisper-large-v2``, d_model 1280) and a frozen BEATs encoder (768), each
@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from llmser.models.audio_llm.config import AudioLLMConfig
+from llmser.models.audio_llm.config import AudioLLMBranchConfig
 
 SALMONN_LLM = "lmsys/vicuna-13b-v1.1"
 SALMONN_WHISPER = "openai/whisper-large-v2"
@@ -63,13 +63,13 @@ _RENAMES = [  # (SALMONN prefix, llmser prefix), first match wins
 _IGNORED = re.compile(r"^(speech_encoder\.|beats\.|llama_model\.(?!.*lora_))|position_ids$")
 
 
-def salmonn_config(**overrides: Any) -> AudioLLMConfig:
-    """The ``AudioLLMConfig`` of SALMONN-13B v1 (its Vicuna, Whisper, Q-Former and LoRA settings)."""
+def salmonn_config(**overrides: Any) -> AudioLLMBranchConfig:
+    """The ``AudioLLMBranchConfig`` of SALMONN-13B v1 (its Vicuna, Whisper, Q-Former and LoRA settings)."""
     settings = dict(llm=SALMONN_LLM, whisper=SALMONN_WHISPER, dtype="float16", max_audio_seconds=30.0,
                     window_seconds=0.333333, stride_seconds=0.333333, num_queries=1, qformer_layers=2,
                     qformer_hidden=768, qformer_heads=12, qformer_intermediate=3072, lora_r=8, lora_alpha=32,
                     lora_dropout=0.1, lora_target_modules=["q_proj", "v_proj"])
-    return AudioLLMConfig(**{**settings, **overrides})
+    return AudioLLMBranchConfig(**{**settings, **overrides})
 
 
 @dataclass
@@ -121,7 +121,7 @@ def read_salmonn_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_salmonn_into(model: Any, state: dict[str, torch.Tensor], *, drop_second: bool = False) -> SalmonnWeights:
-    """Copy SALMONN's Q-Former, queries, layer norms, projection and LoRA into ``model`` (an AudioLLMModel).
+    """Copy SALMONN's Q-Former, queries, layer norms, projection and LoRA into ``model`` (an AudioLLMEmotionModel).
 
     ``drop_second`` imports into a Whisper-only model: the BEATs layer norm is skipped and the
     cross-attention key/value weights keep only their Whisper columns.

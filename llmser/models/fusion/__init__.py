@@ -6,7 +6,7 @@ Names are imported lazily (PEP 562) so that ``llmser --help`` does not import to
 from importlib import import_module
 
 _EXPORTS = {
-    "FusionConfig": "config", "FusionModel": "model", "BranchOutputs": "data", "FusionDataset": "data",
+    "FusionBranchConfig": "config", "FusionEmotionModel": "model", "BranchOutputs": "data", "FusionDataset": "data",
     "collate_fusion": "data", "collect_branch_outputs": "data", "load_branch_outputs": "data",
     "save_branch_outputs": "data", "wavlm_sequence": "data",
 }

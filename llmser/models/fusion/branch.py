@@ -13,7 +13,7 @@ from typing import Any
 
 from llmser.data.examples import class_counts, class_labels
 from llmser.models.branch import BranchSetup
-from llmser.models.fusion.config import FusionConfig
+from llmser.models.fusion.config import FusionBranchConfig
 from llmser.models.fusion.data import (
     BranchOutputs,
     FusionDataset,
@@ -21,14 +21,14 @@ from llmser.models.fusion.data import (
     load_branch_outputs,
     missing_files,
 )
-from llmser.models.fusion.model import FusionModel
+from llmser.models.fusion.model import FusionEmotionModel
 from llmser.recipe import Recipe
 from llmser.utils.logging import get_logger
 
 logger = get_logger(__name__)
 
 
-def prepare(recipe: Recipe, config: FusionConfig, corpus: Any, accelerator: Any) -> BranchSetup:
+def prepare(recipe: Recipe, config: FusionBranchConfig, corpus: Any, accelerator: Any) -> BranchSetup:
     if not config.outputs_dir:
         raise ValueError("model.outputs_dir is empty; point it at the branch-outputs folder "
                          "(<dir>/<branch>/<split>.safetensors), e.g. model.outputs_dir=runs/demo/outputs")
@@ -49,14 +49,14 @@ def prepare(recipe: Recipe, config: FusionConfig, corpus: Any, accelerator: Any)
             resolved = resolve_sizes(config, outputs)
         utterances[role] = utts
         sets[role] = FusionDataset(utts, outputs, sequences=resolved.sequences) if utts else None
-    model = FusionModel(resolved)
+    model = FusionEmotionModel(resolved)
     train_utts = utterances["train"]
     return BranchSetup(model=model, train_set=sets["train"], eval_set=sets["eval"], test_set=sets["test"],
                        collate_fn=collate_fusion, test_utterances=utterances["test"], class_counts=class_counts(train_utts),
                        train_labels=class_labels(train_utts))
 
 
-def resolve_sizes(config: FusionConfig, outputs: dict[str, BranchOutputs]) -> FusionConfig:
+def resolve_sizes(config: FusionBranchConfig, outputs: dict[str, BranchOutputs]) -> FusionBranchConfig:
     """The config with the input sizes read from the cached outputs; refuses a cache that disagrees
     with sizes already set (e.g. a model trained on another encoder)."""
     stream_sizes = {s: int(out.tensors["embedding"].shape[-1]) for s, out in outputs.items()}

@@ -3,7 +3,7 @@
 The adapter never runs a branch itself: it reads the branches' cached outputs (see
 :mod:`llmser.models.fusion.data`), so ``outputs_dir`` names the folder ``collect_branch_outputs``
 wrote. The input sizes (``stream_sizes``, ``sequence_sizes``) are read from that folder when
-training starts and saved beside the weights, so ``FusionModel.from_pretrained`` can rebuild the
+training starts and saved beside the weights, so ``FusionEmotionModel.from_pretrained`` can rebuild the
 model without the data.
 """
 
@@ -19,7 +19,7 @@ FUSION_MODES = ("attention", "concat")
 
 
 @dataclass
-class FusionConfig:
+class FusionBranchConfig:
     """What the fusion adapter combines and how.
 
     ``mode: attention``: every stream is projected to ``hidden``; the ``query`` stream (default: the
@@ -83,5 +83,5 @@ class FusionConfig:
         save_branch_config(self, Path(directory) / "config.json", "fusion")
 
     @classmethod
-    def load(cls, directory: str | Path) -> FusionConfig:
-        return load_branch_config(cls, Path(directory) / "config.json", "fusion", "FusionModel.save_pretrained", "a fusion adapter")
+    def load(cls, directory: str | Path) -> FusionBranchConfig:
+        return load_branch_config(cls, Path(directory) / "config.json", "fusion", "FusionEmotionModel.save_pretrained", "a fusion adapter")

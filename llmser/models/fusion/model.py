@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from llmser.models.fusion.config import FusionConfig
+from llmser.models.fusion.config import FusionBranchConfig
 from llmser.models.layers import EmotionHeads, EmotionOutput
 
 WEIGHTS_NAME = "model.safetensors"
@@ -99,12 +99,12 @@ class GatedCrossAttention(nn.Module):
         return self.norm(query + gate * attended), gate
 
 
-class FusionModel(nn.Module):
-    """Fusion adapter over cached branch outputs. Build with ``FusionModel(config)`` once the config's
+class FusionEmotionModel(nn.Module):
+    """Fusion adapter over cached branch outputs. Build with ``FusionEmotionModel(config)`` once the config's
     input sizes are known (``training.prepare`` reads them from the cache); reload with ``from_pretrained``.
     """
 
-    def __init__(self, config: FusionConfig):
+    def __init__(self, config: FusionBranchConfig):
         super().__init__()
         if not config.is_resolved:
             missing = [s for s in config.streams if s not in config.stream_sizes]
@@ -169,13 +169,13 @@ class FusionModel(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, **overrides: object) -> FusionModel:
+    def from_pretrained(cls, directory: str | Path, **overrides: object) -> FusionEmotionModel:
         """Rebuild from a saved folder; ``overrides`` replace config fields that do not change shapes
         (e.g. ``outputs_dir`` when the cache moved)."""
         from llmser.utils.weights import load_safetensors
 
         directory = Path(directory)
-        config = FusionConfig.load(directory)
+        config = FusionBranchConfig.load(directory)
         if overrides:
             config = replace(config, **overrides)
         weights = directory / WEIGHTS_NAME

@@ -10,9 +10,9 @@ from typing import Any
 from llmser.data.examples import class_counts, class_labels, recipe_splits
 from llmser.models.branch import BranchSetup
 from llmser.models.llm.prompts import load_prompts
-from llmser.models.text_llm.config import TextBranchConfig
+from llmser.models.text_llm.config import TextLLMBranchConfig
 from llmser.models.text_llm.data import PromptCollator, PromptExampleDataset, check_transcripts
-from llmser.models.text_llm.model import TextEmotionModel
+from llmser.models.text_llm.model import TextLLMEmotionModel
 from llmser.recipe import Recipe
 
 
@@ -24,13 +24,13 @@ def split_utterances(recipe: Recipe, corpus: Any) -> tuple[list, list, list]:
     return train, dev, test
 
 
-def prepare(recipe: Recipe, config: TextBranchConfig, corpus: Any, accelerator: Any) -> BranchSetup:
+def prepare(recipe: Recipe, config: TextLLMBranchConfig, corpus: Any, accelerator: Any) -> BranchSetup:
     if config.mode != "head":
         raise ValueError("model.mode: sft trains with trl, not the engine; run it with `llmser train` "
                          "(which dispatches on the mode) rather than the engine directly")
     train_utts, eval_utts, test_utts = split_utterances(recipe, corpus)
     templates = load_prompts(config.prompts, task="class", inputs="transcript", folder=config.prompt_dir)
-    model = TextEmotionModel.from_config(config)
+    model = TextLLMEmotionModel.from_config(config)
     tok = model.tokenizer
 
     def dataset(utts: list, train: bool) -> PromptExampleDataset:
@@ -44,7 +44,7 @@ def prepare(recipe: Recipe, config: TextBranchConfig, corpus: Any, accelerator: 
                        train_labels=class_labels(train_utts))
 
 
-def predict_data(model: TextEmotionModel, recipe: Recipe, utterances: list) -> tuple[Any, Any]:
+def predict_data(model: TextLLMEmotionModel, recipe: Recipe, utterances: list) -> tuple[Any, Any]:
     """Dataset + collate for prediction: each file's transcript through the first prompt variant."""
     config = model.config
     templates = load_prompts(config.prompts, task="class", inputs="transcript", folder=config.prompt_dir)

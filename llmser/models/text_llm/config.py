@@ -14,7 +14,7 @@ CONFIG_NAME = "llmser_config.json"
 
 
 @dataclass
-class TextBranchConfig(LLMConfig):
+class TextLLMBranchConfig(LLMConfig):
     """The text branch: an LLM reads the transcript through a prompt variant.
 
     ``mode: head`` trains a classification/regression head on the LLM's last hidden state with the
@@ -44,5 +44,5 @@ class TextBranchConfig(LLMConfig):
         save_branch_config(self, Path(directory) / name, "text_llm")
 
     @classmethod
-    def load(cls, directory: str | Path, name: str = CONFIG_NAME) -> TextBranchConfig:
+    def load(cls, directory: str | Path, name: str = CONFIG_NAME) -> TextLLMBranchConfig:
         return load_branch_config(cls, Path(directory) / name, "text_llm", "a text-LLM model", "a text-LLM model")

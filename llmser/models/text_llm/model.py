@@ -9,7 +9,7 @@ Saved layout (``save_pretrained``), a folder that plain peft understands::
 
     adapter_config.json, adapter_model.safetensors   # standard PEFT LoRA adapter (base = Hub id)
     heads.safetensors                                # the classification/regression heads
-    llmser_config.json                               # TextBranchConfig: base, LoRA, prompts
+    llmser_config.json                               # TextLLMBranchConfig: base, LoRA, prompts
     tokenizer files                                  # the tokenizer it was trained with
 """
 
@@ -26,7 +26,7 @@ from llmser.models.llm.adapter import attach_lora, load_lora, save_lora
 from llmser.models.llm.identity import canonical_name
 from llmser.models.llm.loading import load_causal_lm
 from llmser.models.llm.scoring import prefix_positions
-from llmser.models.text_llm.config import CONFIG_NAME, TextBranchConfig
+from llmser.models.text_llm.config import CONFIG_NAME, TextLLMBranchConfig
 from llmser.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -34,10 +34,10 @@ logger = get_logger(__name__)
 HEADS_NAME = "heads.safetensors"
 
 
-class TextEmotionModel(nn.Module):
+class TextLLMEmotionModel(nn.Module):
     """LLM + LoRA + emotion heads. Build with ``from_config``; reload with ``from_pretrained``."""
 
-    def __init__(self, config: TextBranchConfig, llm: Any, tokenizer: Any, base_name: str):
+    def __init__(self, config: TextLLMBranchConfig, llm: Any, tokenizer: Any, base_name: str):
         super().__init__()
         self.config = config
         self.llm = llm  # a peft PeftModel around the causal LM
@@ -49,7 +49,7 @@ class TextEmotionModel(nn.Module):
                                   standardize_inputs=config.head_standardize)
 
     @classmethod
-    def from_config(cls, config: TextBranchConfig) -> TextEmotionModel:
+    def from_config(cls, config: TextLLMBranchConfig) -> TextLLMEmotionModel:
         loaded = _load_base(config)
         return cls(config, attach_lora(loaded.model, config), loaded.tokenizer, loaded.name)
 
@@ -87,7 +87,7 @@ class TextEmotionModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, base: str | None = None,
-                        trainable: bool = False) -> TextEmotionModel:
+                        trainable: bool = False) -> TextLLMEmotionModel:
         """Rebuild from a saved folder; ``base`` loads the adapter onto another copy of the same base
         (e.g. a local folder of the Hub model) and is checked against the adapter's record."""
         from transformers import AutoTokenizer
@@ -95,7 +95,7 @@ class TextEmotionModel(nn.Module):
         from llmser.utils.hub import resolve_pretrained
 
         directory = _require_folder(resolve_pretrained(directory))
-        config = TextBranchConfig.load(directory)
+        config = TextLLMBranchConfig.load(directory)
         if base is not None:
             config.llm = base
         tokenizer = AutoTokenizer.from_pretrained(str(directory))
@@ -122,7 +122,7 @@ class TextEmotionModel(nn.Module):
         self.load_heads(directory)
 
 
-def _load_base(config: TextBranchConfig, tokenizer: Any = None):
+def _load_base(config: TextLLMBranchConfig, tokenizer: Any = None):
     loaded = load_causal_lm(config.llm, revision=config.revision, dtype=config.dtype,
                             quantization=config.quantization, quant_type=config.quant_type, tokenizer=tokenizer)
     loaded.name = canonical_name(loaded.name)
@@ -133,5 +133,5 @@ def _require_folder(directory: str | Path) -> Path:
     directory = Path(directory)
     if not (directory / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}; is it a folder saved by "
-                                "TextEmotionModel.save_pretrained (or pull it from the Hub first)?")
+                                "TextLLMEmotionModel.save_pretrained (or pull it from the Hub first)?")
     return directory

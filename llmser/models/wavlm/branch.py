@@ -15,18 +15,18 @@ from llmser.data.examples import (
     recipe_splits,
 )
 from llmser.models.branch import BranchSetup
-from llmser.models.wavlm.config import SSLBranchConfig
-from llmser.models.wavlm.model import SSLEmotionModel
+from llmser.models.wavlm.config import WavLMBranchConfig
+from llmser.models.wavlm.model import WavLMEmotionModel
 from llmser.recipe import Recipe
 from llmser.utils.logging import get_logger
 
 logger = get_logger(__name__)
 
 
-def prepare(recipe: Recipe, config: SSLBranchConfig, corpus: Any, accelerator: Any) -> BranchSetup:
+def prepare(recipe: Recipe, config: WavLMBranchConfig, corpus: Any, accelerator: Any) -> BranchSetup:
     data = recipe.data
     train_utts, eval_utts, test_utts = recipe_splits(recipe, corpus)
-    model = SSLEmotionModel.from_config(config)
+    model = WavLMEmotionModel.from_config(config)
     counts = class_counts(train_utts)
     labels = class_labels(train_utts)
 
@@ -58,7 +58,7 @@ def _augmenter(recipe: Recipe):
     return WaveformAugmenter(augment) if augment.any_enabled() else None
 
 
-def _fill_cache(model: SSLEmotionModel, utterances: list, recipe: Recipe, accelerator: Any):
+def _fill_cache(model: WavLMEmotionModel, utterances: list, recipe: Recipe, accelerator: Any):
     from llmser.data.feature_cache import FeatureCache, encoder_fingerprint
 
     cache = FeatureCache(recipe.data.cache_dir, encoder_fingerprint(model.encoder),
@@ -71,6 +71,6 @@ def _fill_cache(model: SSLEmotionModel, utterances: list, recipe: Recipe, accele
     return cache
 
 
-def predict_data(model: SSLEmotionModel, recipe: Recipe, utterances: list) -> tuple[Any, Any]:
+def predict_data(model: WavLMEmotionModel, recipe: Recipe, utterances: list) -> tuple[Any, Any]:
     """Dataset + collate that feed raw audio files to a trained model (``llmser predict``)."""
     return AudioExampleDataset(utterances, max_seconds=recipe.data.max_seconds), collate_waveforms

@@ -36,7 +36,7 @@ ENCODER_PRESETS: dict[str, dict] = {"tiny": TINY_WAVLM}
 
 
 @dataclass
-class SSLBranchConfig:
+class WavLMBranchConfig:
     """What the WavLM branch is made of and which parts train.
 
     ``encoder`` is a Hub id (``microsoft/wavlm-large``, ``facebook/hubert-large-ll60k``,
@@ -81,7 +81,7 @@ class SSLBranchConfig:
         atomic_write_json(Path(directory) / "config.json", {"branch": "wavlm", **to_dict(self)})
 
     @classmethod
-    def load(cls, directory: str | Path) -> SSLBranchConfig:
+    def load(cls, directory: str | Path) -> WavLMBranchConfig:
         data = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))
         branch = data.pop("branch", "wavlm")
         if branch != "wavlm":

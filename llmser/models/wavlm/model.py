@@ -1,6 +1,6 @@
 """The speech-SSL emotion model: encoder -> layer-weighted sum -> attentive statistics pooling -> heads.
 
-Three ways to train the encoder, chosen by ``SSLBranchConfig.encoder_mode``:
+Three ways to train the encoder, chosen by ``WavLMBranchConfig.encoder_mode``:
 
 - ``frozen``: only the layer weights, pooling and heads train; the encoder's hidden states can be
   cached on disk once per file (``llmser.data.feature_cache``) so later epochs skip it.
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from llmser.models.layers import AttentiveStatisticsPooling, EmotionHeads, EmotionOutput, LayerWeightedSum
-from llmser.models.wavlm.config import ENCODER_PRESETS, SSLBranchConfig
+from llmser.models.wavlm.config import ENCODER_PRESETS, WavLMBranchConfig
 from llmser.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -32,7 +32,7 @@ ENCODER_DIR = "encoder"
 ADAPTER_DIR = "encoder_adapter"
 
 
-def build_encoder(config: SSLBranchConfig, encoder_path: str | Path | None = None) -> nn.Module:
+def build_encoder(config: WavLMBranchConfig, encoder_path: str | Path | None = None) -> nn.Module:
     """Load (or, for a preset, randomly initialise) the SSL encoder with ``AutoModel``."""
     from transformers import AutoModel, WavLMConfig, WavLMModel
 
@@ -60,10 +60,10 @@ def _check_lora_targets(encoder: nn.Module, targets: list[str]) -> None:
             "feed-forward layers instead: lora_target_modules: [intermediate_dense, output_dense]")
 
 
-class SSLEmotionModel(nn.Module):
+class WavLMEmotionModel(nn.Module):
     """WavLM-branch classifier/regressor. Build with ``from_config``; reload with ``from_pretrained``."""
 
-    def __init__(self, config: SSLBranchConfig, encoder: nn.Module):
+    def __init__(self, config: WavLMBranchConfig, encoder: nn.Module):
         super().__init__()
         self.config = config
         hidden = encoder.config.hidden_size
@@ -78,7 +78,7 @@ class SSLEmotionModel(nn.Module):
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_config(cls, config: SSLBranchConfig) -> SSLEmotionModel:
+    def from_config(cls, config: WavLMBranchConfig) -> WavLMEmotionModel:
         model = cls(config, build_encoder(config))
         if config.encoder_mode == "lora":
             model._wrap_encoder_with_lora()
@@ -107,7 +107,7 @@ class SSLEmotionModel(nn.Module):
     def encoder_is_frozen(self) -> bool:
         return self.config.encoder_mode == "frozen"
 
-    def train(self, mode: bool = True) -> SSLEmotionModel:
+    def train(self, mode: bool = True) -> WavLMEmotionModel:
         super().train(mode)
         if self.encoder_is_frozen:
             self.encoder.eval()  # a frozen encoder keeps dropout off, so cached features stay valid
@@ -176,7 +176,7 @@ class SSLEmotionModel(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, revision: str | None = None) -> SSLEmotionModel:
+    def from_pretrained(cls, directory: str | Path, revision: str | None = None) -> WavLMEmotionModel:
         """Rebuild from a folder saved by ``save_pretrained`` or a Hub id (offline from the HF cache too)."""
         from llmser.utils.hub import resolve_pretrained
         from llmser.utils.weights import load_safetensors
@@ -184,8 +184,8 @@ class SSLEmotionModel(nn.Module):
         directory = resolve_pretrained(directory, revision)
         if not (directory / "config.json").is_file():
             raise FileNotFoundError(f"{directory} has no config.json; is it a folder saved by "
-                                    "SSLEmotionModel.save_pretrained?")
-        config = SSLBranchConfig.load(directory)
+                                    "WavLMEmotionModel.save_pretrained?")
+        config = WavLMBranchConfig.load(directory)
         encoder_dir = directory / ENCODER_DIR
         encoder = build_encoder(config, encoder_dir if encoder_dir.is_dir() else None)
         model = cls(config, encoder)
