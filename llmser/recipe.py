@@ -21,22 +21,22 @@ from llmser.schema import ATTRIBUTES
 
 @dataclass
 class DataConfig:
-    corpus: str = "demo_corpus"
-    train_split: str = "train"
-    eval_split: str = "dev"
-    test_split: str = "test"
-    task: Literal["class", "attributes", "all"] = "all"
-    max_seconds: float = 6.0  # longer clips are cropped; keeps memory bounded
-    batch_size: int = 8  # per process; the global batch is batch_size x processes
-    eval_batch_size: int = 16
-    num_workers: int = 0
-    balanced_sampler: bool = False  # class-balanced batches against MSP-Podcast's imbalance
-    sampler_power: float = 0.0  # 0 = uniform over classes, 1 = natural frequencies
-    sampler_unlabelled_share: float = 0.1  # share of balanced batches drawn from X/O files (attributes only)
-    on_error: Literal["raise", "skip"] = "raise"  # bad corpus rows/files: stop, or skip and report
-    feature_cache: bool = True  # cache a frozen encoder's hidden states on disk
-    cache_dir: str = ".cache/llmser/features"
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    corpus: str = field(default="demo_corpus", metadata={"help": "corpus folder in the MSP-Podcast layout (Labels/, Audios/, Transcripts/)"})
+    train_split: str = field(default="train", metadata={"help": "split the model trains on (train, dev, test1 ... or the release's Split_Set names)"})
+    eval_split: str = field(default="dev", metadata={"help": "split scored every eval_every steps: picks the best checkpoint and the answer calibration; empty = none"})
+    test_split: str = field(default="test", metadata={"help": "split predicted once after training with the best model; empty = none"})
+    task: Literal["class", "attributes", "all"] = field(default="all", metadata={"help": "class: task 1 only (X/O files dropped); attributes: task 2 only; all: both heads"})
+    max_seconds: float = field(default=6.0, metadata={"help": "longer clips are cropped; keeps memory bounded"})
+    batch_size: int = field(default=8, metadata={"help": "per process; the global batch is batch_size x processes"})
+    eval_batch_size: int = field(default=16, metadata={"help": "examples per process when scoring"})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes (0 = load in the training process)"})
+    balanced_sampler: bool = field(default=False, metadata={"help": "class-balanced batches against MSP-Podcast's imbalance"})
+    sampler_power: float = field(default=0.0, metadata={"help": "0 = uniform over classes, 1 = natural frequencies"})
+    sampler_unlabelled_share: float = field(default=0.1, metadata={"help": "share of balanced batches drawn from X/O files (attributes only)"})
+    on_error: Literal["raise", "skip"] = field(default="raise", metadata={"help": "bad corpus rows/files: stop, or skip and report"})
+    feature_cache: bool = field(default=True, metadata={"help": "cache a frozen encoder's hidden states on disk"})
+    cache_dir: str = field(default=".cache/llmser/features", metadata={"help": "where frozen encoders' features and LLM states are cached"})
+    augment: AugmentConfig = field(default_factory=AugmentConfig, metadata={"help": "waveform and label augmentation (noise, reverb, gain, mixing, annotator-label dropout)"})
 
 
 @dataclass
@@ -52,15 +52,15 @@ class LossConfig:
     head on its speech tokens) adds ``auxiliary_class_weight`` times the same class loss on them.
     """
 
-    class_loss: Literal["ce", "weighted_ce", "focal", "soft_ce", "soft_kl"] = "weighted_ce"
-    focal_gamma: float = 2.0
-    label_smoothing: float = 0.0
-    weight_smoothing: float = 0.0
-    attribute_loss: Literal["ccc", "mse", "ccc+mse"] = "ccc"
-    class_weight: float = 1.0
-    attribute_weight: float = 1.0
-    attribute_weights: tuple[float, ...] = (1.0, 1.0, 1.0)
-    auxiliary_class_weight: float = 0.5
+    class_loss: Literal["ce", "weighted_ce", "focal", "soft_ce", "soft_kl"] = field(default="weighted_ce", metadata={"help": "ce, weighted_ce (inverse frequency, the baseline), focal, soft_ce or soft_kl (annotator votes)"})
+    focal_gamma: float = field(default=2.0, metadata={"help": "focusing exponent of the focal loss"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing of the class loss, in [0, 1)"})
+    weight_smoothing: float = field(default=0.0, metadata={"help": "0 = full inverse-frequency class weights, 1 = uniform"})
+    attribute_loss: Literal["ccc", "mse", "ccc+mse"] = field(default="ccc", metadata={"help": "ccc (1 - CCC per attribute), mse, or ccc+mse"})
+    class_weight: float = field(default=1.0, metadata={"help": "weight of the task-1 loss in the total"})
+    attribute_weight: float = field(default=1.0, metadata={"help": "weight of the task-2 loss in the total"})
+    attribute_weights: tuple[float, ...] = field(default=(1.0, 1.0, 1.0), metadata={"help": "weights of arousal, valence, dominance within the task-2 loss"})
+    auxiliary_class_weight: float = field(default=0.5, metadata={"help": "weight of a training-only class head's loss (e.g. the audio-LLM's speech-token head)"})
 
     def __post_init__(self) -> None:
         issues = []
@@ -87,41 +87,41 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-4
-    encoder_lr: float | None = None  # a lower rate for a fine-tuned encoder; None = lr
-    weight_decay: float = 0.01
-    schedule: Literal["cosine", "exponential", "constant"] = "cosine"
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0  # cosine floor / exponential end point, as a fraction of lr
-    grad_clip: float = 1.0  # max global grad norm; 0 disables
-    gradient_accumulation_steps: int = 1
+    lr: float = field(default=1e-4, metadata={"help": "peak learning rate of the trained parameters"})
+    encoder_lr: float | None = field(default=None, metadata={"help": "a lower rate for a fine-tuned encoder; None = lr"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not applied to biases and norms)"})
+    schedule: Literal["cosine", "exponential", "constant"] = field(default="cosine", metadata={"help": "learning-rate schedule after warm-up: cosine, exponential or constant"})
+    warmup_steps: int = field(default=0, metadata={"help": "optimiser steps of linear warm-up"})
+    min_lr_ratio: float = field(default=0.0, metadata={"help": "cosine floor / exponential end point, as a fraction of lr"})
+    grad_clip: float = field(default=1.0, metadata={"help": "max global grad norm; 0 disables"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches summed per optimiser step (global batch = batch_size x processes x this)"})
 
 
 @dataclass
 class ScheduleConfig:
-    max_steps: int = 1000  # optimiser steps
-    eval_every: int = 100
-    save_every: int = 100
-    log_every: int = 10
-    early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0 = off
-    metric_for_best: Literal["macro_f1", "ccc_mean", "combined"] = "combined"  # combined = mean of the two
-    seed: int = 0
-    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "auto"  # auto: bf16 where the GPU has it
-    output_dir: str = "runs/train"
-    keep_checkpoints: int = 2
-    log_with: list[str] = field(default_factory=list)  # e.g. [tensorboard]; skipped if not installed
-    ddp_find_unused_parameters: bool = True  # WavLM has parameters no forward uses (e.g. masked_spec_embed)
-    predict_test: bool = True  # after training, predict the test split with the best model
+    max_steps: int = field(default=1000, metadata={"help": "optimiser steps"})
+    eval_every: int = field(default=100, metadata={"help": "optimiser steps between dev evaluations"})
+    save_every: int = field(default=100, metadata={"help": "optimiser steps between resumable checkpoints"})
+    log_every: int = field(default=10, metadata={"help": "optimiser steps between log lines"})
+    early_stopping_patience: int = field(default=0, metadata={"help": "evaluations without improvement before stopping; 0 = off"})
+    metric_for_best: Literal["macro_f1", "ccc_mean", "combined"] = field(default="combined", metadata={"help": "combined = mean of the two"})
+    seed: int = field(default=0, metadata={"help": "seed of model initialisation, data order and augmentation"})
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = field(default="auto", metadata={"help": "auto: bf16 where the GPU has it"})
+    output_dir: str = field(default="runs/train", metadata={"help": "run folder: checkpoints, best/, metrics.json, test report"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "resumable checkpoints kept (oldest deleted first)"})
+    log_with: list[str] = field(default_factory=list, metadata={"help": "e.g. [tensorboard]; skipped if not installed"})
+    ddp_find_unused_parameters: bool = field(default=True, metadata={"help": "WavLM has parameters no forward uses (e.g. masked_spec_embed)"})
+    predict_test: bool = field(default=True, metadata={"help": "after training, predict the test split with the best model"})
 
 
 @dataclass
 class Recipe:
-    branch: str = "wavlm"
-    model: dict[str, Any] = field(default_factory=dict)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    train: ScheduleConfig = field(default_factory=ScheduleConfig)
+    branch: str = field(default="wavlm", metadata={"help": "which branch to train: wavlm, text_llm, audio_llm or fusion (models/registry.py)"})
+    model: dict[str, Any] = field(default_factory=dict, metadata={"help": "the branch's own model config (see the branch's config.py)"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "corpus, splits, batching and caching"})
+    optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimiser and learning-rate schedule"})
+    loss: LossConfig = field(default_factory=LossConfig, metadata={"help": "task-1 and task-2 losses and their weights"})
+    train: ScheduleConfig = field(default_factory=ScheduleConfig, metadata={"help": "steps, evaluation, checkpoints, precision, output folder"})
 
 
 def read_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:

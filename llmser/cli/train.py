@@ -19,11 +19,15 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                        description="Train a branch from a recipe under adapters/. For several processes or "
                                    "GPUs: accelerate launch -m llmser train RECIPE [key=value ...]. "
                                    "`llmser train RECIPE --help` lists the recipe's fields.")
+    add_train_arguments(p)
+    p.set_defaults(handler=run_train)
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="YAML recipe (see adapters/)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=3e-4 train.max_steps=50")
     p.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="continue from a checkpoint folder (default: the latest in output_dir)")
-    p.set_defaults(handler=run_train)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -48,7 +52,9 @@ def recipe_help(argv: list[str]) -> str | None:
 
     overrides = [a for a in argv[1:] if "=" in a and not a.startswith("-")]
     recipe = load_recipe(recipe_path, overrides)
-    lines = [f"Fields of {recipe_path} (branch {recipe.branch}); override any with section.field=value:", ""]
+    usage = argparse.ArgumentParser(prog="llmser train", description="Train a branch from a recipe.")
+    add_train_arguments(usage)
+    lines = [usage.format_help(), f"Fields of {recipe_path} (branch {recipe.branch}); override any with section.field=value:", ""]
     sections: list[tuple[str, Any]] = [("model", branch_config(recipe))]
     sections += [(f.name, getattr(recipe, f.name)) for f in dataclasses.fields(recipe) if f.name not in ("branch", "model")]
     for name, section in sections:

@@ -229,39 +229,39 @@ def annotation_code(annotation: Any) -> str | None:
 
 @dataclass
 class NoiseConfig:
-    enabled: bool = False
-    prob: float = 0.5
-    snr_db_range: tuple[float, ...] = (5.0, 20.0)
-    colors: tuple[Literal["white", "pink"], ...] = ("white", "pink")  # one drawn per example
+    enabled: bool = field(default=False, metadata={"help": "apply this augmentation while training"})
+    prob: float = field(default=0.5, metadata={"help": "probability of applying it to an example"})
+    snr_db_range: tuple[float, ...] = field(default=(5.0, 20.0), metadata={"help": "signal-to-noise ratio range in dB (min, max)"})
+    colors: tuple[Literal["white", "pink"], ...] = field(default=("white", "pink"), metadata={"help": "one drawn per example"})
 
 
 @dataclass
 class ReverbConfig:
-    enabled: bool = False
-    prob: float = 0.3
+    enabled: bool = field(default=False, metadata={"help": "apply this augmentation while training"})
+    prob: float = field(default=0.3, metadata={"help": "probability of applying it to an example"})
     rt60_range: tuple[float, ...] = (0.2, 0.8)
 
 
 @dataclass
 class GainConfig:
-    enabled: bool = False
-    prob: float = 0.5
-    db_range: tuple[float, ...] = (-6.0, 6.0)
+    enabled: bool = field(default=False, metadata={"help": "apply this augmentation while training"})
+    prob: float = field(default=0.5, metadata={"help": "probability of applying it to an example"})
+    db_range: tuple[float, ...] = field(default=(-6.0, 6.0), metadata={"help": "gain range in dB (min, max)"})
 
 
 @dataclass
 class MixConfig:
-    enabled: bool = False
-    prob: float = 0.2
-    overlap_range: tuple[float, ...] = (0.3, 0.7)
+    enabled: bool = field(default=False, metadata={"help": "apply this augmentation while training"})
+    prob: float = field(default=0.2, metadata={"help": "probability of applying it to an example"})
+    overlap_range: tuple[float, ...] = field(default=(0.3, 0.7), metadata={"help": "share of the second clip mixed in (min, max); labels are averaged with the same weight"})
 
 
 @dataclass
 class LabelDropoutConfig:
-    enabled: bool = False
-    prob: float = 0.5
-    drop_prob: float = 0.2
-    min_keep: int = 1
+    enabled: bool = field(default=False, metadata={"help": "apply this augmentation while training"})
+    prob: float = field(default=0.5, metadata={"help": "probability of applying it to an example"})
+    drop_prob: float = field(default=0.2, metadata={"help": "probability of dropping each annotator's label before the soft label is computed"})
+    min_keep: int = field(default=1, metadata={"help": "annotators always kept per file"})
 
 
 @dataclass
@@ -271,12 +271,12 @@ class AugmentConfig:
     All are off by default, so a recipe opts in explicitly, e.g. ``data.augment.noise.enabled=true``.
     """
 
-    noise: NoiseConfig = field(default_factory=NoiseConfig)
-    reverb: ReverbConfig = field(default_factory=ReverbConfig)
-    gain: GainConfig = field(default_factory=GainConfig)
-    mix: MixConfig = field(default_factory=MixConfig)
-    label_dropout: LabelDropoutConfig = field(default_factory=LabelDropoutConfig)
-    sample_rate: int = SAMPLE_RATE
+    noise: NoiseConfig = field(default_factory=NoiseConfig, metadata={"help": "additive noise at a random SNR"})
+    reverb: ReverbConfig = field(default_factory=ReverbConfig, metadata={"help": "synthetic room reverberation"})
+    gain: GainConfig = field(default_factory=GainConfig, metadata={"help": "random loudness change"})
+    mix: MixConfig = field(default_factory=MixConfig, metadata={"help": "mix two clips and average their labels"})
+    label_dropout: LabelDropoutConfig = field(default_factory=LabelDropoutConfig, metadata={"help": "drop annotator labels (soft-label training)"})
+    sample_rate: int = field(default=SAMPLE_RATE, metadata={"help": "sample rate of the waveforms (Hz)"})
 
     def __post_init__(self) -> None:
         issues = []

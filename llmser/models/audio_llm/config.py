@@ -29,38 +29,38 @@ class AudioLLMBranchConfig(LLMConfig):
     set, and evaluation uses the same scores that voting does.
     """
 
-    whisper: str = "large-v3"  # large-v3 | smol (tiny.en) | tiny (random) | Hub id | folder
-    whisper_revision: str | None = None
-    second_encoder: str | None = None  # None | wavlm-tiny | Hub id / folder of a WavLM/HuBERT model
-    max_audio_seconds: float = 30.0  # audio is cropped here; below 30 s Whisper's window is cropped too
-    window_seconds: float = 0.333333
-    stride_seconds: float = 0.333333
-    num_queries: int = 1
-    qformer_layers: int = 2
-    qformer_hidden: int | None = None  # default: Whisper's d_model (SALMONN: 768, BERT-base)
-    qformer_heads: int | None = None  # default: qformer_hidden // 64 (at least 1)
-    qformer_intermediate: int | None = None  # default: 4 x qformer_hidden
-    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_SPEECH_PROMPTS))
-    prompt_dir: str | None = None
-    inputs: Literal["speech", "speech+transcript"] = "speech"
+    whisper: str = field(default="large-v3", metadata={"help": "large-v3 | smol (tiny.en) | tiny (random) | Hub id | folder"})
+    whisper_revision: str | None = field(default=None, metadata={"help": "Hub revision of the Whisper encoder"})
+    second_encoder: str | None = field(default=None, metadata={"help": "None | wavlm-tiny | Hub id / folder of a WavLM/HuBERT model"})
+    max_audio_seconds: float = field(default=30.0, metadata={"help": "audio is cropped here; below 30 s Whisper's window is cropped too"})
+    window_seconds: float = field(default=0.333333, metadata={"help": "Q-Former window length in seconds (SALMONN: 0.333 s = 17 Whisper frames)"})
+    stride_seconds: float = field(default=0.333333, metadata={"help": "Q-Former window stride in seconds"})
+    num_queries: int = field(default=1, metadata={"help": "learned queries per window (speech tokens per window)"})
+    qformer_layers: int = field(default=2, metadata={"help": "Q-Former (Blip2QFormerModel) layers"})
+    qformer_hidden: int | None = field(default=None, metadata={"help": "default: Whisper's d_model (SALMONN: 768, BERT-base)"})
+    qformer_heads: int | None = field(default=None, metadata={"help": "default: qformer_hidden // 64 (at least 1)"})
+    qformer_intermediate: int | None = field(default=None, metadata={"help": "default: 4 x qformer_hidden"})
+    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_SPEECH_PROMPTS), metadata={"help": "prompt variants (names under prompts/ or YAML files); training samples one per example, voting uses all"})
+    prompt_dir: str | None = field(default=None, metadata={"help": "folder to read prompt variants from (default: the packaged prompts/)"})
+    inputs: Literal["speech", "speech+transcript"] = field(default="speech", metadata={"help": "speech only, or speech plus the transcript in the prompt"})
     # causal: ordinary causal attention (SALMONN). isolated: the speech tokens attend only to each other, so
     # their states are the same for every prompt variant and voting runs them once per clip
     # (llmser/models/llm/isolated.py); the text after the speech still sees the instruction and the speech.
-    speech_attention: Literal["causal", "isolated"] = "causal"
+    speech_attention: Literal["causal", "isolated"] = field(default="causal", metadata={"help": "causal (SALMONN, the default) or isolated (speech tokens see only each other: cheaper voting)"})
     # What evaluation and voting score: each answer's whole token sequence (end of turn included), or only
     # its first token, which is what training reads (needs answers with distinct first tokens; ~8 fewer
     # tokens per prompt in every scoring forward).
-    answer_scoring: Literal["whole", "first_token"] = "whole"
-    max_transcript_tokens: int = 96
-    attribute_head: bool = True  # a small regression head on the mean speech token (task 2)
+    answer_scoring: Literal["whole", "first_token"] = field(default="whole", metadata={"help": "score whole answers, or only their first tokens (what training reads)"})
+    max_transcript_tokens: int = field(default=96, metadata={"help": "transcripts are cut to this many tokens in the prompt"})
+    attribute_head: bool = field(default=True, metadata={"help": "a small regression head on the mean speech token (task 2)"})
     # An auxiliary class head on the mean Q-Former state, trained with weight loss.auxiliary_class_weight: it gives
     # the Q-Former a direct emotion signal instead of only the one that comes back through all LLM layers
     # (speech-only on the demo: 60 steps without it predicted one class). Predictions stay the LLM's answers.
-    speech_class_head: bool = True
+    speech_class_head: bool = field(default=True, metadata={"help": "train an auxiliary class head on the speech tokens (loss.auxiliary_class_weight)"})
     # After training, fit each answer's prior on the dev split and divide it out at inference (AnswerCalibration).
-    calibrate: bool = True
-    head_hidden_size: int = 128
-    dropout: float = 0.1
+    calibrate: bool = field(default=True, metadata={"help": "fit each prompt variant's answer prior on the dev split after training and divide it out"})
+    head_hidden_size: int = field(default=128, metadata={"help": "hidden size of the attribute and auxiliary heads"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout of the heads"})
 
     def __post_init__(self) -> None:
         issues = []

@@ -30,20 +30,20 @@ class FusionBranchConfig:
     are concatenated and fed to MLP heads; the baseline the attention mode must beat.
     """
 
-    streams: list[str] = field(default_factory=lambda: ["wavlm", "text_llm"])
-    outputs_dir: str = ""  # the branch-outputs folder: <outputs_dir>/<stream>/<split>.safetensors
-    mode: Literal["attention", "concat"] = "attention"
-    query: str | None = None  # the attending stream in attention mode; None = streams[0]
-    sequences: bool = True  # use cached sequence states (B, T, D) where a stream has them
-    hidden: int = 128
-    heads: int = 4
-    dropout: float = 0.1
-    head_hidden_size: int = 128
-    class_head: bool = True
-    attribute_head: bool = True
+    streams: list[str] = field(default_factory=lambda: ["wavlm", "text_llm"], metadata={"help": "branches whose cached outputs are fused (subfolders of outputs_dir)"})
+    outputs_dir: str = field(default="", metadata={"help": "the branch-outputs folder: <outputs_dir>/<stream>/<split>.safetensors"})
+    mode: Literal["attention", "concat"] = field(default="attention", metadata={"help": "attention (cross-attention over the streams) or concat (the baseline: concatenated embeddings)"})
+    query: str | None = field(default=None, metadata={"help": "the attending stream in attention mode; None = streams[0]"})
+    sequences: bool = field(default=True, metadata={"help": "use cached sequence states (B, T, D) where a stream has them"})
+    hidden: int = field(default=128, metadata={"help": "width of the fusion layers"})
+    heads: int = field(default=4, metadata={"help": "attention heads of the fusion"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout of the fusion and heads"})
+    head_hidden_size: int = field(default=128, metadata={"help": "hidden size of the class and attribute heads"})
+    class_head: bool = field(default=True, metadata={"help": "predict the 8 classes (task 1)"})
+    attribute_head: bool = field(default=True, metadata={"help": "predict arousal, valence, dominance (task 2)"})
     # Filled from the cached outputs at training time (and saved), not written in a recipe by hand.
-    stream_sizes: dict[str, int] = field(default_factory=dict)  # stream -> pooled embedding size D
-    sequence_sizes: dict[str, int] = field(default_factory=dict)  # stream -> sequence state size
+    stream_sizes: dict[str, int] = field(default_factory=dict, metadata={"help": "stream -> pooled embedding size D"})
+    sequence_sizes: dict[str, int] = field(default_factory=dict, metadata={"help": "stream -> sequence state size"})
 
     def __post_init__(self) -> None:
         issues = []

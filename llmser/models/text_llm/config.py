@@ -23,16 +23,16 @@ class TextLLMBranchConfig(LLMConfig):
     the head evaluates with the first, SFT votes over all of them.
     """
 
-    mode: Literal["head", "sft"] = "head"
-    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_TEXT_PROMPTS))
-    prompt_dir: str | None = None  # default: the project's prompts/ folder
-    max_transcript_tokens: int = 128  # longer transcripts are cut (the prompt itself is never cut)
-    calibrate: bool = False  # sft: contextual calibration of each variant's votes (llmser.inference.prompting)
-    head_hidden_size: int = 256
-    head_standardize: bool = True  # per-feature running standardisation of the LLM state (see FeatureStandardizer)
-    dropout: float = 0.1
-    class_head: bool = True
-    attribute_head: bool = True
+    mode: Literal["head", "sft"] = field(default="head", metadata={"help": "head: LoRA + class/attribute heads on the LLM state; sft: instruction tuning with trl"})
+    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_TEXT_PROMPTS), metadata={"help": "prompt variants (names under prompts/ or YAML files)"})
+    prompt_dir: str | None = field(default=None, metadata={"help": "default: the project's prompts/ folder"})
+    max_transcript_tokens: int = field(default=128, metadata={"help": "longer transcripts are cut (the prompt itself is never cut)"})
+    calibrate: bool = field(default=False, metadata={"help": "sft: contextual calibration of each variant's votes (llmser.inference.prompting)"})
+    head_hidden_size: int = field(default=256, metadata={"help": "hidden size of the heads"})
+    head_standardize: bool = field(default=True, metadata={"help": "per-feature running standardisation of the LLM state (see FeatureStandardizer)"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout of the heads"})
+    class_head: bool = field(default=True, metadata={"help": "predict the 8 classes (task 1)"})
+    attribute_head: bool = field(default=True, metadata={"help": "predict arousal, valence, dominance (task 2)"})
 
     def __post_init__(self) -> None:
         if not self.prompts:

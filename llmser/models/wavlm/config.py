@@ -45,23 +45,23 @@ class WavLMBranchConfig:
     are for real checkpoints.
     """
 
-    encoder: str = "microsoft/wavlm-large"
-    revision: str | None = None
-    encoder_mode: Literal["frozen", "finetune", "lora"] = "frozen"
-    freeze_feature_extractor: bool = True  # the CNN front end stays frozen when the transformer trains
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
+    encoder: str = field(default="microsoft/wavlm-large", metadata={"help": "speech encoder: a Hub id (microsoft/wavlm-large ...), a local folder, or a preset (tiny)"})
+    revision: str | None = field(default=None, metadata={"help": "Hub revision of the encoder"})
+    encoder_mode: Literal["frozen", "finetune", "lora"] = field(default="frozen", metadata={"help": "frozen (features cached), finetune (all of it trains) or lora"})
+    freeze_feature_extractor: bool = field(default=True, metadata={"help": "the CNN front end stays frozen when the transformer trains"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank (encoder_mode: lora)"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
     # WavLM's attention calls F.multi_head_attention_forward with the raw q/k/v weights, bypassing the
     # Linear modules, so LoRA there would silently do nothing; the feed-forward layers are real modules
     # in WavLM, HuBERT and wav2vec 2.0 alike.
-    lora_target_modules: list[str] = field(default_factory=lambda: ["intermediate_dense", "output_dense"])
-    layer_weighting: bool = True
-    pooling_attention_size: int = 128
-    head_hidden_size: int = 256
-    dropout: float = 0.2
-    class_head: bool = True
-    attribute_head: bool = True
+    lora_target_modules: list[str] = field(default_factory=lambda: ["intermediate_dense", "output_dense"], metadata={"help": "encoder modules that get LoRA (WavLM's feed-forward layers; its attention bypasses Linear modules)"})
+    layer_weighting: bool = field(default=True, metadata={"help": "learned weighted sum over the encoder's hidden layers (else the last layer)"})
+    pooling_attention_size: int = field(default=128, metadata={"help": "hidden size of the attentive statistics pooling"})
+    head_hidden_size: int = field(default=256, metadata={"help": "hidden size of the heads"})
+    dropout: float = field(default=0.2, metadata={"help": "dropout of the heads"})
+    class_head: bool = field(default=True, metadata={"help": "predict the 8 classes (task 1)"})
+    attribute_head: bool = field(default=True, metadata={"help": "predict arousal, valence, dominance (task 2)"})
 
     def __post_init__(self) -> None:
         if self.is_preset and self.encoder_mode != "finetune":
