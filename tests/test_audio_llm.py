@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_models  # noqa: E402 - the tests folder is on sys.path under pytest
 import torch
 
 from llmser.models.audio_llm.config import AudioLLMBranchConfig
@@ -17,9 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _config(**kw) -> AudioLLMBranchConfig:
-    base = {"llm": "tiny", "whisper": "tiny", "max_audio_seconds": 6.0, "qformer_hidden": 32, "lora_r": 4,
-            "lora_alpha": 8, "lora_dropout": 0.0, "head_hidden_size": 16, "dropout": 0.0}
-    return AudioLLMBranchConfig(**{**base, **kw})
+    return tiny_models.config("audio_llm", **kw)
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +27,7 @@ def model():
     return _with_random_lora(AudioLLMEmotionModel.from_config(_config()))
 
 
-def _with_random_lora(m: AudioLLMEmotionModel) -> AudioLLMEmotionModel:
-    """A non-trivial adapter (LoRA B starts at zero), so scoring and save/load checks mean something."""
-    with torch.no_grad():
-        for name, param in m.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.05)
-    return m.eval()
+_with_random_lora = tiny_models.with_random_lora
 
 
 def _waves(*seconds: float) -> list[np.ndarray]:

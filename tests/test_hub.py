@@ -342,13 +342,11 @@ def tiny_llama_adapter(tmp_path_factory):
     """A tiny LlamaForCausalLM saved as a base folder, and a LoRA adapter trained on it."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tiny_models import tiny_llama_folder
+    from transformers import LlamaForCausalLM
 
     root = tmp_path_factory.mktemp("llama")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
-    LlamaForCausalLM(config).save_pretrained(root / "base")
+    tiny_llama_folder(root / "base")
     base = LlamaForCausalLM.from_pretrained(root / "base")
     peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                                  init_lora_weights=False))

@@ -8,21 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import tiny_models  # noqa: E402 - the tests folder is on sys.path under pytest
 import torch
 
-from llmser.config import save_config
 from llmser.inference.predictor import Predictor
 from llmser.inference.system import build_system
-from llmser.recipe import Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(tmp: Path, name: str, model, branch: str, model_section: dict) -> Path:
-    best = tmp / name / "best"
-    model.save_pretrained(best)
-    save_config(Recipe(branch=branch, model=model_section), best / "recipe.yaml")
-    return tmp / name
+    return tiny_models.save_run(tmp, name, model, branch, model_section)
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +32,9 @@ def runs(tmp_path_factory):
 
     torch.manual_seed(0)
     tmp = tmp_path_factory.mktemp("runs")
-    wavlm_section = {"encoder": "tiny", "encoder_mode": "finetune", "head_hidden_size": 16}
+    wavlm_section = tiny_models.section("wavlm")
     wavlm = WavLMEmotionModel.from_config(WavLMBranchConfig(**wavlm_section))
-    text_section = {"llm": "tiny", "lora_r": 4, "lora_alpha": 8, "head_hidden_size": 16}
+    text_section = tiny_models.section("text_llm")
     text = TextLLMEmotionModel.from_config(TextLLMBranchConfig(**text_section))
     fusion_section = {"streams": ["text_llm", "wavlm"], "hidden": 16, "heads": 2, "head_hidden_size": 16,
                       "stream_sizes": {"wavlm": wavlm.pooling.output_size,

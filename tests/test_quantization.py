@@ -16,14 +16,9 @@ pytest.importorskip("bitsandbytes")
 
 @pytest.fixture(scope="module")
 def tiny_llama_dir(tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tiny_models import tiny_llama_folder
 
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2)
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(path)
-    return path
+    return tiny_llama_folder(tmp_path_factory.mktemp("tiny-llama"), layers=2, vocab_size=128, hidden_size=64)
 
 
 def _qlora(path, quantization, guard=True):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_models  # noqa: E402 - the tests folder is on sys.path under pytest
 import torch
 
 from llmser.models.llm.adapter import AdapterMismatchError, check_adapter_base
@@ -36,8 +37,7 @@ def tiny():
 
 
 def _config(**kw) -> TextLLMBranchConfig:
-    base = {"llm": "tiny", "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "head_hidden_size": 16, "dropout": 0.0}
-    return TextLLMBranchConfig(**{**base, **kw})
+    return tiny_models.config("text_llm", **kw)
 
 
 # ---------------------------------------------------------------------- tokenizer and prompts
