@@ -136,3 +136,12 @@ def test_the_checker_sees_lazy_upward_imports(tmp_path):
     tree_imports = {n.module for n in ast.walk(ast.parse(source.read_text())) if isinstance(n, ast.ImportFrom)}
     assert "llmser.training.engine" in tree_imports
     assert layer("llmser.training.engine") > layer("llmser.models.wavlm.model")
+
+
+def test_readme_layout_names_every_package():
+    """The README's layout section shows each subpackage of llmser/ (a new folder must be added there)."""
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    layout = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    packages = sorted(p.parent.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("__init__.py") if p.parent != PACKAGE)
+    missing = [name for name in packages if f"{name.rsplit('/', 1)[-1]}/" not in layout]
+    assert not missing, f"README.md's Layout section does not show {missing}"

@@ -239,7 +239,7 @@ class AnswerCalibration(nn.Module):
     mean on held-out clips (the dev split; ``fit``) and renormalising - a prior correction, like
     contextual calibration (Zhao et al., 2021) with in-domain inputs - keeps that movement and balances
     the classes, which macro-F1 rewards. Not applied in training; uniform (a no-op) until fitted.
-    After training, the engine fits every variant on the dev split (``llmser.train.calibrate_on_dev``);
+    After training, the engine fits every variant on the dev split (``llmser.training.run.calibrate_on_dev``);
     the first is the one its evaluation and ``llmser predict`` read, all of them vote.
     """
 

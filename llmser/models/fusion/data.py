@@ -341,7 +341,7 @@ def collect_run_outputs(run_dir: str | Path, outputs_dir: str | Path, splits: Se
 
 
 def _load_best(spec: Any, model: Any, best: Path) -> Any:
-    """The trained weights in ``best/`` put into the model ``prepare`` built (as llmser.train.predict_test)."""
+    """The trained weights in ``best/`` put into the model ``prepare`` built (as llmser.training.run.predict_test)."""
     if hasattr(model, "load_trained_weights"):  # LLM branches: reload the adapter, not the base
         model.load_trained_weights(best)
         return model
