@@ -296,17 +296,16 @@ class StackingEnsemble:
     def save(self, directory: str | Path) -> Path:
         """Write the settings, CV scores and dev inputs; ``load`` re-fits the same forests from them."""
         import sklearn
-        from safetensors.numpy import save
 
-        from llmser.utils.io import atomic_write_bytes, atomic_write_json
+        from llmser.utils.io import atomic_write_json
+        from llmser.utils.weights import save_safetensors
 
         if not self._inputs:
             raise RuntimeError("nothing to save: StackingEnsemble is not fitted")
         directory = Path(directory)
         settings = {k: getattr(self, k) for k in ("n_estimators", "max_depth", "min_samples_leaf", "folds", "seed",
                                                   "attributes", "members", "attribute_members")}
-        atomic_write_bytes(directory / STACKING_INPUTS,
-                           save({k: np.ascontiguousarray(v) for k, v in self._inputs.items()}))
+        save_safetensors(self._inputs, directory / STACKING_INPUTS)
         atomic_write_json(directory / STACKING_JSON, {"settings": settings, "cv": self.cv,
                                                       "sklearn_version": sklearn.__version__})
         return directory
@@ -314,7 +313,8 @@ class StackingEnsemble:
     @classmethod
     def load(cls, directory: str | Path) -> StackingEnsemble:
         import sklearn
-        from safetensors.numpy import load_file
+
+        from llmser.utils.weights import load_safetensors
 
         directory = Path(directory)
         meta_path, inputs_path = directory / STACKING_JSON, directory / STACKING_INPUTS
@@ -327,7 +327,7 @@ class StackingEnsemble:
                            directory, meta.get("sklearn_version"), sklearn.__version__)
         model = cls(**meta["settings"])
         model.cv = meta.get("cv", {})
-        model._inputs = dict(load_file(str(inputs_path)))
+        model._inputs = load_safetensors(inputs_path, framework="np")
         model._fit_models()
         return model
 

@@ -80,16 +80,17 @@ def check_safe_folder(folder: str | Path) -> Path:
     return folder
 
 
-def load_safetensors(path: str | Path) -> dict[str, Any]:
-    """``safetensors.torch.load_file`` with errors that name the file and say what to do."""
-    from safetensors.torch import load_file
+def load_safetensors(path: str | Path, framework: str = "pt") -> dict[str, Any]:
+    """Tensors of a safetensors file (``framework="np"``: numpy arrays), with errors that name the file and the fix."""
+    from safetensors.numpy import load_file as load_numpy
+    from safetensors.torch import load_file as load_torch
 
     path = Path(path)
     refuse_pickles(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; the folder is incomplete")
     try:
-        return load_file(str(path))
+        return (load_numpy if framework == "np" else load_torch)(str(path))
     except Exception as exc:  # noqa: BLE001 - safetensors raises SafetensorError/OSError/ValueError variants
         raise WeightsError(
             f"{path}: not a complete safetensors file ({exc}); it was probably cut short by a crash, a full "
@@ -98,10 +99,17 @@ def load_safetensors(path: str | Path) -> dict[str, Any]:
 
 
 def save_safetensors(tensors: dict[str, Any], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
-    """Write ``tensors`` (contiguous CPU copies) to ``path`` atomically; returns the path."""
-    from safetensors.torch import save
+    """Write torch tensors or numpy arrays (contiguous CPU copies) to ``path`` atomically; returns the path."""
+    import numpy as np
 
     path = Path(path)
-    plain = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
-    atomic_write_bytes(path, save(plain, metadata=metadata))
+    if tensors and all(isinstance(v, np.ndarray) for v in tensors.values()):
+        from safetensors.numpy import save as save_numpy
+
+        data = save_numpy({name: np.ascontiguousarray(v) for name, v in tensors.items()}, metadata=metadata)
+    else:
+        from safetensors.torch import save as save_torch
+
+        data = save_torch({name: v.detach().contiguous().cpu() for name, v in tensors.items()}, metadata=metadata)
+    atomic_write_bytes(path, data)
     return path

@@ -115,9 +115,9 @@ def read_salmonn_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path}: llmser reads safetensors only; convert the .pth once with "
                          "torch.load(path, map_location='cpu', weights_only=True)['model'] and "
                          "safetensors.torch.save_file")
-    from safetensors.torch import load_file
+    from llmser.utils.weights import load_safetensors
 
-    return load_file(str(path))
+    return load_safetensors(path)
 
 
 def load_salmonn_into(model: Any, state: dict[str, torch.Tensor], *, drop_second: bool = False) -> SalmonnWeights:
