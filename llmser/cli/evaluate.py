@@ -50,12 +50,15 @@ def _print_headline(report: dict) -> None:
 
 
 def add_compare(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="one table of several systems' test scores (from their report.json)",
-                       description="Collect macro-F1 and the CCCs of several reports into one table, printed and "
-                                   "written as JSON (one entry per system).")
-    p.add_argument("reports", nargs="+", metavar="NAME=REPORT_JSON",
-                   help="a system name and its report.json (written by llmser evaluate / train)")
-    p.add_argument("--out", default=None, help="JSON file to write the table to")
+    p = sub.add_parser("compare", help="one table (and a PNG) of several systems' scores, with seeds",
+                       description="Collect macro-F1 and the CCCs of several reports into one table, printed, "
+                                   "written as JSON and plotted. Give a system several reports (NAME=a.json,b.json "
+                                   "or NAME=... repeated) to get mean ± standard deviation over seeds.")
+    p.add_argument("reports", nargs="+", metavar="NAME=REPORT_JSON[,REPORT_JSON...]",
+                   help="a system name and its report.json (written by llmser evaluate / train), or several")
+    p.add_argument("--out", default=None, help="JSON file to write the table to (the PNG goes beside it)")
+    p.add_argument("--plot", default=None, help="PNG to draw the table into (default: beside --out)")
+    p.add_argument("--title", default="", help="title of the plot")
     p.set_defaults(handler=run_compare)
 
 
@@ -63,25 +66,29 @@ def run_compare(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from llmser.evaluation.report import format_summary_table, summary_row
+    from llmser.evaluation.summary import aggregate_reports, format_table, plot_summary
     from llmser.utils.io import atomic_write_json
 
-    rows = []
+    reports: dict[str, list[dict]] = {}
     for item in args.reports:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise FileNotFoundError(f"{item!r}: give each report as NAME=path/to/report.json")
-        report_path = Path(path)
-        if not report_path.is_file():
-            print(f"llmser compare: {report_path} is missing; {name} left out of the table", file=sys.stderr)
-            continue
-        rows.append(summary_row(name, json.loads(report_path.read_text(encoding="utf-8"))))
-    if not rows:
+        name, sep, paths = item.partition("=")
+        if not sep or not name or not paths:
+            raise FileNotFoundError(f"{item!r}: give each report as NAME=path/to/report.json[,more.json]")
+        for path in (Path(p) for p in paths.split(",") if p):
+            if not path.is_file():
+                print(f"llmser compare: {path} is missing; left out of {name}", file=sys.stderr)
+                continue
+            reports.setdefault(name, []).append(json.loads(path.read_text(encoding="utf-8")))
+    if not reports:
         raise FileNotFoundError("none of the reports exist; nothing to compare")
-    print(format_summary_table(rows))
+    rows = [aggregate_reports(name, found) for name, found in reports.items()]
+    print(format_table(rows))
+    plot = Path(args.plot) if args.plot else Path(args.out).with_suffix(".png") if args.out else None
     if args.out:
         atomic_write_json(args.out, {"systems": rows})
         print(f"wrote {args.out}")
+    if plot is not None:
+        print(f"wrote {plot_summary(rows, plot, title=args.title)}")
     return 0
 
 
