@@ -213,6 +213,16 @@ class MSPPodcast:
         return [s for s in SPLITS if s in present] + sorted(present - set(SPLITS))
 
     def resolve_split(self, name: str) -> str:
+        """The corpus's own name for ``name`` (``dev`` -> ``Development``); a fold selector (``dev[^0/5]``,
+        see ``data/folds.py``) keeps its selector around the resolved base split."""
+        from llmser.data.folds import parse_split
+
+        try:
+            base, selector = parse_split(name)
+        except ValueError as exc:
+            raise CorpusError(str(exc)) from None
+        if selector is not None:
+            return selector.name(self.resolve_split(base))
         available = self.splits()
         lowered = name.strip().lower()
         for split in available:
@@ -234,8 +244,10 @@ class MSPPodcast:
         if split is None:
             items = self.items
         else:  # resolve once: resolving scans every row, so doing it per row made this quadratic
-            resolved = self.resolve_split(split)
-            items = [u for u in self.items if u.split == resolved]
+            from llmser.data.folds import parse_split, select
+
+            base, selector = parse_split(self.resolve_split(split))
+            items = select([u for u in self.items if u.split == base], selector)
         if task == "class":
             kept = [u for u in items if u.emo_class in CLASS_CODES]
             dropped = Counter(u.emo_class or "unlabelled" for u in items if u.emo_class not in CLASS_CODES)
