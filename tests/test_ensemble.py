@@ -286,3 +286,25 @@ stacking: {{n_estimators: 10, attributes: mean}}
     with pytest.raises(PredictionsError) as info:
         run_ensemble(broken, dev_refs)
     assert "member 'a'" in str(info.value) and "member 'c'" in str(info.value)
+
+
+def test_stacking_is_refused_in_sample(data, tmp_path):
+    import torch
+
+    from llmser.models.fusion.data import save_branch_outputs
+
+    with pytest.raises(ValueError, match="both 'Development': stacking would be scored on the examples it learned from"):
+        EnsembleSpec.from_dict({"members": {"a": "a_{split}.csv", "b": "b_{split}.csv"}, "fit_split": "dev",
+                                "predict_split": "Development"})
+    (dev, dev_refs), (test, _) = data
+    for split, members in (("dev", dev), ("test", test)):
+        for name in ("a", "c"):
+            m = members[name]
+            save_branch_outputs(tmp_path / "outputs", name, split, m.file_names,
+                                {"embedding": torch.zeros(len(m), 2), "probs": torch.from_numpy(m.probs)},
+                                trained_on="Development" if name == "c" else "Train")
+    spec = EnsembleSpec.from_dict({"members": {"a": {"outputs": str(tmp_path / "outputs")},
+                                               "c": {"outputs": str(tmp_path / "outputs")}},
+                                   "methods": ["plurality", "stacking"], "stacking": {"n_estimators": 5}})
+    with pytest.raises(PredictionsError, match=r"member 'c'.*in-sample \(its model trained on 'Development'\)"):
+        run_ensemble(spec, dev_refs, tmp_path / "out")

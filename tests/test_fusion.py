@@ -270,7 +270,7 @@ def _overrides(corpus_dir, outputs, out, **extra):
     items = {"data.corpus": str(corpus_dir), "model.outputs_dir": str(outputs), "train.output_dir": str(out),
              "train.max_steps": 60, "train.eval_every": 20, "train.save_every": 60, "model.hidden": 32,
              "model.head_hidden_size": 32, "model.dropout": 0.0, "optim.lr": 3e-3, "optim.warmup_steps": 0,
-             "train.early_stopping_patience": 0, **extra}
+             "train.early_stopping_patience": 0, "data.train_split": "train", "data.eval_split": "dev", **extra}
     return [f"{k}={v}" for k, v in items.items()]
 
 
@@ -308,10 +308,12 @@ def test_prepare_reports_files_without_outputs(fake_run, tmp_path):
             save_branch_outputs(partial, branch, split, keep, {k: v[rows] for k, v in out.tensors.items()})
     corpus = MSPPodcast.from_folder(corpus_dir)
     with _registered():
-        recipe = load_recipe(ROOT / "adapters/fusion_tiny.yaml", [f"model.outputs_dir={partial}"])
+        splits = ["data.train_split=train", "data.eval_split=dev"]  # outputs that record no training split
+        recipe = load_recipe(ROOT / "adapters/fusion_tiny.yaml", [f"model.outputs_dir={partial}", *splits])
         with pytest.raises(KeyError, match="wavlm: 1 e.g. \\['Train_0000.wav'\\]"):
             prepare(recipe, branch_config(recipe), corpus, None)
-        recipe = load_recipe(ROOT / "adapters/fusion_tiny.yaml", [f"model.outputs_dir={partial}", "data.on_error=skip"])
+        recipe = load_recipe(ROOT / "adapters/fusion_tiny.yaml", [f"model.outputs_dir={partial}", "data.on_error=skip",
+                                                                   *splits])
         setup = prepare(recipe, branch_config(recipe), corpus, None)
     assert len(setup.train_set) == 95 and setup.model.config.stream_sizes == SIZES
     batch = collate_fusion([setup.train_set[i] for i in range(3)])
@@ -342,3 +344,61 @@ def test_collect_run_outputs_from_a_trained_branch_folder(tmp_path):
     utt = corpus.utterances("dev")[:1]
     direct = model(**collate_waveforms([AudioExampleDataset(utt, max_seconds=1.0)[0]]))
     torch.testing.assert_close(dev.tensors["embedding"][:1], direct.embedding, atol=1e-5, rtol=1e-5)
+
+
+def test_fusion_refuses_to_learn_from_in_sample_outputs(fake_run, tmp_path):
+    from llmser.config import ConfigError
+    from llmser.data.msp_podcast import MSPPodcast
+    from llmser.models.fusion.branch import prepare
+    from llmser.models.registry import branch_config, load_recipe
+
+    corpus_dir, outputs = fake_run
+    marked = tmp_path / "marked"
+    for branch in ("wavlm", "text_llm"):
+        for split in ("Train", "Development", "Test1"):
+            out = load_branch_outputs(outputs, branch, split)
+            save_branch_outputs(marked, branch, split, out.file_names, out.tensors, trained_on="Train")
+    corpus = MSPPodcast.from_folder(corpus_dir)
+
+    def setup(*overrides):
+        recipe = load_recipe(ROOT / "adapters/fusion_tiny.yaml", [f"model.outputs_dir={marked}", *overrides])
+        return prepare(recipe, branch_config(recipe), corpus, None)
+
+    with pytest.raises(ConfigError, match=r"text_llm, wavlm come from models trained on those files.*cross-fit"):
+        setup("data.train_split=train", "data.eval_split=dev")
+    dev = setup()  # the recipe's default: dev without its fold 0 to fit, fold 0 to stop early
+    assert len(dev.train_set) + len(dev.eval_set) == len(corpus.utterances("dev"))
+    assert not {u.file_name for u in dev.train_set.utterances} & {u.file_name for u in dev.eval_set.utterances}
+    out = load_branch_outputs(marked, "wavlm", "Train")
+    save_branch_outputs(marked, "wavlm", "Train", out.file_names, out.tensors, trained_on="Train", cross_fitted=5)
+    with pytest.raises(ConfigError, match="text_llm come from"):  # wavlm's train outputs are out-of-fold now
+        setup("data.train_split=train", "data.eval_split=dev")
+
+
+@pytest.mark.slow
+def test_cross_fitted_train_outputs_come_from_the_fold_that_did_not_train_on_them(tmp_path):
+    from llmser.data.examples import AudioExampleDataset, collate_waveforms
+    from llmser.data.msp_podcast import MSPPodcast
+    from llmser.training.crossfit import cross_fit_outputs
+    from llmser.training.run import run
+
+    corpus_dir = write_corpus(tmp_path / "c", _rows(4))
+    overrides = [f"data.corpus={corpus_dir}", "data.max_seconds=1.0", "train.max_steps=2", "train.eval_every=2",
+                 "train.save_every=2", "data.batch_size=4", "data.feature_cache=false"]
+    run(ROOT / "adapters/wavlm_tiny.yaml", [*overrides, f"train.output_dir={tmp_path / 'run'}", "train.predict_test=false"])
+    path = cross_fit_outputs(tmp_path / "run", tmp_path / "outputs", folds=2, overrides=[f"data.corpus={corpus_dir}"])
+    out = load_branch_outputs(tmp_path / "outputs", "wavlm", "Train")
+    corpus = MSPPodcast.from_folder(corpus_dir)
+    assert path.name == "Train.safetensors" and out.cross_fitted == 2 and out.trained_on == "Train"
+    assert sorted(out.file_names) == sorted(u.file_name for u in corpus.utterances("train"))
+    assert not out.in_sample_for("Train")
+    from llmser.models.wavlm import WavLMEmotionModel
+
+    for fold in range(2):
+        model = WavLMEmotionModel.from_pretrained(tmp_path / "run" / "crossfit" / f"fold{fold}" / "best").eval()
+        held_out = corpus.utterances(f"train[{fold}/2]")
+        trained = corpus.utterances(f"train[^{fold}/2]")
+        assert held_out and not {u.file_name for u in held_out} & {u.file_name for u in trained}
+        batch = collate_waveforms([AudioExampleDataset(held_out[:1], max_seconds=1.0)[0]])
+        row = out.index()[held_out[0].file_name]
+        torch.testing.assert_close(out.tensors["embedding"][row:row + 1], model(**batch).embedding, atol=1e-4, rtol=1e-4)

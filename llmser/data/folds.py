@@ -60,6 +60,11 @@ def parse_split(name: str) -> tuple[str, FoldSelector | None]:
     return match["base"].strip(), FoldSelector(match["base"].strip(), fold, folds, match["rest"] == "^")
 
 
+def file_stem(split: str) -> str:
+    """A file name for a split's outputs: ``Train[^2/5]`` -> ``Train[^2of5]`` (no path separator)."""
+    return split.replace("/", "of")
+
+
 def fold_of_each(speakers: Sequence[str], file_names: Sequence[str], folds: int) -> list[int]:
     """The fold of each file: speaker-disjoint, sizes as even as speakers allow, deterministic."""
     groups: Counter[str] = Counter()

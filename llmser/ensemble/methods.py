@@ -372,7 +372,7 @@ def run_ensemble(spec: Any, fit_references: Sequence[Any] | None = None, out_dir
             if not fit_references:
                 raise ValueError(f"stacking needs the {spec.fit_split!r} split's reference utterances to fit on")
             stacker = StackingEnsemble.from_spec(spec.stacking)
-            stacker.fit(load_member_predictions(spec, spec.fit_split), fit_references)
+            stacker.fit(load_member_predictions(spec, spec.fit_split, for_fitting=True), fit_references)
             results[method] = stacker.predict(members)
         else:
             raise ValueError(f"unknown ensemble method {method!r}")

@@ -113,6 +113,9 @@ class EnsembleSpec:
             issues.append(f"methods is empty; choose from {', '.join(METHODS)}")
         if len(set(self.methods)) != len(self.methods):
             issues.append(f"methods repeat: {self.methods}")
+        if "stacking" in self.methods and _same_split(self.fit_split, self.predict_split):
+            issues.append(f"fit_split and predict_split are both {self.predict_split!r}: stacking would be scored on the "
+                          "examples it learned from; fit on dev (fit_split: dev) and predict test")
         needed = [self.predict_split] + ([self.fit_split] if "stacking" in self.methods else [])
         for name, member in self.members.items():
             if not isinstance(member, MemberSpec):
@@ -163,8 +166,17 @@ class EnsembleSpec:
         return cls.from_dict(data, source=str(path))
 
 
-def load_member_predictions(spec: EnsembleSpec, split: str) -> dict[str, Any]:
-    """Member name -> its ``Predictions`` on ``split``; all unreadable members are named in one error."""
+def _same_split(a: str, b: str) -> bool:
+    canonical = {"dev": "development", "valid": "development", "validation": "development", "test": "test1"}
+    return canonical.get(a.strip().lower(), a.strip().lower()) == canonical.get(b.strip().lower(), b.strip().lower())
+
+
+def load_member_predictions(spec: EnsembleSpec, split: str, for_fitting: bool = False) -> dict[str, Any]:
+    """Member name -> its ``Predictions`` on ``split``; all unreadable members are named in one error.
+
+    ``for_fitting``: the split a meta-model learns from; a member whose cached outputs on it are in-sample
+    (its model trained on those files) is refused, as fusion refuses them.
+    """
     from llmser.evaluation.predictions import Predictions, PredictionsError
     from llmser.models.fusion.data import load_branch_outputs
 
@@ -176,7 +188,11 @@ def load_member_predictions(spec: EnsembleSpec, split: str) -> dict[str, Any]:
             if path is not None:
                 loaded[name] = Predictions.read_csv(path)
             else:
-                loaded[name] = load_branch_outputs(member.outputs, member.branch or name, split).predictions()
+                outputs = load_branch_outputs(member.outputs, member.branch or name, split)
+                if for_fitting and outputs.in_sample_for(split):
+                    raise ValueError(f"its outputs on {split!r} are in-sample (its model trained on {outputs.trained_on!r}); "
+                                     "fit stacking on dev, or on cross-fitted outputs (collect-outputs --cross-fit)")
+                loaded[name] = outputs.predictions()
         except (PredictionsError, FileNotFoundError, KeyError, ValueError) as exc:
             problems.append(f"member {name!r}: {exc.args[0] if exc.args else exc}")
     if problems:

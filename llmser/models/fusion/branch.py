@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from llmser.config import ConfigError
 from llmser.data.examples import class_counts, class_labels
 from llmser.models.branch import BranchSetup
 from llmser.models.fusion.config import FusionBranchConfig
@@ -44,6 +45,8 @@ def prepare(recipe: Recipe, config: FusionBranchConfig, corpus: Any, accelerator
             continue
         utts = corpus.utterances(corpus.resolve_split(split), task=task)
         outputs = {s: load_branch_outputs(config.outputs_dir, s, split) for s in config.streams}
+        if role != "test":
+            refuse_in_sample(outputs, corpus.resolve_split(split), role, f"data.{role}_split")
         utts = _drop_uncached(utts, outputs, role, data.on_error)
         if role == "train":
             resolved = resolve_sizes(config, outputs)
@@ -54,6 +57,21 @@ def prepare(recipe: Recipe, config: FusionBranchConfig, corpus: Any, accelerator
     return BranchSetup(model=model, train_set=sets["train"], eval_set=sets["eval"], test_set=sets["test"],
                        collate_fn=collate_fusion, test_utterances=utterances["test"], class_counts=class_counts(train_utts),
                        train_labels=class_labels(train_utts))
+
+
+def refuse_in_sample(outputs: dict[str, BranchOutputs], split: str, role: str, field: str) -> None:
+    """Stop a meta-model from learning (or early-stopping) on outputs its inputs' models trained on.
+
+    A branch is overconfident on its own training files; a fusion fitted there learns to trust outputs it
+    will never see on new audio. docs/protocol.md says which out-of-sample inputs each branch can afford.
+    """
+    leaking = sorted(s for s, out in outputs.items() if out.in_sample_for(split))
+    if leaking:
+        raise ConfigError(
+            f"fusion {role} split {split!r} ({field}): the cached outputs of {', '.join(leaking)} come from "
+            f"models trained on those files (in-sample). Fit fusion on outputs the branches did not train on: "
+            f"{field}='dev[^0/5]' with data.eval_split='dev[0/5]' (dev, with an inner fold for early stopping), or "
+            "cross-fit the branch on train (llmser collect-outputs RUN --cross-fit 5) and keep train")
 
 
 def resolve_sizes(config: FusionBranchConfig, outputs: dict[str, BranchOutputs]) -> FusionBranchConfig:

@@ -53,6 +53,8 @@ class BranchOutputs:
     split: str
     file_names: list[str]
     tensors: dict[str, torch.Tensor]
+    trained_on: str | None = None  # the split the branch's model trained on (None: not recorded)
+    cross_fitted: int = 0  # K when every row came from the fold model that did not train on it
 
     def __len__(self) -> int:
         return len(self.file_names)
@@ -63,6 +65,23 @@ class BranchOutputs:
     @property
     def has_sequence(self) -> bool:
         return "sequence" in self.tensors
+
+    def in_sample_for(self, split: str) -> bool:
+        """Whether rows of ``split`` (a resolved name, maybe a fold selector) came from a model that trained
+        on them: a meta-model fitted on such rows learns to trust overconfident in-sample outputs."""
+        from llmser.data.folds import parse_split
+
+        if self.cross_fitted or not self.trained_on:
+            return False
+        wanted_base, wanted = parse_split(split)
+        trained_base, trained = parse_split(self.trained_on)
+        canonical = {"dev": "development", "valid": "development", "validation": "development", "test": "test1"}
+        if canonical.get(wanted_base.lower(), wanted_base.lower()) != canonical.get(trained_base.lower(),
+                                                                                     trained_base.lower()):
+            return False
+        if wanted is None or trained is None:
+            return True
+        return trained.overlaps(wanted)
 
     def predictions(self) -> Any:
         """The branch's class probabilities and attributes as llmser ``Predictions`` (for ensembles)."""
@@ -109,16 +128,24 @@ def check_branch_tensors(file_names: Sequence[str], tensors: Mapping[str, torch.
 
 
 def save_branch_outputs(directory: str | Path, branch: str, split: str, file_names: Sequence[str],
-                        tensors: Mapping[str, torch.Tensor]) -> Path:
-    """Write one branch's outputs on one split atomically; returns the safetensors path."""
+                        tensors: Mapping[str, torch.Tensor], *, trained_on: str | None = None,
+                        cross_fitted: int = 0) -> Path:
+    """Write one branch's outputs on one split atomically; returns the safetensors path.
+
+    ``trained_on`` (the split the model trained on) and ``cross_fitted`` (K for out-of-fold rows) travel in
+    the metadata, so whatever learns from these outputs can refuse in-sample ones.
+    """
+    from llmser.data.folds import file_stem
     from llmser.utils.io import atomic_write_json
     from llmser.utils.weights import save_safetensors
 
     names = [str(n) for n in file_names]
-    path = Path(directory) / branch / f"{split}.safetensors"
+    path = Path(directory) / branch / f"{file_stem(split)}.safetensors"
     check_branch_tensors(names, tensors, str(path))
-    metadata = {"branch": branch, "split": split, "file_names": json.dumps(names)}
-    atomic_write_json(path.with_name(split + _NAMES_SUFFIX), names)
+    metadata = {"branch": branch, "split": split, "file_names": json.dumps(names), "cross_fitted": str(cross_fitted)}
+    if trained_on:
+        metadata["trained_on"] = trained_on
+    atomic_write_json(path.with_name(file_stem(split) + _NAMES_SUFFIX), names)
     save_safetensors(dict(tensors), path, metadata=metadata)
     return path
 
@@ -131,7 +158,10 @@ def branch_output_path(directory: str | Path, branch: str, split: str) -> Path:
         raise FileNotFoundError(f"no cached outputs for branch {branch!r} in {directory} (branches there: "
                                 f"{', '.join(present) or 'none'}); collect them with collect_branch_outputs "
                                 "and save_branch_outputs")
+    from llmser.data.folds import file_stem
+
     files = {p.name[: -len(".safetensors")]: p for p in folder.glob("*.safetensors")}
+    split = file_stem(split)
     wanted = [split, split.lower(), _SPLIT_ALIASES.get(split.lower(), "")]
     for name, path in sorted(files.items()):
         if name in wanted or name.lower() in wanted:
@@ -143,7 +173,15 @@ def load_branch_outputs(directory: str | Path, branch: str, split: str) -> Branc
     """Read and check one branch's outputs on one split."""
     from safetensors import safe_open
 
-    path = branch_output_path(directory, branch, split)
+    from llmser.data.folds import parse_split
+
+    try:
+        path = branch_output_path(directory, branch, split)
+    except FileNotFoundError:  # a fold (dev[^0/5]) reads its whole split's file; rows are picked by file name
+        base = parse_split(split)[0]
+        if base == split:
+            raise
+        path = branch_output_path(directory, branch, base)
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
         tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 (safe_open is not a dict)
@@ -155,7 +193,8 @@ def load_branch_outputs(directory: str | Path, branch: str, split: str) -> Branc
     else:
         raise FileNotFoundError(f"{path} has no file names (neither in its metadata nor {names_file.name})")
     check_branch_tensors(names, tensors, str(path))
-    return BranchOutputs(branch=branch, split=path.stem, file_names=names, tensors=tensors)
+    return BranchOutputs(branch=branch, split=path.stem, file_names=names, tensors=tensors,
+                         trained_on=metadata.get("trained_on"), cross_fitted=int(metadata.get("cross_fitted", 0)))
 
 
 # ---------------------------------------------------------------------- collection
@@ -321,6 +360,7 @@ def collect_run_outputs(run_dir: str | Path, outputs_dir: str | Path, splits: Se
                                 "which writes best/ with its recipe")
     written: dict[str, Path] = {}
     model = None
+    trained_on = None
     for split in splits:
         # The split becomes the recipe's test split: the one set every branch builds deterministically.
         recipe = load_recipe(best / "recipe.yaml", [*overrides, f"data.train_split={split}", "data.eval_split=",
@@ -329,6 +369,8 @@ def collect_run_outputs(run_dir: str | Path, outputs_dir: str | Path, splits: Se
             from llmser.data.msp_podcast import MSPPodcast, ReaderConfig
 
             corpus = MSPPodcast.from_folder(recipe.data.corpus, ReaderConfig(on_error=recipe.data.on_error))
+        if trained_on is None:
+            trained_on = corpus.resolve_split(load_recipe(best / "recipe.yaml").data.train_split)
         spec = get_branch(recipe.branch)
         setup = spec.prepare_fn(recipe, branch_config(recipe), corpus, PartialState())
         if model is None:
@@ -336,7 +378,8 @@ def collect_run_outputs(run_dir: str | Path, outputs_dir: str | Path, splits: Se
         names, tensors = collect_branch_outputs(model, setup.test_set, setup.collate_fn,
                                                 batch_size=recipe.data.eval_batch_size, sequence_fn=sequence_fn,
                                                 sequence_stride=sequence_stride, progress=progress)
-        written[split] = save_branch_outputs(outputs_dir, name or recipe.branch, split, names, tensors)
+        written[split] = save_branch_outputs(outputs_dir, name or recipe.branch, split, names, tensors,
+                                             trained_on=trained_on)
     return written
 
 

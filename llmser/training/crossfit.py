@@ -1,0 +1,81 @@
+"""Cross-fitted branch outputs: every train file predicted by a model that did not train on it.
+
+    llmser collect-outputs runs/demo/wavlm --out runs/demo/outputs --cross-fit 5
+
+For ``k`` in ``0..K-1`` the run's recipe is trained again on ``train[^k/K]`` (speaker-disjoint folds,
+``data/folds.py``; checkpoint choice on the recipe's dev split as usual) and predicts ``train[k/K]``;
+the K parts are joined into the branch's ``train`` outputs, marked ``cross_fitted=K``. A fusion adapter or
+stacking model may then learn from train outputs without the in-sample optimism of the full run's
+(which ``models/fusion/branch.py`` refuses). Costs K trainings: affordable for branches that train heads on
+cached features (frozen encoders, the classical rows), not for LLM branches on a CPU; docs/protocol.md
+says which the demo cross-fits. Fold runs live in ``RUN/crossfit/fold<k>/`` and are reused when present.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from llmser.models.fusion.data import (
+    SequenceFn,
+    collect_run_outputs,
+    load_branch_outputs,
+    save_branch_outputs,
+)
+from llmser.models.registry import load_recipe
+from llmser.utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+
+def cross_fit_outputs(run_dir: str | Path, outputs_dir: str | Path, folds: int = 5, *, name: str | None = None,
+                      overrides: Sequence[str] = (), sequence_fn: SequenceFn | None = None,
+                      sequence_stride: int = 1) -> Path:
+    """Train the run's recipe on K-1 folds of its train split K times; write the out-of-fold train outputs."""
+    from llmser.data.msp_podcast import MSPPodcast, ReaderConfig
+    from llmser.training.run import run
+
+    if folds < 2:
+        raise ValueError(f"--cross-fit needs at least 2 folds, got {folds}")
+    run_dir = Path(run_dir)
+    recipe_path = run_dir / "best" / "recipe.yaml"
+    if not recipe_path.is_file():
+        raise FileNotFoundError(f"{recipe_path} is missing; train the branch first (llmser train ...)")
+    recipe = load_recipe(recipe_path, list(overrides))
+    corpus = MSPPodcast.from_folder(recipe.data.corpus, ReaderConfig(on_error=recipe.data.on_error))
+    train = corpus.resolve_split(recipe.data.train_split)
+    branch = name or recipe.branch
+    parts = []
+    with tempfile.TemporaryDirectory(prefix="llmser-crossfit-") as scratch:
+        for fold in range(folds):
+            fold_dir = run_dir / "crossfit" / f"fold{fold}"
+            held_out = f"{train}[{fold}/{folds}]"
+            if not (fold_dir / "best" / "recipe.yaml").is_file():
+                logger.info("cross-fitting %s: fold %d/%d trains on %s[^%d/%d]", branch, fold + 1, folds, train, fold,
+                            folds)
+                run(recipe_path, [*overrides, f"data.train_split={train}[^{fold}/{folds}]",
+                                  f"train.output_dir={fold_dir}", "train.predict_test=false"])
+            collect_run_outputs(fold_dir, scratch, [held_out], name=branch, corpus=corpus, overrides=overrides,
+                                sequence_fn=sequence_fn, sequence_stride=sequence_stride)
+            parts.append(load_branch_outputs(scratch, branch, held_out))
+        names, tensors = _join(parts)
+    return save_branch_outputs(outputs_dir, branch, train, names, tensors, trained_on=train, cross_fitted=folds)
+
+
+def _join(parts: list) -> tuple[list[str], dict[str, torch.Tensor]]:
+    """Concatenate fold outputs row-wise (sequences padded to the longest)."""
+    from llmser.models.fusion.data import pad_sequences
+
+    names = [n for part in parts for n in part.file_names]
+    tensors: dict[str, torch.Tensor] = {}
+    for key in parts[0].tensors:
+        if key == "sequence":
+            rows = [seq[mask] for part in parts for seq, mask in zip(part.tensors["sequence"], part.tensors["sequence_mask"])]
+            tensors["sequence"], tensors["sequence_mask"] = pad_sequences([r.float() for r in rows])
+            tensors["sequence"] = tensors["sequence"].to(parts[0].tensors["sequence"].dtype)
+        elif key != "sequence_mask":
+            tensors[key] = torch.cat([part.tensors[key] for part in parts])
+    return names, tensors
