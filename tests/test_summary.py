@@ -45,3 +45,10 @@ def test_compare_command_writes_json_and_png(tmp_path, capsys):
     assert "gone" not in rows and "missing.json" in capsys.readouterr().err
     png = out.with_suffix(".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_a_runs_metrics_json_gives_its_dev_scores():
+    metrics = {"step": 40, "dev": {"macro_f1": 0.3, "ccc_arousal": 0.5, "ccc_valence": 0.1, "ccc_dominance": 0.3,
+                                   "ccc_mean": 0.3, "combined": 0.3}, "test": {"metrics": {"macro_f1": 0.9}}}
+    row = aggregate_reports("text_head", [metrics])
+    assert row["macro_f1"] == 0.3 and row["ccc_arousal"] == 0.5 and row["ccc_mean"] == 0.3

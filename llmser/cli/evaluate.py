@@ -55,7 +55,8 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
                                    "written as JSON and plotted. Give a system several reports (NAME=a.json,b.json "
                                    "or NAME=... repeated) to get mean ± standard deviation over seeds.")
     p.add_argument("reports", nargs="+", metavar="NAME=REPORT_JSON[,REPORT_JSON...]",
-                   help="a system name and its report.json (written by llmser evaluate / train), or several")
+                   help="a system name and its report.json (written by llmser evaluate / train), or several; "
+                        "a run's metrics.json gives its best dev scores")
     p.add_argument("--out", default=None, help="JSON file to write the table to (the PNG goes beside it)")
     p.add_argument("--plot", default=None, help="PNG to draw the table into (default: beside --out)")
     p.add_argument("--title", default="", help="title of the plot")

@@ -260,7 +260,6 @@ def run_predict_prompts(args: argparse.Namespace) -> int:
                                                    calibrate=args.calibrate)
     out = Path(args.out)
     predictions.write_csv(out)
-    report = evaluate(predictions, utterances, out.parent, title=f"prompt voting ({args.adapter or args.llm})")
-    task1 = report.get("task1") or {}
-    print(f"wrote {len(predictions)} predictions to {out}; macro-F1 {task1.get('macro_f1', float('nan')):.4f}")
+    evaluate(predictions, utterances, out.parent, title=f"prompt voting ({args.adapter or args.llm})")
+    print(f"wrote {len(predictions)} predictions to {out}; report: {out.parent / 'report.md'}")
     return 0

@@ -36,8 +36,10 @@ def run_train(args: argparse.Namespace) -> int:
     result = run(args.recipe, args.overrides, args.resume)
     test = result.get("test") or {}
     if test.get("report"):  # the main process's result (every process runs this under accelerate launch)
-        print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in test["metrics"].items()))
-        print(f"report: {test['report']}")
+        # Dev is what choices are made on; the test scores are in the report, read once (docs/protocol.md).
+        dev = result.get("dev") or {}
+        print(f"dev (best step {result.get('best_step')}): " + "  ".join(f"{k} {v:.4f}" for k, v in dev.items()))
+        print(f"test predicted; report: {test['report']}")
     return 0
 
 

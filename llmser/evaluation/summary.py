@@ -19,11 +19,24 @@ from llmser.evaluation.report import SUMMARY_COLUMNS, _new_figure, _save, summar
 METRICS: tuple[str, ...] = ("macro_f1", "macro_f1_8", "ccc_arousal", "ccc_valence", "ccc_dominance", "ccc_mean")
 
 
+def as_report(data: dict[str, Any]) -> dict[str, Any]:
+    """A report dict from either a report.json or a training run's metrics.json (its best ``dev`` scores).
+
+    So ``llmser compare NAME=runs/x/metrics.json`` tabulates dev, the split every choice is made on.
+    """
+    if "task1" in data or "task2" in data or "dev" not in data:
+        return data
+    dev = data["dev"] or {}
+    ccc = {name: dev[f"ccc_{name}"] for name in ("arousal", "valence", "dominance") if f"ccc_{name}" in dev}
+    return {"task1": {"macro_f1": dev.get("macro_f1")} if "macro_f1" in dev else {},
+            "task2": {"ccc": ccc, "ccc_mean": dev.get("ccc_mean")} if ccc else {}}
+
+
 def aggregate_reports(system: str, reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One row for ``system`` from one report or several (seeds): means, standard deviations, run count."""
     if not reports:
         raise ValueError(f"{system}: no reports to aggregate")
-    rows = [summary_row(system, report) for report in reports]
+    rows = [summary_row(system, as_report(report)) for report in reports]
     row: dict[str, Any] = {"system": system, "n_runs": len(rows)}
     for metric in METRICS:
         values = [r[metric] for r in rows if _is_number(r.get(metric))]
