@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from llmser.config import load_config
+from llmser.config import check_ranges, load_config
 from llmser.data.augment import AugmentConfig
 from llmser.schema import ATTRIBUTES
 
@@ -26,17 +26,20 @@ class DataConfig:
     eval_split: str = field(default="dev", metadata={"help": "split scored every eval_every steps: picks the best checkpoint and the answer calibration; empty = none"})
     test_split: str = field(default="test", metadata={"help": "split predicted once after training with the best model; empty = none"})
     task: Literal["class", "attributes", "all"] = field(default="all", metadata={"help": "class: task 1 only (X/O files dropped); attributes: task 2 only; all: both heads"})
-    max_seconds: float = field(default=6.0, metadata={"help": "longer clips are cropped; keeps memory bounded"})
-    batch_size: int = field(default=8, metadata={"help": "per process; the global batch is batch_size x processes"})
-    eval_batch_size: int = field(default=16, metadata={"help": "examples per process when scoring"})
-    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes (0 = load in the training process)"})
+    max_seconds: float = field(default=6.0, metadata={"help": "longer clips are cropped; keeps memory bounded", "gt": 0})
+    batch_size: int = field(default=8, metadata={"help": "per process; the global batch is batch_size x processes", "min": 1})
+    eval_batch_size: int = field(default=16, metadata={"help": "examples per process when scoring", "min": 1})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes (0 = load in the training process)", "min": 0})
     balanced_sampler: bool = field(default=False, metadata={"help": "class-balanced batches against MSP-Podcast's imbalance"})
-    sampler_power: float = field(default=0.0, metadata={"help": "0 = uniform over classes, 1 = natural frequencies"})
-    sampler_unlabelled_share: float = field(default=0.1, metadata={"help": "share of balanced batches drawn from X/O files (attributes only)"})
+    sampler_power: float = field(default=0.0, metadata={"help": "0 = uniform over classes, 1 = natural frequencies", "min": 0})
+    sampler_unlabelled_share: float = field(default=0.1, metadata={"help": "share of balanced batches drawn from X/O files (attributes only)", "min": 0, "lt": 1})
     on_error: Literal["raise", "skip"] = field(default="raise", metadata={"help": "bad corpus rows/files: stop, or skip and report"})
     feature_cache: bool = field(default=True, metadata={"help": "cache a frozen encoder's hidden states on disk"})
     cache_dir: str = field(default=".cache/llmser/features", metadata={"help": "where frozen encoders' features and LLM states are cached"})
     augment: AugmentConfig = field(default_factory=AugmentConfig, metadata={"help": "waveform and label augmentation (noise, reverb, gain, mixing, annotator-label dropout)"})
+
+    def __post_init__(self) -> None:
+        check_ranges(self)  # the metadata ranges, for configs built in code too
 
 
 @dataclass
@@ -53,65 +56,62 @@ class LossConfig:
     """
 
     class_loss: Literal["ce", "weighted_ce", "focal", "soft_ce", "soft_kl"] = field(default="weighted_ce", metadata={"help": "ce, weighted_ce (inverse frequency, the baseline), focal, soft_ce or soft_kl (annotator votes)"})
-    focal_gamma: float = field(default=2.0, metadata={"help": "focusing exponent of the focal loss"})
-    label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing of the class loss, in [0, 1)"})
-    weight_smoothing: float = field(default=0.0, metadata={"help": "0 = full inverse-frequency class weights, 1 = uniform"})
+    focal_gamma: float = field(default=2.0, metadata={"help": "focusing exponent of the focal loss", "min": 0})
+    label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing of the class loss, in [0, 1)", "min": 0, "lt": 1})
+    weight_smoothing: float = field(default=0.0, metadata={"help": "0 = full inverse-frequency class weights, 1 = uniform", "min": 0, "max": 1})
     attribute_loss: Literal["ccc", "mse", "ccc+mse"] = field(default="ccc", metadata={"help": "ccc (1 - CCC per attribute), mse, or ccc+mse"})
-    class_weight: float = field(default=1.0, metadata={"help": "weight of the task-1 loss in the total"})
-    attribute_weight: float = field(default=1.0, metadata={"help": "weight of the task-2 loss in the total"})
-    attribute_weights: tuple[float, ...] = field(default=(1.0, 1.0, 1.0), metadata={"help": "weights of arousal, valence, dominance within the task-2 loss"})
-    auxiliary_class_weight: float = field(default=0.5, metadata={"help": "weight of a training-only class head's loss (e.g. the audio-LLM's speech-token head)"})
+    class_weight: float = field(default=1.0, metadata={"help": "weight of the task-1 loss in the total", "min": 0})
+    attribute_weight: float = field(default=1.0, metadata={"help": "weight of the task-2 loss in the total", "min": 0})
+    attribute_weights: tuple[float, ...] = field(default=(1.0, 1.0, 1.0), metadata={"help": "weights of arousal, valence, dominance within the task-2 loss", "min": 0})
+    auxiliary_class_weight: float = field(default=0.5, metadata={"help": "weight of a training-only class head's loss (e.g. the audio-LLM's speech-token head)", "min": 0})
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         issues = []
         if len(self.attribute_weights) != len(ATTRIBUTES):
             issues.append(f"attribute_weights needs {len(ATTRIBUTES)} numbers ({', '.join(ATTRIBUTES)}), "
                           f"got {list(self.attribute_weights)}")
-        elif any(w < 0 for w in self.attribute_weights) or sum(self.attribute_weights) <= 0:
-            issues.append(f"attribute_weights must be non-negative with a positive sum, got "
-                          f"{list(self.attribute_weights)}")
-        if self.auxiliary_class_weight < 0:
-            issues.append(f"auxiliary_class_weight must be >= 0, got {self.auxiliary_class_weight}")
-        if self.class_weight < 0 or self.attribute_weight < 0:
-            issues.append(f"class_weight and attribute_weight must be >= 0, got {self.class_weight} and "
-                          f"{self.attribute_weight}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            issues.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if not 0.0 <= self.weight_smoothing <= 1.0:
-            issues.append(f"weight_smoothing must be in [0, 1], got {self.weight_smoothing}")
-        if self.focal_gamma < 0:
-            issues.append(f"focal_gamma must be >= 0, got {self.focal_gamma}")
+        elif sum(self.attribute_weights) <= 0:
+            issues.append(f"attribute_weights needs a positive sum, got {list(self.attribute_weights)}")
+        if self.class_weight + self.attribute_weight <= 0:
+            issues.append("class_weight and attribute_weight are both 0, so nothing would train; make one positive")
         if issues:
             raise ValueError("; ".join(issues))
 
 
 @dataclass
 class OptimConfig:
-    lr: float = field(default=1e-4, metadata={"help": "peak learning rate of the trained parameters"})
-    encoder_lr: float | None = field(default=None, metadata={"help": "a lower rate for a fine-tuned encoder; None = lr"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not applied to biases and norms)"})
+    lr: float = field(default=1e-4, metadata={"help": "peak learning rate of the trained parameters", "gt": 0, "max": 10})
+    encoder_lr: float | None = field(default=None, metadata={"help": "a lower rate for a fine-tuned encoder; None = lr", "gt": 0, "max": 10})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not applied to biases and norms)", "min": 0})
     schedule: Literal["cosine", "exponential", "constant"] = field(default="cosine", metadata={"help": "learning-rate schedule after warm-up: cosine, exponential or constant"})
-    warmup_steps: int = field(default=0, metadata={"help": "optimiser steps of linear warm-up"})
-    min_lr_ratio: float = field(default=0.0, metadata={"help": "cosine floor / exponential end point, as a fraction of lr"})
-    grad_clip: float = field(default=1.0, metadata={"help": "max global grad norm; 0 disables"})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches summed per optimiser step (global batch = batch_size x processes x this)"})
+    warmup_steps: int = field(default=0, metadata={"help": "optimiser steps of linear warm-up", "min": 0})
+    min_lr_ratio: float = field(default=0.0, metadata={"help": "cosine floor / exponential end point, as a fraction of lr", "min": 0, "max": 1})
+    grad_clip: float = field(default=1.0, metadata={"help": "max global grad norm; 0 disables", "min": 0})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches summed per optimiser step (global batch = batch_size x processes x this)", "min": 1})
+
+    def __post_init__(self) -> None:
+        check_ranges(self)  # the metadata ranges, for configs built in code too
 
 
 @dataclass
 class ScheduleConfig:
-    max_steps: int = field(default=1000, metadata={"help": "optimiser steps"})
-    eval_every: int = field(default=100, metadata={"help": "optimiser steps between dev evaluations"})
-    save_every: int = field(default=100, metadata={"help": "optimiser steps between resumable checkpoints"})
-    log_every: int = field(default=10, metadata={"help": "optimiser steps between log lines"})
-    early_stopping_patience: int = field(default=0, metadata={"help": "evaluations without improvement before stopping; 0 = off"})
+    max_steps: int = field(default=1000, metadata={"help": "optimiser steps", "min": 1})
+    eval_every: int = field(default=100, metadata={"help": "optimiser steps between dev evaluations", "min": 1})
+    save_every: int = field(default=100, metadata={"help": "optimiser steps between resumable checkpoints", "min": 1})
+    log_every: int = field(default=10, metadata={"help": "optimiser steps between log lines", "min": 1})
+    early_stopping_patience: int = field(default=0, metadata={"help": "evaluations without improvement before stopping; 0 = off", "min": 0})
     metric_for_best: Literal["macro_f1", "ccc_mean", "combined"] = field(default="combined", metadata={"help": "combined = mean of the two"})
-    seed: int = field(default=0, metadata={"help": "seed of model initialisation, data order and augmentation"})
+    seed: int = field(default=0, metadata={"help": "seed of model initialisation, data order and augmentation", "min": 0, "max": 2**32 - 1})
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] = field(default="auto", metadata={"help": "auto: bf16 where the GPU has it"})
     output_dir: str = field(default="runs/train", metadata={"help": "run folder: checkpoints, best/, metrics.json, test report"})
-    keep_checkpoints: int = field(default=2, metadata={"help": "resumable checkpoints kept (oldest deleted first)"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "resumable checkpoints kept (oldest deleted first)", "min": 1})
     log_with: list[str] = field(default_factory=list, metadata={"help": "e.g. [tensorboard]; skipped if not installed"})
     ddp_find_unused_parameters: bool = field(default=True, metadata={"help": "WavLM has parameters no forward uses (e.g. masked_spec_embed)"})
     predict_test: bool = field(default=True, metadata={"help": "after training, predict the test split with the best model"})
+
+    def __post_init__(self) -> None:
+        check_ranges(self)  # the metadata ranges, for configs built in code too
 
 
 @dataclass

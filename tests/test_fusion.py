@@ -69,7 +69,7 @@ def test_shipped_recipe_parses():
     with _registered():
         recipe = load_recipe(ROOT / "adapters/fusion_tiny.yaml")
         assert isinstance(branch_config(recipe), FusionBranchConfig)
-        with pytest.raises(ConfigError, match="did you mean 'hidden'"):
+        with pytest.raises(ConfigError, match="did you mean 'model.hidden'"):
             load_recipe(ROOT / "adapters/fusion_tiny.yaml", ["model.hiden=3"])
 
 

@@ -370,7 +370,7 @@ def test_recipe_unknown_keys_get_a_did_you_mean(tmp_path):
     assert "unknown key 'trian'; did you mean 'train'?" in message
     recipe = tmp_path / "typo.yaml"
     recipe.write_text(TINY_RECIPE.read_text().replace("encoder_mode:", "encoder_mdoe:"))
-    with pytest.raises(ConfigError, match=r"(?s)typo.yaml.*model section.*unknown key 'encoder_mdoe'; did you mean 'encoder_mode'"):
+    with pytest.raises(ConfigError, match=r"(?s)typo.yaml.*unknown key 'model.encoder_mdoe'; did you mean 'model.encoder_mode'"):
         load_recipe(recipe)
 
 

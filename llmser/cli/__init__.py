@@ -45,11 +45,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pull": ("hub", "add_pull"),
 }
 
+#: command -> (argument, "file" or "dir"): its output location, checked (writable, the right kind) before
+#: the command runs, so a read-only disk or a folder given for a file fails in a second, not after the work.
+OUTPUTS: dict[str, tuple[str, str]] = {
+    "make-demo-corpus": ("out", "dir"), "transcribe": ("out", "dir"), "predict-prior": ("out", "file"),
+    "baseline": ("out", "dir"), "predict-prompts": ("out", "file"), "collect-outputs": ("out", "dir"),
+    "ensemble": ("out", "dir"), "build-system": ("out", "dir"), "predict": ("out", "file"),
+    "evaluate": ("out", "dir"), "compare": ("out", "file"), "plan": ("json", "file"), "pull": ("local_dir", "dir"),
+}
+
 #: module -> exception class names that mean "bad input": printed as a message, exit code 2.
 USER_ERRORS: dict[str, tuple[str, ...]] = {
     "llmser.config": ("ConfigError",),
     "llmser.data.msp_podcast": ("CorpusError",),
     "llmser.data.audio": ("AudioError",),
+    "llmser.data.text": ("TranscriptError",),
+    "llmser.utils.outputs": ("OutputError",),
     "llmser.data.demo_corpus": ("DemoCorpusError",),
     "llmser.baselines": ("BaselineError",),
     "llmser.evaluation.submission": ("SubmissionError",),
@@ -82,6 +93,16 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def _check_output(args: argparse.Namespace) -> None:
+    from llmser.utils.outputs import check_output_dir, check_output_file
+
+    name, kind = OUTPUTS.get(args.command, (None, None))
+    value = getattr(args, name, None) if name else None
+    if value:
+        flag = name if name == "out" and args.command == "make-demo-corpus" else f"--{name.replace('_', '-')}"
+        (check_output_file if kind == "file" else check_output_dir)(value, what=flag)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from llmser.cli.train import recipe_help
@@ -95,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     try:
+        _check_output(args)
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -15,6 +15,7 @@ import sys
 
 from llmser.baselines import BaselineError
 from llmser.baselines.config import SYSTEM_NAMES, ClassicalConfig
+from llmser.cli.args import positive_float
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -49,7 +50,7 @@ def add_baseline(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--missing-transcripts", choices=("error", "empty"), default=defaults.missing_transcripts,
                    help="a file without a transcript: stop naming it (default), or score it as empty text")
     p.add_argument("--cache-dir", default=defaults.cache_dir, help="eGeMAPS feature cache (default: %(default)s)")
-    p.add_argument("--max-seconds", type=float, default=None, help="crop audio to this length before eGeMAPS")
+    p.add_argument("--max-seconds", type=positive_float, default=None, help="crop audio to this length before eGeMAPS")
 
 
 def config_from_args(args: argparse.Namespace) -> ClassicalConfig:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+from llmser.cli.args import positive_int, seed
+
 
 def add_make_demo_corpus(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("make-demo-corpus", help="write a synthetic corpus in the MSP-Podcast release layout",
                        description="Synthesise a small corpus (espeak-ng speech) in the exact MSP-Podcast layout.")
     p.add_argument("out", help="output folder (Labels/, Audios/, Transcripts/ are created inside)")
-    p.add_argument("--n", type=int, default=400, help="number of utterances (default: 400)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same corpus")
-    p.add_argument("--speakers", type=int, default=20, help="number of speakers (default: 20)")
-    p.add_argument("--workers", type=int, default=4, help="parallel espeak-ng processes (default: 4)")
+    p.add_argument("--n", type=positive_int, default=400, help="number of utterances (default: 400)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed; the same seed gives the same corpus")
+    p.add_argument("--speakers", type=positive_int, default=20, help="number of speakers (default: 20)")
+    p.add_argument("--workers", type=positive_int, default=4, help="parallel espeak-ng processes (default: 4)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing demo corpus in OUT")
     p.set_defaults(handler=run_make_demo_corpus)
 

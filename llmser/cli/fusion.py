@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from llmser.cli.args import positive_int
+
 
 def add_collect_outputs(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("collect-outputs", help="cache a trained branch's embeddings/probabilities per split",
@@ -17,7 +19,7 @@ def add_collect_outputs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--splits", default="train,dev,test", help="comma-separated splits (default: train,dev,test)")
     p.add_argument("--corpus", default=None, help="override the recipe's corpus folder")
     p.add_argument("--frames", action="store_true", help="also store WavLM frame states (fusion attends to them)")
-    p.add_argument("--frame-stride", type=int, default=4, help="average every N frames to keep the cache small")
+    p.add_argument("--frame-stride", type=positive_int, default=4, help="average every N frames to keep the cache small")
     p.add_argument("--cross-fit", type=int, default=0, metavar="K",
                    help="train split: out-of-fold outputs of K fold models (K trainings; for cheap branches), "
                         "so fusion and stacking may learn from train without in-sample optimism")

@@ -11,6 +11,7 @@ import argparse
 import sys
 from typing import Any
 
+from llmser.cli.args import non_negative_float, positive_float, positive_int
 from llmser.config import ConfigError
 from llmser.planning import PRESETS, format_plan, resolve_specs
 
@@ -31,12 +32,12 @@ def build_plan_parser(parser: argparse.ArgumentParser | None = None) -> argparse
                         help=f"a YAML recipe, or a preset: all (default), {', '.join(PRESETS)}")
     parser.add_argument("--accelerate-config", default=None,
                         help="accelerate YAML: num_processes and distributed_type (FSDP/DeepSpeed shard, DDP replicates)")
-    parser.add_argument("--batch-size", type=int, default=None, help="examples per process (default: recipe/preset)")
-    parser.add_argument("--seq-len", type=int, default=None, help="text tokens per example (default: recipe/preset)")
-    parser.add_argument("--audio-seconds", type=float, default=None, help="seconds of audio per example")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="examples per process (default: recipe/preset)")
+    parser.add_argument("--seq-len", type=positive_int, default=None, help="text tokens per example (default: recipe/preset)")
+    parser.add_argument("--audio-seconds", type=positive_float, default=None, help="seconds of audio per example")
     parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                         help="estimate with (or without) gradient checkpointing only (default: both)")
-    parser.add_argument("--lora-r", type=int, default=None, help="LoRA rank (default: recipe/preset, 8)")
+    parser.add_argument("--lora-r", type=positive_int, default=None, help="LoRA rank (default: recipe/preset, 8)")
     parser.add_argument("--lora-targets", default=None,
                         help="comma-separated LoRA target modules, or all-linear (default: q_proj,v_proj)")
     parser.add_argument("--trim-audio-padding", action="store_true",
@@ -45,7 +46,7 @@ def build_plan_parser(parser: argparse.ArgumentParser | None = None) -> argparse
                         help="pure bf16 training: no fp32 master copy of trained weights (12 instead of 16 B/param)")
     parser.add_argument("--no-kbit-upcast", action="store_true",
                         help="QLoRA: keep non-quantised weights in bf16 (peft's k-bit preparation casts them to fp32)")
-    parser.add_argument("--overhead-gib", type=float, default=1.0, help="CUDA context + fragmentation (default: 1)")
+    parser.add_argument("--overhead-gib", type=non_negative_float, default=1.0, help="CUDA context + fragmentation (default: 1)")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the plans as JSON")
     return parser
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from llmser.cli.args import positive_int
+
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 
 
@@ -26,7 +28,7 @@ def add_build_system(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fusion", default=None, help="run folder of a trained fusion adapter")
     p.add_argument("--method", default=None, choices=("fusion", "average", "plurality"),
                    help="how members combine (default: fusion when given, else average)")
-    p.add_argument("--frame-stride", type=int, default=4, help="the --frame-stride the fusion inputs were collected with")
+    p.add_argument("--frame-stride", type=positive_int, default=4, help="the --frame-stride the fusion inputs were collected with")
     p.add_argument("--report", default=None, help="report.json whose scores go into the model card")
     p.add_argument("--out", required=True, help="system folder to write")
     p.set_defaults(handler=run_build_system)
@@ -60,7 +62,7 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", help="the corpus split to predict (default: test)")
     p.add_argument("--transcripts", default=None, help="folder of <stem>.txt transcripts (else Whisper makes them)")
     p.add_argument("--asr", default="smol", help="Whisper preset/id for missing transcripts (default: smol)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--out", required=True, help="predictions CSV (resumed if it exists)")
     p.add_argument("--submission", action="store_true", help="also write the challenge submission files beside it")
     p.set_defaults(handler=run_predict)
@@ -86,26 +88,66 @@ def audio_files(items: list[str]) -> list[Path]:
 
 
 def read_transcripts(folder: str | None) -> dict[str, str]:
+    """``<stem>.txt`` files by stem, cleaned (llmser.data.text); every unusable file is refused at once."""
+    from llmser.data.text import TranscriptError, read_transcript
+
     if folder is None:
         return {}
-    out = {}
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"--transcripts {folder} is not a folder; give the folder of <stem>.txt files")
+    out, problems = {}, []
     for path in sorted(Path(folder).glob("*.txt")):
         try:
-            out[path.stem] = path.read_text(encoding="utf-8").strip()
-        except UnicodeDecodeError:
-            print(f"llmser predict: {path} is not UTF-8; it will be transcribed instead (re-save it as UTF-8)")
+            out[path.stem] = read_transcript(path)
+        except TranscriptError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise TranscriptError(f"{len(problems)} unusable transcript(s):\n  - " + "\n  - ".join(problems))
     return out
 
 
 def run_predict(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
-    from llmser.evaluation.predictions import Predictions
-    from llmser.inference.predictor import Predictor, concat_predictions
-
+    _check_model_names(asr=args.asr)
     state = PartialState()
     out = Path(args.out)
     files, transcripts = _inputs(args)
+    with _guarded_output(args, out, files, state.is_main_process):
+        return _predict_into(args, state, out, files, transcripts)
+
+
+def _check_model_names(asr: str | None = None, llm: str | None = None) -> None:
+    """A typo in a preset is refused with "did you mean" before anything asks the Hub about it."""
+    from llmser.utils.hub import check_model_name
+
+    if asr is not None:
+        from llmser.models.whisper.loading import WHISPER_PRESETS
+
+        check_model_name(asr, WHISPER_PRESETS, "--asr")
+    if llm is not None:
+        from llmser.models.llm.identity import LLM_PRESETS
+
+        check_model_name(llm, LLM_PRESETS, "--llm")
+
+
+def _guarded_output(args: argparse.Namespace, out: Path, files: list[Path], writer: bool):
+    """``--out`` checked (writable, not a folder, space) and locked before any work; resuming only a
+    file written by the same system for the same inputs and options (llmser.utils.outputs)."""
+    from llmser.utils.hub import resolve_pretrained
+    from llmser.utils.outputs import files_digest, folder_digest, resumable_output, run_fingerprint
+
+    system = resolve_pretrained(args.model, args.revision)
+    fingerprint = run_fingerprint(system=folder_digest(system), inputs=files_digest(files),
+                                  options=[args.transcripts, args.asr, args.corpus, args.split])
+    return resumable_output(out, fingerprint, expected_bytes=400 * len(files) * (3 if args.submission else 1),
+                            writer=writer)
+
+
+def _predict_into(args, state, out, files, transcripts) -> int:
+    from llmser.evaluation.predictions import Predictions
+    from llmser.inference.predictor import Predictor, concat_predictions
+
     done = Predictions.read_csv(out) if out.is_file() else None
     finished = set(done.file_names) if done is not None else set()
     todo = [f for f in files if f.name not in finished]
@@ -184,14 +226,17 @@ def add_transcribe(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--corpus", help="a corpus in the MSP-Podcast layout: fill its missing transcripts")
     p.add_argument("--out", default=None, help="folder for the .txt files (default: CORPUS/Transcripts)")
     p.add_argument("--model", default="smol", help="Whisper preset (smol = tiny.en, large-v3), Hub id or folder")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.set_defaults(handler=run_transcribe)
 
 
 def run_transcribe(args: argparse.Namespace) -> int:
     from llmser.inference.transcribe import transcribe
+    from llmser.models.whisper.loading import WHISPER_PRESETS
+    from llmser.utils.hub import check_model_name
     from llmser.utils.io import atomic_write_text
 
+    check_model_name(args.model, WHISPER_PRESETS, "--model")
     if args.corpus:
         files = sorted(p for p in (Path(args.corpus) / "Audios").rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
         out = Path(args.out) if args.out else Path(args.corpus) / "Transcripts"
@@ -241,8 +286,8 @@ def add_predict_prompts(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibrate", action="store_true",
                    help="contextual calibration: divide each variant's probabilities by its answer to content-free "
                         "transcripts (removes a variant's constant label bias)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--limit", type=int, default=None, help="only the first N files (quick looks)")
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N files (quick looks)")
     p.add_argument("--out", required=True, help="predictions CSV to write; the report goes beside it")
     p.set_defaults(handler=run_predict_prompts)
 
@@ -253,6 +298,7 @@ def run_predict_prompts(args: argparse.Namespace) -> int:
     from llmser.evaluation.report import evaluate
     from llmser.inference.prompting import predict_corpus_split
 
+    _check_model_names(llm=args.llm)
     prompts = args.prompts.split(",") if args.prompts else None
     predictions, utterances = predict_corpus_split(args.corpus, args.split, llm=args.llm, adapter=args.adapter,
                                                    prompts=prompts, ratings=not args.no_ratings,

@@ -3,6 +3,11 @@
 soundfile reads the file (PCM 16/24/32-bit, float), channels are averaged, soxr resamples. Long
 files are cropped while reading (only the frames needed are read, so memory stays bounded) or
 refused, by policy. Every failure is an ``AudioError`` naming the file and the fix.
+
+Two inputs that decode but would be wrong are handled here: channels that cancel when averaged
+(a phase-inverted stereo pair sums to silence) fall back to the loudest channel, with a warning;
+a clip shorter than ``min_samples`` (what a model needs to give one frame) is refused, so callers
+skip it with the reason instead of crashing or predicting from zero frames.
 """
 
 from __future__ import annotations
@@ -14,7 +19,13 @@ from typing import Literal
 
 import numpy as np
 
+from llmser.utils.logging import get_logger
+
+logger = get_logger(__name__)
+
 TARGET_SAMPLE_RATE = 16000
+#: Averaged channels this much quieter than the channels themselves cancel each other (phase inversion).
+_CANCEL_RATIO = 0.1
 
 
 class AudioError(ValueError):
@@ -65,8 +76,9 @@ def audio_duration(path: str | Path) -> float:
 
 
 def load_audio(path: str | Path, *, sample_rate: int = TARGET_SAMPLE_RATE, max_seconds: float | None = None,
-               on_long: Literal["crop", "error"] = "crop", min_rms: float = 1e-4) -> np.ndarray:
-    """Read ``path`` as mono float32 at ``sample_rate``; crop (or refuse) beyond ``max_seconds``."""
+               on_long: Literal["crop", "error"] = "crop", min_rms: float = 1e-4, min_samples: int = 1) -> np.ndarray:
+    """Read ``path`` as mono float32 at ``sample_rate``; crop (or refuse) beyond ``max_seconds``; refuse a
+    clip of fewer than ``min_samples`` samples (at ``sample_rate``)."""
     import soundfile as sf
 
     path = Path(path)
@@ -82,7 +94,12 @@ def load_audio(path: str | Path, *, sample_rate: int = TARGET_SAMPLE_RATE, max_s
         data, rate = sf.read(str(path), frames=frames, dtype="float32", always_2d=True)
     except Exception as exc:  # noqa: BLE001
         raise AudioError(f"{path}: the file is corrupt or truncated ({exc}); re-export or remove it") from None
-    return _to_mono_16k(data, rate, sample_rate, path, min_rms)
+    wave = _to_mono_16k(data, rate, sample_rate, path, min_rms)
+    if len(wave) < min_samples:
+        raise AudioError(f"{path}: {len(wave) / sample_rate * 1000:.1f} ms of audio is too short for this model, which "
+                         f"needs at least {min_samples / sample_rate * 1000:.1f} ms ({min_samples} samples at "
+                         f"{sample_rate} Hz) to give one frame; use a longer clip")
+    return wave
 
 
 def load_audio_chunks(path: str | Path, *, chunk_seconds: float, sample_rate: int = TARGET_SAMPLE_RATE,
@@ -116,12 +133,28 @@ def iter_audio_chunks(path: str | Path, *, chunk_seconds: float, sample_rate: in
         raise AudioError(f"{path}: no non-silent audio found; check the recording or remove it")
 
 
+def _mix_channels(data: np.ndarray, path: Path) -> np.ndarray:
+    """The channels' average, or the loudest channel when the average cancels (phase-inverted channels)."""
+    if data.shape[1] == 1:
+        return data[:, 0]
+    wave = data.mean(axis=1)
+    channel_rms = np.sqrt(np.mean(data.astype(np.float64) ** 2, axis=0))  # (C,)
+    mix_rms = float(np.sqrt(np.mean(wave.astype(np.float64) ** 2)))
+    if channel_rms.max() > 0 and mix_rms < _CANCEL_RATIO * float(channel_rms.mean()):
+        loudest = int(channel_rms.argmax())
+        logger.warning("%s: its %d channels cancel when averaged (RMS %.2g vs %.2g per channel; one is probably "
+                       "phase-inverted); using channel %d alone", path, data.shape[1], mix_rms,
+                       float(channel_rms.mean()), loudest)
+        return data[:, loudest]
+    return wave
+
+
 def _to_mono_16k(data: np.ndarray, rate: int, target: int, path: Path, min_rms: float) -> np.ndarray:
     if data.size == 0:
         raise AudioError(f"{path}: the file has no samples (zero length); remove it from the corpus")
     if not np.isfinite(data).all():
         raise AudioError(f"{path}: the audio holds NaN or infinite samples; re-export it from the source")
-    wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    wave = _mix_channels(data, path)
     if rate != target:
         import soxr
 

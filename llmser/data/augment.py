@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from llmser.config import check_ranges
 from llmser.schema import ATTRIBUTES, CLASS_CODES, CODE_TO_INDEX, EXTRA_CODES, NUM_CLASSES, normalise_class
 
 SAMPLE_RATE = 16000
@@ -230,7 +231,7 @@ def annotation_code(annotation: Any) -> str | None:
 @dataclass
 class NoiseConfig:
     enabled: bool = field(default=False, metadata={"help": "apply this augmentation while training"})
-    prob: float = field(default=0.5, metadata={"help": "probability of applying it to an example"})
+    prob: float = field(default=0.5, metadata={"help": "probability of applying it to an example", "min": 0, "max": 1})
     snr_db_range: tuple[float, ...] = field(default=(5.0, 20.0), metadata={"help": "signal-to-noise ratio range in dB (min, max)"})
     colors: tuple[Literal["white", "pink"], ...] = field(default=("white", "pink"), metadata={"help": "one drawn per example"})
 
@@ -238,30 +239,30 @@ class NoiseConfig:
 @dataclass
 class ReverbConfig:
     enabled: bool = field(default=False, metadata={"help": "apply this augmentation while training"})
-    prob: float = field(default=0.3, metadata={"help": "probability of applying it to an example"})
+    prob: float = field(default=0.3, metadata={"help": "probability of applying it to an example", "min": 0, "max": 1})
     rt60_range: tuple[float, ...] = (0.2, 0.8)
 
 
 @dataclass
 class GainConfig:
     enabled: bool = field(default=False, metadata={"help": "apply this augmentation while training"})
-    prob: float = field(default=0.5, metadata={"help": "probability of applying it to an example"})
+    prob: float = field(default=0.5, metadata={"help": "probability of applying it to an example", "min": 0, "max": 1})
     db_range: tuple[float, ...] = field(default=(-6.0, 6.0), metadata={"help": "gain range in dB (min, max)"})
 
 
 @dataclass
 class MixConfig:
     enabled: bool = field(default=False, metadata={"help": "apply this augmentation while training"})
-    prob: float = field(default=0.2, metadata={"help": "probability of applying it to an example"})
-    overlap_range: tuple[float, ...] = field(default=(0.3, 0.7), metadata={"help": "share of the second clip mixed in (min, max); labels are averaged with the same weight"})
+    prob: float = field(default=0.2, metadata={"help": "probability of applying it to an example", "min": 0, "max": 1})
+    overlap_range: tuple[float, ...] = field(default=(0.3, 0.7), metadata={"help": "share of the second clip mixed in (min, max); labels are averaged with the same weight", "min": 0, "max": 1})
 
 
 @dataclass
 class LabelDropoutConfig:
     enabled: bool = field(default=False, metadata={"help": "apply this augmentation while training"})
-    prob: float = field(default=0.5, metadata={"help": "probability of applying it to an example"})
-    drop_prob: float = field(default=0.2, metadata={"help": "probability of dropping each annotator's label before the soft label is computed"})
-    min_keep: int = field(default=1, metadata={"help": "annotators always kept per file"})
+    prob: float = field(default=0.5, metadata={"help": "probability of applying it to an example", "min": 0, "max": 1})
+    drop_prob: float = field(default=0.2, metadata={"help": "probability of dropping each annotator's label before the soft label is computed", "min": 0, "max": 1})
+    min_keep: int = field(default=1, metadata={"help": "annotators always kept per file", "min": 0})
 
 
 @dataclass
@@ -276,22 +277,19 @@ class AugmentConfig:
     gain: GainConfig = field(default_factory=GainConfig, metadata={"help": "random loudness change"})
     mix: MixConfig = field(default_factory=MixConfig, metadata={"help": "mix two clips and average their labels"})
     label_dropout: LabelDropoutConfig = field(default_factory=LabelDropoutConfig, metadata={"help": "drop annotator labels (soft-label training)"})
-    sample_rate: int = field(default=SAMPLE_RATE, metadata={"help": "sample rate of the waveforms (Hz)"})
+    sample_rate: int = field(default=SAMPLE_RATE, metadata={"help": "sample rate of the waveforms (Hz)", "min": 1})
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         issues = []
         for name in ("noise", "reverb", "gain", "mix", "label_dropout"):
             part = getattr(self, name)
-            if not 0.0 <= part.prob <= 1.0:
-                issues.append(f"{name}.prob must be in [0, 1], got {part.prob}")
             for key in ("snr_db_range", "rt60_range", "db_range", "overlap_range"):
                 value = getattr(part, key, None)
                 if value is not None and (len(value) != 2 or value[0] > value[1]):
                     issues.append(f"{name}.{key} must be [low, high] with low <= high, got {list(value)}")
         if self.reverb.rt60_range and self.reverb.rt60_range[0] <= 0:
             issues.append(f"reverb.rt60_range must be positive seconds, got {list(self.reverb.rt60_range)}")
-        if self.mix.overlap_range and (min(self.mix.overlap_range) < 0.0 or max(self.mix.overlap_range) > 1.0):
-            issues.append(f"mix.overlap_range must lie in [0, 1], got {list(self.mix.overlap_range)}")
         if not self.noise.colors:
             issues.append("noise.colors needs at least one of 'white', 'pink'")
         if issues:

@@ -55,9 +55,11 @@ def class_labels(utterances: Sequence) -> list[int]:
 class AudioExampleDataset(Dataset):
     """Utterances -> waveform examples, optionally augmented (training only)."""
 
-    def __init__(self, utterances: Sequence, *, max_seconds: float | None, augmenter: Any = None, seed: int = 0):
+    def __init__(self, utterances: Sequence, *, max_seconds: float | None, augmenter: Any = None, seed: int = 0,
+                 min_samples: int = 1):
         self.utterances = list(utterances)
         self.max_seconds = max_seconds
+        self.min_samples = min_samples  # shorter clips raise AudioError (the model's receptive field)
         self.augmenter = augmenter
         self.seed = seed
         self.epoch = 0
@@ -70,7 +72,7 @@ class AudioExampleDataset(Dataset):
 
     def _load(self, index: int) -> dict[str, Any]:
         utt = self.utterances[index]
-        wave = load_audio(utt.audio_path, max_seconds=self.max_seconds)
+        wave = load_audio(utt.audio_path, max_seconds=self.max_seconds, min_samples=self.min_samples)
         return {"index": index, "file_name": utt.file_name, "audio_path": str(utt.audio_path), "wave": wave,
                 "annotations": getattr(utt, "annotations", ()), **example_targets(utt)}
 

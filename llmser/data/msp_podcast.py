@@ -461,11 +461,12 @@ def _read_transcript(root: Path, name: str, where: str, problems: list[Problem],
             problems.append(Problem(where, f"transcript {path} is missing; add it or transcribe the audio "
                                            "(the Whisper model in llmser does this in `llmser predict`)"))
         return None
+    from llmser.data.text import TranscriptError, read_transcript
+
     try:
-        text = path.read_text(encoding="utf-8").strip()
-    except UnicodeDecodeError:
-        problems.append(Problem(where, f"transcript {path} is not UTF-8; re-save it as UTF-8 "
-                                       "(e.g. iconv -f latin1 -t utf-8)"))
+        text = read_transcript(path)
+    except TranscriptError as exc:
+        problems.append(Problem(where, str(exc)))
         return None
     if not text and config.require_transcripts:
         problems.append(Problem(where, f"transcript {path} is empty; write the words into it, or delete it "

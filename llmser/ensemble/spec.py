@@ -147,20 +147,21 @@ class EnsembleSpec:
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] | None = None) -> EnsembleSpec:
         """Read a YAML spec (``key=value`` overrides as in recipes); every problem is named in one error."""
-        import yaml
 
         from llmser.config import apply_overrides
 
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"ensemble spec {path} does not exist; specs live under ensembles/ (e.g. ensembles/demo.yaml)")
+        from llmser.config import read_yaml
+
         text = path.read_text(encoding="utf-8")
         try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
+            data = read_yaml(path) or {}  # duplicate keys and aliases refused, like recipes
+        except ConfigError as exc:
             hint = ("\nHint: inside a { } mapping, quote paths with {split}: {a: 'runs/a/{split}.csv'}"
-                    if "{split}" in text else "")
-            raise ConfigError(f"{path} is not valid YAML: {exc}{hint}") from None
+                    if "{split}" in text and "not valid YAML" in str(exc) else "")
+            raise ConfigError(f"{exc}{hint}") from None
         if isinstance(data, dict):
             data = apply_overrides(data, overrides or [])
         return cls.from_dict(data, source=str(path))

@@ -22,7 +22,7 @@ from pathlib import Path
 from llmser.hub.manifest import MANIFEST_NAME, SystemManifest
 from llmser.utils.hub import HubError, check_repo_id, resolve_pretrained, snapshot
 from llmser.utils.logging import get_logger
-from llmser.utils.weights import check_safe_folder
+from llmser.utils.weights import check_no_outside_links, check_safe_folder
 
 logger = get_logger(__name__)
 
@@ -59,6 +59,7 @@ def push(folder: str | Path, repo_id: str, private: bool = False, token: str | N
     folder = Path(folder)
     check_repo_id(repo_id)
     check_safe_folder(folder)
+    check_no_outside_links(folder)  # the upload would send the files they point to
     _check_manifest_for_hub(folder)
     if not (folder / "README.md").is_file():
         logger.warning("%s has no README.md; the Hub page will have no model card (write one with "

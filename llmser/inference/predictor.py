@@ -94,7 +94,10 @@ class Predictor:
 
     def transcripts_for(self, paths: list[Path], given: Mapping[str, str]) -> dict[str, str]:
         """Given transcripts by file name (or stem); the rest are made with Whisper."""
+        from llmser.data.text import clean_text
+
         found = {p.name: given.get(p.name, given.get(p.stem)) for p in paths}
+        found = {k: clean_text(v) if isinstance(v, str) else v for k, v in found.items()}  # no NUL etc. in prompts
         todo = [p for p in paths if not (found[p.name] or "").strip()]
         if todo and self.needs_transcripts:
             from llmser.inference.transcribe import transcribe

@@ -57,6 +57,7 @@ def build_system(out_dir: str | Path, members: dict[str, str | Path], *, fusion:
     scores of ``report``). ``method`` defaults to fusion when a fusion run is given, else average."""
     from llmser.hub.manifest import SystemManifest
     from llmser.utils.io import replace_dir
+    from llmser.utils.weights import check_no_outside_links
 
     method = method or ("fusion" if fusion is not None else "average")
     if method not in METHODS:
@@ -70,6 +71,7 @@ def build_system(out_dir: str | Path, members: dict[str, str | Path], *, fusion:
     entries, prompts = [], {}
     for name, run in {**members, **({"fusion": fusion} if fusion else {})}.items():
         best = _best_folder(run)
+        check_no_outside_links(best, boundary=run)  # copytree follows links: nothing from outside the run
         shutil.copytree(best, tmp / name, ignore=shutil.ignore_patterns(*_SKIP))
         member, used = _member_entry(name, best)
         entries.append(member)

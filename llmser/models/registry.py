@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmser.config import ConfigError, from_dict
+from llmser.config import collect, config_error, from_dict, read_config_data
 from llmser.models.branch import Branch, BranchSetup, PredictsAudio
-from llmser.recipe import Recipe, read_recipe
+from llmser.recipe import Recipe
 
 _TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _MODULE = re.compile(r"^[A-Za-z_][\w.]*$")
@@ -86,7 +86,15 @@ def get_branch(name: str) -> BranchSpec:
     try:
         return BRANCHES[name]
     except KeyError:
-        raise KeyError(f"branch {name!r} is not known; choose one of {', '.join(BRANCHES)}") from None
+        raise KeyError(_unknown_branch(name)) from None
+
+
+def _unknown_branch(name: Any) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(str(name), list(BRANCHES), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"branch {name!r} is not known; {hint}choose one of {', '.join(BRANCHES)}"
 
 
 def branch_config(recipe: Recipe) -> Any:
@@ -96,14 +104,18 @@ def branch_config(recipe: Recipe) -> Any:
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
-    """Read a recipe and validate its branch's model section too, so every mistake surfaces before training."""
-    recipe = read_recipe(path, overrides)
-    try:
-        branch_config(recipe)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    except KeyError as exc:
-        raise ConfigError(str(exc.args[0])) from None
+    """Read a recipe and validate its branch's model section in the same pass, so every mistake of the
+    shared sections and of the model section is reported at once, before anything is built."""
+    data = read_config_data(path, overrides)
+    recipe, issues = collect(Recipe, data)
+    branch = data.get("branch", Recipe.__dataclass_fields__["branch"].default)
+    model = data.get("model") or {}
+    if not isinstance(branch, str) or branch not in BRANCHES:
+        issues.append(_unknown_branch(branch))
+    elif isinstance(model, dict):
+        issues += collect(BRANCHES[branch].config_cls, model, prefix="model.")[1]
+    if issues:
+        raise config_error(str(path) if path is not None else "<defaults>", issues)
     return recipe
 
 

@@ -70,13 +70,10 @@ def spec_from_recipe(path: str | Path) -> Any:
     """
     import dataclasses
 
-    import yaml
+    from llmser.config import read_yaml
 
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    data = read_yaml(path)  # duplicate keys and aliases refused, like llmser train
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping with a branch: and a model: section")
     branch = data.get("branch")
@@ -172,7 +169,11 @@ def resolve_specs(target: str) -> list[Any]:
         if not path.is_file():
             raise ConfigError(f"recipe {path} does not exist; recipes live under adapters/ (e.g. adapters/*.yaml)")
         return [spec_from_recipe(path)]
-    raise ConfigError(f"{target!r} is neither a preset ({', '.join(['all', *PRESETS])}) nor a YAML recipe path")
+    import difflib
+
+    close = difflib.get_close_matches(target, ["all", *PRESETS], n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"{target!r} is neither a preset ({', '.join(['all', *PRESETS])}) nor a YAML recipe path{hint}")
 
 
 # --------------------------------------------------------------------------------------------------

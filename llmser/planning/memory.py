@@ -143,15 +143,13 @@ class Parallelism:
     @classmethod
     def from_accelerate_config(cls, path: str | Path) -> Parallelism:
         """Read ``distributed_type``, ``num_processes`` and the sharding settings of an accelerate YAML."""
-        import yaml
 
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"accelerate config {path} does not exist (see scripts/accelerate/*.yaml)")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        from llmser.config import read_yaml
+
+        data = read_yaml(path) or {}  # duplicate keys and aliases refused
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must be a mapping of accelerate settings")
         kind = str(data.get("distributed_type", "NO")).upper()

@@ -32,8 +32,10 @@ def run(recipe_path: str | Path, overrides: list[str] | None = None, resume: str
     from llmser.data.msp_podcast import MSPPodcast, ReaderConfig
     from llmser.models.registry import branch_config, get_branch, load_recipe
     from llmser.training.engine import Trainer, _available_trackers, _mixed_precision, ddp_kwargs
+    from llmser.utils.outputs import check_output_dir
 
     recipe = load_recipe(recipe_path, overrides)
+    check_output_dir(recipe.train.output_dir, what="train.output_dir")  # before hours of training, not after
     set_seed(recipe.train.seed)
     corpus = MSPPodcast.from_folder(recipe.data.corpus, ReaderConfig(on_error=recipe.data.on_error))
     model_config = branch_config(recipe)

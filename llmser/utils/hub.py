@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from llmser.utils.logging import get_logger
@@ -84,6 +85,33 @@ def hub_cache_dir() -> Path:
     from huggingface_hub import constants
 
     return Path(constants.HF_HUB_CACHE)
+
+
+def unknown_model_name(value: str, presets: Iterable[str]) -> str | None:
+    """Why ``value`` cannot name a model, or None when it can (a preset, a folder, an ``org/name`` id).
+
+    A bare word that is neither a preset nor a folder is a typo far more often than a legacy Hub id, and
+    asking the Hub about it retries for a minute before an OSError; so it is refused here, with the
+    closest preset.
+    """
+    import difflib
+
+    presets = list(presets)
+    text = str(value).strip()
+    if text in presets or "/" in text or _looks_like_path(text) or Path(text).expanduser().is_dir():
+        return None
+    close = difflib.get_close_matches(text.lower(), presets, n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return (f"{text!r} is not a preset ({', '.join(presets)}), nor a local folder, nor a Hub id (org/name); "
+            f"{hint}llmser does not ask the Hub about a bare name")
+
+
+def check_model_name(value: str, presets: Iterable[str], what: str) -> str:
+    """Raise :class:`HubError` (``what``: the option, e.g. ``--asr``) for a name :func:`unknown_model_name` refuses."""
+    problem = unknown_model_name(value, presets)
+    if problem:
+        raise HubError(f"{what}: {problem}")
+    return value
 
 
 def _looks_like_path(text: str) -> bool:

@@ -10,11 +10,18 @@ these helpers, so the safety rules live in one place:
   ``os.replace`` (``utils.io``): a crash leaves the previous file, never half of one.
 - **Clear failures.** A truncated or foreign file raises :class:`WeightsError` naming it and the fix,
   not a low-level deserialisation error.
+- **Never random weights in place of missing ones.** :func:`check_state` / :func:`load_state_checked`
+  refuse a file that lacks a tensor the model declares, holds one it does not, or has another shape,
+  naming the file, the tensors and both shapes (``load_state_dict(strict=False)`` would leave the
+  missing ones at their random initialisation, silently).
+- **Finite numbers only.** NaN/Inf tensors are refused before a file is written (a diverged run must
+  not overwrite a good checkpoint) and when one is read.
 """
 
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +87,39 @@ def check_safe_folder(folder: str | Path) -> Path:
     return folder
 
 
+def links_out_of(folder: str | Path, boundary: str | Path | None = None) -> list[str]:
+    """Symbolic links under ``folder`` that point outside ``boundary`` (default: ``folder``), or nowhere."""
+    import os
+
+    folder = Path(folder)
+    root = Path(boundary or folder).resolve()
+    found = []
+    for current, dirs, files in os.walk(folder, followlinks=False):
+        for name in dirs + files:
+            item = Path(current) / name
+            if not item.is_symlink():
+                continue
+            target = item.resolve()
+            if not target.exists() or not target.is_relative_to(root):
+                found.append(f"{item.relative_to(folder).as_posix()} -> {os.readlink(item)}")
+    return sorted(found)
+
+
+def check_no_outside_links(folder: str | Path, boundary: str | Path | None = None) -> Path:
+    """Refuse a folder to be copied or uploaded whose symlinks lead outside it: copying follows them, so a
+    link to ``~/.ssh/id_rsa`` or another project's file would be published as if it belonged to the model."""
+    found = links_out_of(folder, boundary)
+    if found:
+        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        raise UnsafeFolderError(f"{folder} holds symbolic links that point outside {boundary or folder} or nowhere "
+                                f"({shown}); llmser copies and uploads only the folder's own files. Replace each link "
+                                "by a copy of the file it should hold, or delete it")
+    return Path(folder)
+
+
 def load_safetensors(path: str | Path, framework: str = "pt") -> dict[str, Any]:
-    """Tensors of a safetensors file (``framework="np"``: numpy arrays), with errors that name the file and the fix."""
+    """Tensors of a safetensors file (``framework="np"``: numpy arrays), with errors that name the file and the fix;
+    NaN/Inf weights are refused."""
     from safetensors.numpy import load_file as load_numpy
     from safetensors.torch import load_file as load_torch
 
@@ -90,12 +128,60 @@ def load_safetensors(path: str | Path, framework: str = "pt") -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; the folder is incomplete")
     try:
-        return (load_numpy if framework == "np" else load_torch)(str(path))
+        tensors = (load_numpy if framework == "np" else load_torch)(str(path))
     except Exception as exc:  # noqa: BLE001 - safetensors raises SafetensorError/OSError/ValueError variants
         raise WeightsError(
             f"{path}: not a complete safetensors file ({exc}); it was probably cut short by a crash, a full "
             "disk or a partial download. Resume from an earlier checkpoint-<step> folder, or copy or "
             "download it again") from None
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        raise WeightsError(f"{path}: tensor(s) {_names(bad)} hold NaN or infinite values; the run that wrote it had "
+                           "diverged. Use an earlier checkpoint, or retrain with a lower learning rate")
+    return tensors
+
+
+def nonfinite_tensors(tensors: Mapping[str, Any]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or Inf."""
+    import numpy as np
+    import torch
+
+    def bad(t: Any) -> bool:
+        if isinstance(t, torch.Tensor):
+            return t.is_floating_point() and not bool(torch.isfinite(t).all())
+        return isinstance(t, np.ndarray) and t.dtype.kind == "f" and not bool(np.isfinite(t).all())
+
+    return [name for name, t in tensors.items() if bad(t)]
+
+
+def _names(names: list[str], limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def check_state(expected: Mapping[str, Any], found: Mapping[str, Any], path: str | Path, *,
+                optional: tuple[str, ...] = ()) -> None:
+    """Refuse ``found`` (tensors read from ``path``) unless it holds every tensor of ``expected`` (a model's
+    state dict; names starting with an ``optional`` prefix may be absent), nothing else, and each with the
+    model's shape. All differences are listed in one :class:`WeightsError`."""
+    missing = [k for k in expected if k not in found and not k.startswith(optional)]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [f"{k} is {tuple(found[k].shape)} in the file but {tuple(expected[k].shape)} in the model"
+              for k in found if k in expected and tuple(found[k].shape) != tuple(expected[k].shape)]
+    problems = ([f"missing {len(missing)} tensor(s) the model declares: {_names(missing)}"] if missing else []) + \
+               ([f"{len(unexpected)} tensor(s) the model does not have: {_names(unexpected)}"] if unexpected else []) + \
+               shapes[:5] + ([f"and {len(shapes) - 5} more shape mismatches"] if len(shapes) > 5 else [])
+    if problems:
+        raise WeightsError(f"{path} does not fit this model: " + "; ".join(problems) + ". It was saved by another "
+                           "config (load it with the config saved beside it), or the folder is damaged: save or "
+                           "download it again")
+
+
+def load_state_checked(module: Any, path: str | Path, *, optional: tuple[str, ...] = (),
+                       state: Mapping[str, Any] | None = None) -> None:
+    """Load ``path`` (or the already read ``state`` from it) into ``module`` after :func:`check_state`."""
+    state = load_safetensors(path) if state is None else state
+    check_state(module.state_dict(), state, path, optional=optional)
+    module.load_state_dict(dict(state), strict=False)
 
 
 def save_safetensors(tensors: dict[str, Any], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
@@ -103,13 +189,21 @@ def save_safetensors(tensors: dict[str, Any], path: str | Path, metadata: dict[s
     import numpy as np
 
     path = Path(path)
-    if tensors and all(isinstance(v, np.ndarray) for v in tensors.values()):
+    numpy_arrays = bool(tensors) and all(isinstance(v, np.ndarray) for v in tensors.values())
+    if numpy_arrays:
+        plain = {name: np.ascontiguousarray(v) for name, v in tensors.items()}
+    else:
+        plain = {name: v.detach().contiguous().cpu() for name, v in tensors.items()}
+    bad = nonfinite_tensors(plain)
+    if bad:  # before anything is written: the previous good file stays
+        raise WeightsError(f"refusing to write {path}: tensor(s) {_names(bad)} hold NaN or infinite values (the "
+                           "training diverged); lower the learning rate, or resume from an earlier checkpoint")
+    if numpy_arrays:
         from safetensors.numpy import save as save_numpy
 
-        data = save_numpy({name: np.ascontiguousarray(v) for name, v in tensors.items()}, metadata=metadata)
+        atomic_write_bytes(path, save_numpy(plain, metadata=metadata))
     else:
         from safetensors.torch import save as save_torch
 
-        data = save_torch({name: v.detach().contiguous().cpu() for name, v in tensors.items()}, metadata=metadata)
-    atomic_write_bytes(path, data)
+        atomic_write_bytes(path, save_torch(plain, metadata=metadata))
     return path

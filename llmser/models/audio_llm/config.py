@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from llmser.config import load_branch_config, save_branch_config
+from llmser.config import check_ranges, load_branch_config, save_branch_config
 from llmser.models.llm.config import LLMConfig
+from llmser.models.whisper.loading import WHISPER_PRESETS
 
 DEFAULT_SPEECH_PROMPTS = ["speech_plain", "speech_definitions", "speech_shuffled", "speech_annotator", "speech_short"]
 CONFIG_NAME = "llmser_config.json"
@@ -29,17 +30,17 @@ class AudioLLMBranchConfig(LLMConfig):
     set, and evaluation uses the same scores that voting does.
     """
 
-    whisper: str = field(default="large-v3", metadata={"help": "large-v3 | smol (tiny.en) | tiny (random) | Hub id | folder"})
+    whisper: str = field(default="large-v3", metadata={"help": "large-v3 | smol (tiny.en) | tiny (random) | Hub id | folder", "presets": tuple(WHISPER_PRESETS)})
     whisper_revision: str | None = field(default=None, metadata={"help": "Hub revision of the Whisper encoder"})
-    second_encoder: str | None = field(default=None, metadata={"help": "None | wavlm-tiny | Hub id / folder of a WavLM/HuBERT model"})
-    max_audio_seconds: float = field(default=30.0, metadata={"help": "audio is cropped here; below 30 s Whisper's window is cropped too"})
-    window_seconds: float = field(default=0.333333, metadata={"help": "Q-Former window length in seconds (SALMONN: 0.333 s = 17 Whisper frames)"})
-    stride_seconds: float = field(default=0.333333, metadata={"help": "Q-Former window stride in seconds"})
-    num_queries: int = field(default=1, metadata={"help": "learned queries per window (speech tokens per window)"})
-    qformer_layers: int = field(default=2, metadata={"help": "Q-Former (Blip2QFormerModel) layers"})
-    qformer_hidden: int | None = field(default=None, metadata={"help": "default: Whisper's d_model (SALMONN: 768, BERT-base)"})
-    qformer_heads: int | None = field(default=None, metadata={"help": "default: qformer_hidden // 64 (at least 1)"})
-    qformer_intermediate: int | None = field(default=None, metadata={"help": "default: 4 x qformer_hidden"})
+    second_encoder: str | None = field(default=None, metadata={"help": "None | wavlm-tiny | Hub id / folder of a WavLM/HuBERT model", "presets": tuple(sorted(SECOND_ENCODERS))})
+    max_audio_seconds: float = field(default=30.0, metadata={"help": "audio is cropped here; below 30 s Whisper's window is cropped too", "gt": 0})
+    window_seconds: float = field(default=0.333333, metadata={"help": "Q-Former window length in seconds (SALMONN: 0.333 s = 17 Whisper frames)", "gt": 0})
+    stride_seconds: float = field(default=0.333333, metadata={"help": "Q-Former window stride in seconds", "gt": 0})
+    num_queries: int = field(default=1, metadata={"help": "learned queries per window (speech tokens per window)", "min": 1})
+    qformer_layers: int = field(default=2, metadata={"help": "Q-Former (Blip2QFormerModel) layers", "min": 1})
+    qformer_hidden: int | None = field(default=None, metadata={"help": "default: Whisper's d_model (SALMONN: 768, BERT-base)", "min": 1})
+    qformer_heads: int | None = field(default=None, metadata={"help": "default: qformer_hidden // 64 (at least 1)", "min": 1})
+    qformer_intermediate: int | None = field(default=None, metadata={"help": "default: 4 x qformer_hidden", "min": 1})
     prompts: list[str] = field(default_factory=lambda: list(DEFAULT_SPEECH_PROMPTS), metadata={"help": "prompt variants (names under prompts/ or YAML files); training samples one per example, voting uses all"})
     prompt_dir: str | None = field(default=None, metadata={"help": "folder to read prompt variants from (default: the packaged prompts/)"})
     inputs: Literal["speech", "speech+transcript"] = field(default="speech", metadata={"help": "speech only, or speech plus the transcript in the prompt"})
@@ -51,7 +52,7 @@ class AudioLLMBranchConfig(LLMConfig):
     # its first token, which is what training reads (needs answers with distinct first tokens; ~8 fewer
     # tokens per prompt in every scoring forward).
     answer_scoring: Literal["whole", "first_token"] = field(default="whole", metadata={"help": "score whole answers, or only their first tokens (what training reads)"})
-    max_transcript_tokens: int = field(default=96, metadata={"help": "transcripts are cut to this many tokens in the prompt"})
+    max_transcript_tokens: int = field(default=96, metadata={"help": "transcripts are cut to this many tokens in the prompt", "min": 1})
     attribute_head: bool = field(default=True, metadata={"help": "a small regression head on the mean speech token (task 2)"})
     # An auxiliary class head on the mean Q-Former state, trained with weight loss.auxiliary_class_weight: it gives
     # the Q-Former a direct emotion signal instead of only the one that comes back through all LLM layers
@@ -59,24 +60,18 @@ class AudioLLMBranchConfig(LLMConfig):
     speech_class_head: bool = field(default=True, metadata={"help": "train an auxiliary class head on the speech tokens (loss.auxiliary_class_weight)"})
     # After training, fit each answer's prior on the dev split and divide it out at inference (AnswerCalibration).
     calibrate: bool = field(default=True, metadata={"help": "fit each prompt variant's answer prior on the dev split after training and divide it out"})
-    head_hidden_size: int = field(default=128, metadata={"help": "hidden size of the attribute and auxiliary heads"})
-    dropout: float = field(default=0.1, metadata={"help": "dropout of the heads"})
+    head_hidden_size: int = field(default=128, metadata={"help": "hidden size of the attribute and auxiliary heads", "min": 1})
+    dropout: float = field(default=0.1, metadata={"help": "dropout of the heads", "min": 0, "lt": 1})
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         issues = []
         if not self.prompts:
             issues.append("list at least one prompt variant in model.prompts")
-        if self.window_seconds <= 0 or self.stride_seconds <= 0:
-            issues.append(f"window_seconds and stride_seconds must be > 0 (got {self.window_seconds}, "
-                          f"{self.stride_seconds})")
-        if self.num_queries < 1 or self.qformer_layers < 1:
-            issues.append("num_queries and qformer_layers must be >= 1")
         if self.speech_attention not in ("causal", "isolated"):
             issues.append(f"speech_attention must be 'causal' or 'isolated', got {self.speech_attention!r}")
         if self.answer_scoring not in ("whole", "first_token"):
             issues.append(f"answer_scoring must be 'whole' or 'first_token', got {self.answer_scoring!r}")
-        if self.max_audio_seconds <= 0:
-            issues.append(f"max_audio_seconds must be > 0, got {self.max_audio_seconds}")
         if issues:
             raise ValueError("\n".join(issues))
 

@@ -563,7 +563,7 @@ class AudioLLMEmotionModel(nn.Module):
         return model
 
     def load_speech_modules(self, directory: str | Path) -> None:
-        from llmser.utils.weights import load_safetensors
+        from llmser.utils.weights import load_safetensors, load_state_checked
 
         path = Path(directory) / SPEECH_MODULES
         if not path.is_file():
@@ -571,17 +571,16 @@ class AudioLLMEmotionModel(nn.Module):
         state = load_safetensors(path)
         # folders saved before answer calibration existed: uncalibrated (a zero prior is a no-op)
         state.setdefault("calibration.log_prior", torch.zeros_like(self.calibration.log_prior))
-        self.speech_modules().load_state_dict(state)
+        load_state_checked(self.speech_modules(), path, state=state)
 
     def load_trained_weights(self, directory: str | Path) -> None:
         """Load a saved folder's adapter and speech modules into this model in place (no base reload)."""
         from peft import set_peft_model_state_dict
 
-        from llmser.models.llm.adapter import ADAPTER_WEIGHTS, check_adapter_base
-        from llmser.utils.weights import load_safetensors
+        from llmser.models.llm.adapter import adapter_state, check_adapter_base
 
         check_adapter_base(directory, self.base_name)
-        set_peft_model_state_dict(self.llm, load_safetensors(Path(directory) / ADAPTER_WEIGHTS))
+        set_peft_model_state_dict(self.llm, adapter_state(self.llm, directory))
         self.prefix_cache.clear()
         self.load_speech_modules(directory)
 

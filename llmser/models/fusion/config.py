@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from llmser.config import load_branch_config, save_branch_config
+from llmser.config import check_ranges, load_branch_config, save_branch_config
 
 FUSION_MODES = ("attention", "concat")
 
@@ -35,10 +35,10 @@ class FusionBranchConfig:
     mode: Literal["attention", "concat"] = field(default="attention", metadata={"help": "attention (cross-attention over the streams) or concat (the baseline: concatenated embeddings)"})
     query: str | None = field(default=None, metadata={"help": "the attending stream in attention mode; None = streams[0]"})
     sequences: bool = field(default=True, metadata={"help": "use cached sequence states (B, T, D) where a stream has them"})
-    hidden: int = field(default=128, metadata={"help": "width of the fusion layers"})
-    heads: int = field(default=4, metadata={"help": "attention heads of the fusion"})
-    dropout: float = field(default=0.1, metadata={"help": "dropout of the fusion and heads"})
-    head_hidden_size: int = field(default=128, metadata={"help": "hidden size of the class and attribute heads"})
+    hidden: int = field(default=128, metadata={"help": "width of the fusion layers", "min": 1})
+    heads: int = field(default=4, metadata={"help": "attention heads of the fusion", "min": 1})
+    dropout: float = field(default=0.1, metadata={"help": "dropout of the fusion and heads", "min": 0, "lt": 1})
+    head_hidden_size: int = field(default=128, metadata={"help": "hidden size of the class and attribute heads", "min": 1})
     class_head: bool = field(default=True, metadata={"help": "predict the 8 classes (task 1)"})
     attribute_head: bool = field(default=True, metadata={"help": "predict arousal, valence, dominance (task 2)"})
     # Filled from the cached outputs at training time (and saved), not written in a recipe by hand.
@@ -46,6 +46,7 @@ class FusionBranchConfig:
     sequence_sizes: dict[str, int] = field(default_factory=dict, metadata={"help": "stream -> sequence state size"})
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         issues = []
         if not self.streams:
             issues.append("streams is empty; name at least one branch, e.g. streams: [wavlm, text_llm]")
@@ -58,10 +59,8 @@ class FusionBranchConfig:
                           "use mode: concat for a single stream")
         if self.query is not None and self.query not in self.streams:
             issues.append(f"query {self.query!r} is not one of the streams {self.streams}")
-        if self.hidden <= 0 or self.heads <= 0 or self.hidden % self.heads:
+        if self.hidden > 0 and self.heads > 0 and self.hidden % self.heads:
             issues.append(f"hidden ({self.hidden}) must be a positive multiple of heads ({self.heads})")
-        if not 0.0 <= self.dropout < 1.0:
-            issues.append(f"dropout must be in [0, 1), got {self.dropout}")
         if not (self.class_head or self.attribute_head):
             issues.append("enable at least one of class_head / attribute_head")
         unknown = sorted((set(self.stream_sizes) | set(self.sequence_sizes)) - set(self.streams))

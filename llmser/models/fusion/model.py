@@ -172,7 +172,7 @@ class FusionEmotionModel(nn.Module):
     def from_pretrained(cls, directory: str | Path, **overrides: object) -> FusionEmotionModel:
         """Rebuild from a saved folder; ``overrides`` replace config fields that do not change shapes
         (e.g. ``outputs_dir`` when the cache moved)."""
-        from llmser.utils.weights import load_safetensors
+        from llmser.utils.weights import load_state_checked
 
         directory = Path(directory)
         config = FusionBranchConfig.load(directory)
@@ -182,9 +182,5 @@ class FusionEmotionModel(nn.Module):
         if not weights.is_file():
             raise FileNotFoundError(f"{weights} is missing; the folder is incomplete")
         model = cls(config)
-        state = load_safetensors(weights)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{weights} does not match its config.json: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}")
+        load_state_checked(model, weights)
         return model

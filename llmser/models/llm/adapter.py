@@ -55,8 +55,22 @@ def load_lora(model: Any, adapter_dir: str | Path, base: str, *, trainable: bool
         raise FileNotFoundError(f"{weights} is missing (llmser loads safetensors adapters only); "
                                 "re-save the adapter with save_pretrained(safe_serialization=True)")
     peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    adapter_state(peft_model, adapter_dir)  # peft leaves a missing LoRA tensor at its init with only a warning
     guard_cpu_4bit_gradients(peft_model)
     return peft_model
+
+
+def adapter_state(peft_model: Any, adapter_dir: str | Path) -> dict[str, Any]:
+    """The adapter file's tensors, after checking it holds every LoRA tensor ``peft_model`` declares, with its
+    shape, finite (``llmser.utils.weights.check_state``)."""
+    from peft import get_peft_model_state_dict
+
+    from llmser.utils.weights import check_state, load_safetensors
+
+    path = Path(adapter_dir) / ADAPTER_WEIGHTS
+    state = load_safetensors(path)
+    check_state(get_peft_model_state_dict(peft_model), state, path)
+    return state
 
 
 def save_lora(peft_model: Any, directory: str | Path, base: str) -> None:

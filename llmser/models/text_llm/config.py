@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from llmser.config import load_branch_config, save_branch_config
+from llmser.config import check_ranges, load_branch_config, save_branch_config
 from llmser.models.llm.config import LLMConfig
 
 DEFAULT_TEXT_PROMPTS = ["text_plain", "text_definitions", "text_shuffled", "text_annotator", "text_short"]
@@ -26,15 +26,16 @@ class TextLLMBranchConfig(LLMConfig):
     mode: Literal["head", "sft"] = field(default="head", metadata={"help": "head: LoRA + class/attribute heads on the LLM state; sft: instruction tuning with trl"})
     prompts: list[str] = field(default_factory=lambda: list(DEFAULT_TEXT_PROMPTS), metadata={"help": "prompt variants (names under prompts/ or YAML files)"})
     prompt_dir: str | None = field(default=None, metadata={"help": "default: the project's prompts/ folder"})
-    max_transcript_tokens: int = field(default=128, metadata={"help": "longer transcripts are cut (the prompt itself is never cut)"})
+    max_transcript_tokens: int = field(default=128, metadata={"help": "longer transcripts are cut (the prompt itself is never cut)", "min": 1})
     calibrate: bool = field(default=False, metadata={"help": "sft: contextual calibration of each variant's votes (llmser.inference.prompting)"})
-    head_hidden_size: int = field(default=256, metadata={"help": "hidden size of the heads"})
+    head_hidden_size: int = field(default=256, metadata={"help": "hidden size of the heads", "min": 1})
     head_standardize: bool = field(default=True, metadata={"help": "per-feature running standardisation of the LLM state (see FeatureStandardizer)"})
-    dropout: float = field(default=0.1, metadata={"help": "dropout of the heads"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout of the heads", "min": 0, "lt": 1})
     class_head: bool = field(default=True, metadata={"help": "predict the 8 classes (task 1)"})
     attribute_head: bool = field(default=True, metadata={"help": "predict arousal, valence, dominance (task 2)"})
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if not self.prompts:
             raise ValueError("list at least one prompt variant in model.prompts")
         if self.mode == "head" and not (self.class_head or self.attribute_head):

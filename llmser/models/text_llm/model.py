@@ -106,19 +106,18 @@ class TextLLMEmotionModel(nn.Module):
         return model
 
     def load_heads(self, directory: str | Path) -> None:
-        from llmser.utils.weights import load_safetensors
+        from llmser.utils.weights import load_state_checked
 
-        self.heads.load_state_dict(load_safetensors(Path(directory) / HEADS_NAME))
+        load_state_checked(self.heads, Path(directory) / HEADS_NAME)
 
     def load_trained_weights(self, directory: str | Path) -> None:
         """Load a saved folder's adapter and heads into this model in place (no base reload)."""
         from peft import set_peft_model_state_dict
 
-        from llmser.models.llm.adapter import ADAPTER_WEIGHTS, check_adapter_base
-        from llmser.utils.weights import load_safetensors
+        from llmser.models.llm.adapter import adapter_state, check_adapter_base
 
         check_adapter_base(directory, self.base_name)
-        set_peft_model_state_dict(self.llm, load_safetensors(Path(directory) / ADAPTER_WEIGHTS))
+        set_peft_model_state_dict(self.llm, adapter_state(self.llm, directory))
         self.load_heads(directory)
 
 

@@ -41,10 +41,11 @@ def prepare(recipe: Recipe, config: WavLMBranchConfig, corpus: Any, accelerator:
         sets = [CachedHiddenDataset(u, cache) for u in (train_utts, eval_utts, test_utts)]
         collate = collate_hidden
     else:
+        need = model.min_samples
         sets = [AudioExampleDataset(train_utts, max_seconds=data.max_seconds, augmenter=augmenter,
-                                    seed=recipe.train.seed),
-                AudioExampleDataset(eval_utts, max_seconds=data.max_seconds),
-                AudioExampleDataset(test_utts, max_seconds=data.max_seconds)]
+                                    seed=recipe.train.seed, min_samples=need),
+                AudioExampleDataset(eval_utts, max_seconds=data.max_seconds, min_samples=need),
+                AudioExampleDataset(test_utts, max_seconds=data.max_seconds, min_samples=need)]
         collate = collate_waveforms
     return BranchSetup(model=model, train_set=sets[0], eval_set=sets[1] if eval_utts else None,
                        test_set=sets[2] if test_utts else None, collate_fn=collate, test_utterances=test_utts,
@@ -73,4 +74,5 @@ def _fill_cache(model: WavLMEmotionModel, utterances: list, recipe: Recipe, acce
 
 def predict_data(model: WavLMEmotionModel, recipe: Recipe, utterances: list) -> tuple[Any, Any]:
     """Dataset + collate that feed raw audio files to a trained model (``llmser predict``)."""
-    return AudioExampleDataset(utterances, max_seconds=recipe.data.max_seconds), collate_waveforms
+    dataset = AudioExampleDataset(utterances, max_seconds=recipe.data.max_seconds, min_samples=model.min_samples)
+    return dataset, collate_waveforms

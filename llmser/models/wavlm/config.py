@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from llmser.config import from_dict, to_dict
+from llmser.config import check_ranges, from_dict, to_dict
 
 #: A randomly initialised WavLMModel of the same class as microsoft/wavlm-large, small enough to train
 #: from scratch on 2 CPU cores. Same conv strides as the real model (320 samples = 20 ms per frame).
@@ -45,25 +45,26 @@ class WavLMBranchConfig:
     are for real checkpoints.
     """
 
-    encoder: str = field(default="microsoft/wavlm-large", metadata={"help": "speech encoder: a Hub id (microsoft/wavlm-large ...), a local folder, or a preset (tiny)"})
+    encoder: str = field(default="microsoft/wavlm-large", metadata={"help": "speech encoder: a Hub id (microsoft/wavlm-large ...), a local folder, or a preset (tiny)", "presets": tuple(ENCODER_PRESETS)})
     revision: str | None = field(default=None, metadata={"help": "Hub revision of the encoder"})
     encoder_mode: Literal["frozen", "finetune", "lora"] = field(default="frozen", metadata={"help": "frozen (features cached), finetune (all of it trains) or lora"})
     freeze_feature_extractor: bool = field(default=True, metadata={"help": "the CNN front end stays frozen when the transformer trains"})
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank (encoder_mode: lora)"})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
-    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank (encoder_mode: lora)", "min": 1})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)", "gt": 0})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input", "min": 0, "lt": 1})
     # WavLM's attention calls F.multi_head_attention_forward with the raw q/k/v weights, bypassing the
     # Linear modules, so LoRA there would silently do nothing; the feed-forward layers are real modules
     # in WavLM, HuBERT and wav2vec 2.0 alike.
     lora_target_modules: list[str] = field(default_factory=lambda: ["intermediate_dense", "output_dense"], metadata={"help": "encoder modules that get LoRA (WavLM's feed-forward layers; its attention bypasses Linear modules)"})
     layer_weighting: bool = field(default=True, metadata={"help": "learned weighted sum over the encoder's hidden layers (else the last layer)"})
-    pooling_attention_size: int = field(default=128, metadata={"help": "hidden size of the attentive statistics pooling"})
-    head_hidden_size: int = field(default=256, metadata={"help": "hidden size of the heads"})
-    dropout: float = field(default=0.2, metadata={"help": "dropout of the heads"})
+    pooling_attention_size: int = field(default=128, metadata={"help": "hidden size of the attentive statistics pooling", "min": 1})
+    head_hidden_size: int = field(default=256, metadata={"help": "hidden size of the heads", "min": 1})
+    dropout: float = field(default=0.2, metadata={"help": "dropout of the heads", "min": 0, "lt": 1})
     class_head: bool = field(default=True, metadata={"help": "predict the 8 classes (task 1)"})
     attribute_head: bool = field(default=True, metadata={"help": "predict arousal, valence, dominance (task 2)"})
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.is_preset and self.encoder_mode != "finetune":
             raise ValueError(
                 f"encoder {self.encoder!r} is a randomly initialised preset; set encoder_mode: finetune "

@@ -38,11 +38,34 @@ def build_encoder(config: WavLMBranchConfig, encoder_path: str | Path | None = N
 
     if encoder_path is None and config.is_preset:
         return WavLMModel(WavLMConfig(**ENCODER_PRESETS[config.encoder]))
-    source = str(encoder_path or config.encoder)
+    if encoder_path is not None:
+        return _load_saved_encoder(Path(encoder_path))
     # use_safetensors: llmser never unpickles weights. For a Hub repo without safetensors, pass the
     # revision of its safetensors conversion PR (e.g. revision: refs/pr/N) or convert it locally.
-    return AutoModel.from_pretrained(source, revision=None if encoder_path else config.revision,
-                                     use_safetensors=True)
+    return AutoModel.from_pretrained(str(config.encoder), revision=config.revision, use_safetensors=True)
+
+
+def _load_saved_encoder(folder: Path) -> nn.Module:
+    """An encoder llmser saved (``encoder/``): every tensor must be in the file, finite and of its shape;
+    ``from_pretrained`` alone would initialise a missing one at random with only a log line."""
+    from transformers import AutoModel
+
+    from llmser.utils.weights import WeightsError, nonfinite_tensors
+
+    try:
+        encoder, info = AutoModel.from_pretrained(str(folder), use_safetensors=True, output_loading_info=True)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise WeightsError(f"{folder}: the saved encoder cannot be loaded ({str(exc).splitlines()[0]}); save or "
+                           "download the model folder again") from None
+    problems = [f"{kind.replace('_', ' ')}: {sorted(map(str, keys))[:5]}" for kind, keys in info.items()
+                if kind in ("missing_keys", "unexpected_keys", "mismatched_keys") and keys]
+    bad = nonfinite_tensors(encoder.state_dict())
+    if bad:
+        problems.append(f"NaN or infinite values in {bad[:5]}")
+    if problems:
+        raise WeightsError(f"{folder} does not hold a complete encoder ({'; '.join(problems)}); llmser will not fill "
+                           "the gaps with random weights. Save or download the model folder again")
+    return encoder
 
 
 _BYPASSED_ATTENTION_PROJECTIONS = {"q_proj", "k_proj", "v_proj", "out_proj"}
@@ -89,7 +112,10 @@ class WavLMEmotionModel(nn.Module):
 
         _check_lora_targets(self.encoder, self.config.lora_target_modules)
         if adapter_dir is not None:
+            from llmser.models.llm.adapter import adapter_state
+
             self.encoder = PeftModel.from_pretrained(self.encoder, str(adapter_dir), is_trainable=True)
+            adapter_state(self.encoder, adapter_dir)  # every LoRA tensor present, of its shape, finite
         else:
             lora = LoraConfig(r=self.config.lora_r, lora_alpha=self.config.lora_alpha,
                               lora_dropout=self.config.lora_dropout,
@@ -154,6 +180,18 @@ class WavLMEmotionModel(nn.Module):
             raise ValueError("cached hidden_states need their frame_mask")
         return self.forward_hidden(hidden_states, frame_mask)
 
+    @property
+    def min_samples(self) -> int:
+        """Samples the encoder's convolutions need for one frame (400 = 25 ms for WavLM/HuBERT/wav2vec 2.0):
+        a shorter clip has no frame to pool, so it is refused (and skipped by the predictor) instead."""
+        kernels = getattr(self.encoder.config, "conv_kernel", None) or [1]
+        strides = getattr(self.encoder.config, "conv_stride", None) or [1] * len(kernels)
+        field, jump = 1, 1
+        for kernel, stride in zip(kernels, strides):
+            field += (kernel - 1) * jump
+            jump *= stride
+        return field
+
     # ------------------------------------------------------------------ save / load
 
     def _base_encoder(self) -> nn.Module:
@@ -179,7 +217,7 @@ class WavLMEmotionModel(nn.Module):
     def from_pretrained(cls, directory: str | Path, revision: str | None = None) -> WavLMEmotionModel:
         """Rebuild from a folder saved by ``save_pretrained`` or a Hub id (offline from the HF cache too)."""
         from llmser.utils.hub import resolve_pretrained
-        from llmser.utils.weights import load_safetensors
+        from llmser.utils.weights import WeightsError, load_state_checked
 
         directory = resolve_pretrained(directory, revision)
         if not (directory / "config.json").is_file():
@@ -187,6 +225,10 @@ class WavLMEmotionModel(nn.Module):
                                     "WavLMEmotionModel.save_pretrained?")
         config = WavLMBranchConfig.load(directory)
         encoder_dir = directory / ENCODER_DIR
+        if not encoder_dir.is_dir() and (config.encoder_mode == "finetune" or config.is_preset):
+            raise WeightsError(f"{encoder_dir} is missing: this model's encoder was trained ({config.encoder_mode} of "
+                               f"{config.encoder!r}), so its weights are only there; llmser will not replace them "
+                               "with the untrained ones. Copy the whole model folder again")
         encoder = build_encoder(config, encoder_dir if encoder_dir.is_dir() else None)
         model = cls(config, encoder)
         if config.encoder_mode == "lora":
@@ -194,9 +236,5 @@ class WavLMEmotionModel(nn.Module):
         weights = directory / WEIGHTS_NAME
         if not weights.is_file():
             raise FileNotFoundError(f"{weights} is missing; the folder is incomplete")
-        state = load_safetensors(weights)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("encoder.")]
-        if missing or unexpected:
-            raise ValueError(f"{weights} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        load_state_checked(model, weights, optional=("encoder.",))  # the encoder came from encoder/ or its source
         return model

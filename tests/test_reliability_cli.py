@@ -1,0 +1,95 @@
+"""Every command of ``llmser``, given a bad value of each kind, exits with status 2 and one message, never a
+traceback (docs/reliability.md). New commands must add their cases here: a test checks the table is complete."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llmser.cli import COMMANDS, OUTPUTS, main
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = str(ROOT / "adapters" / "wavlm_tiny.yaml")
+
+
+def _cases(tmp: Path) -> dict[str, list[list[str]]]:
+    """command -> argument lists, each with one mistake: an out-of-range number, a missing input, an output
+    that is a folder/file of the wrong kind, an unknown preset, a bad recipe value."""
+    missing = str(tmp / "missing")
+    a_dir = str(tmp / "a_dir")
+    a_file = str(tmp / "a_file.txt")
+    wav = str(tmp / "clip.wav")
+    return {
+        "make-demo-corpus": [[str(tmp / "c"), "--n", "0"], [str(tmp / "c"), "--seed", "-1"], [a_file],
+                             [str(tmp / "c"), "--workers", "many"]],
+        "transcribe": [["--audio", missing, "--out", str(tmp / "t")], ["--audio", wav, "--out", str(tmp / "t"),
+                       "--model", "smoll"], ["--audio", wav, "--out", a_file], ["--audio", wav, "--batch-size", "0"]],
+        "train": [[RECIPE, "data.batch_size=0"], [RECIPE, "optim.encoder_lr=-0.5"], [RECIPE, "model.lora_r=0"],
+                  [RECIPE, "train.eval_every=0"], [missing + ".yaml"], [RECIPE, f"train.output_dir={a_file}"],
+                  [RECIPE, "model.encoder=tinyy"], [RECIPE, "optim.lr=1e-3", "optim.lr=2e-3"]],
+        "plan": [["--batch-size", "0"], ["wavlm-larg"], ["--audio-seconds", "-1"], ["--json", a_dir]],
+        "predict-prior": [["--corpus", missing, "--out", str(tmp / "p.csv")], ["--corpus", missing, "--out", a_dir]],
+        "baseline": [["classical", "--corpus", missing, "--out", str(tmp / "b")],
+                     ["classical", "--corpus", missing, "--out", str(tmp / "b"), "--max-seconds", "0"],
+                     ["classical", "--corpus", missing, "--out", a_file]],
+        "predict-prompts": [["--corpus", missing, "--out", str(tmp / "p.csv"), "--llm", "smoll"],
+                            ["--corpus", missing, "--out", str(tmp / "p.csv"), "--batch-size", "0"],
+                            ["--corpus", missing, "--out", str(tmp / "p.csv"), "--limit", "-3"],
+                            ["--corpus", missing, "--out", a_dir]],
+        "collect-outputs": [[missing, "--out", str(tmp / "o")], [missing, "--out", str(tmp / "o"), "--frame-stride", "0"],
+                            [missing, "--out", a_file]],
+        "ensemble": [[missing + ".yaml", "--corpus", missing, "--out", str(tmp / "e")],
+                     [str(ROOT / "ensembles" / "demo.yaml"), "methods=[nosuch]", "--corpus", missing, "--out", str(tmp / "e")],
+                     [str(ROOT / "ensembles" / "demo.yaml"), "--corpus", missing, "--out", a_file]],
+        "build-system": [["--member", "wavlm", "--out", str(tmp / "s")], ["--member", f"wavlm={missing}", "--out", str(tmp / "s")],
+                         ["--member", f"wavlm={missing}", "--frame-stride", "0", "--out", str(tmp / "s")],
+                         ["--member", f"wavlm={missing}", "--out", a_file]],
+        "predict": [["--model", missing, "--audio", wav, "--out", str(tmp / "p.csv")],
+                    ["--model", missing, "--audio", wav, "--out", a_dir],
+                    ["--model", missing, "--audio", wav, "--out", str(tmp / "p.csv"), "--batch-size", "0"],
+                    ["--model", missing, "--audio", wav, "--out", str(tmp / "p.csv"), "--asr", "smoll"],
+                    ["--model", missing, "--audio", missing, "--out", str(tmp / "p.csv")]],
+        "evaluate": [["--predictions", missing, "--corpus", missing], ["--predictions", missing, "--corpus", missing,
+                     "--out", a_file]],
+        "compare": [[f"a={missing}"], ["no-equals-sign"], [f"a={missing}", "--out", a_dir]],
+        "validate-submission": [[missing], [a_file], [a_dir]],
+        "push": [[missing, "org/name"], [a_dir, "not a repo id"]],
+        "pull": [["not a repo id"], ["org/name", "--local-dir", a_file]],
+    }
+
+
+@pytest.fixture()
+def cases(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    (tmp_path / "a_dir").mkdir()
+    (tmp_path / "a_file.txt").write_text("not a folder\n")
+    sf.write(tmp_path / "clip.wav", (0.1 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32), 16000)
+    return _cases(tmp_path)
+
+
+def test_the_table_covers_every_command(cases):
+    assert set(cases) == set(COMMANDS)
+    assert set(OUTPUTS) <= set(COMMANDS)
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_bad_values_exit_2_without_a_traceback(command, cases, capsys, monkeypatch):
+    import huggingface_hub
+
+    def no_hub(*args, **kwargs):  # a user error must never wait on the network
+        raise AssertionError("the Hub was asked")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_hub)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for argv in cases[command]:
+        try:
+            status = main([command, *argv])
+        except SystemExit as exc:  # argparse: a bad type or a missing argument
+            status = exc.code
+        captured = capsys.readouterr()
+        assert status == 2, f"llmser {command} {' '.join(argv)} -> {status}\n{captured.out}{captured.err}"
+        assert "Traceback" not in captured.err + captured.out
+        assert "error" in captured.err, (argv, captured.err)
