@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from llmser.data.examples import (
@@ -45,7 +46,7 @@ def prepare(recipe: Recipe, config: WavLMBranchConfig, corpus: Any, accelerator:
                                     seed=recipe.train.seed),
                 AudioExampleDataset(eval_utts, max_seconds=data.max_seconds),
                 AudioExampleDataset(test_utts, max_seconds=data.max_seconds)]
-        collate = collate_waveforms
+        collate = partial(collate_waveforms, normalise=model.normalises_waveforms)
     return BranchSetup(model=model, train_set=sets[0], eval_set=sets[1] if eval_utts else None,
                        test_set=sets[2] if test_utts else None, collate_fn=collate, test_utterances=test_utts,
                        class_counts=counts, train_labels=labels)
@@ -63,7 +64,7 @@ def _fill_cache(model: WavLMEmotionModel, utterances: list, recipe: Recipe, acce
 
     cache = FeatureCache(recipe.data.cache_dir, encoder_fingerprint(model.encoder),
                          {"sample_rate": 16000, "max_seconds": recipe.data.max_seconds, "dtype": "float16",
-                          "normalise": "utterance"})
+                          "normalise": "utterance" if model.normalises_waveforms else "none"})
     fill_feature_cache(model, utterances, cache, max_seconds=recipe.data.max_seconds,
                        batch_size=recipe.data.eval_batch_size, rank=accelerator.process_index,
                        world_size=accelerator.num_processes, progress=accelerator.is_main_process)
@@ -73,4 +74,5 @@ def _fill_cache(model: WavLMEmotionModel, utterances: list, recipe: Recipe, acce
 
 def predict_data(model: WavLMEmotionModel, recipe: Recipe, utterances: list) -> tuple[Any, Any]:
     """Dataset + collate that feed raw audio files to a trained model (``llmser predict``)."""
-    return AudioExampleDataset(utterances, max_seconds=recipe.data.max_seconds), collate_waveforms
+    return (AudioExampleDataset(utterances, max_seconds=recipe.data.max_seconds),
+            partial(collate_waveforms, normalise=model.normalises_waveforms))
