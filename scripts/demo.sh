@@ -3,7 +3,7 @@
 #   1. set up the environment (scripts/setup_env.sh),
 #   2. make the synthetic demo corpus (skipped with --corpus DIR: any corpus in the MSP-Podcast layout),
 #   3. the training-prior baseline and the classical ones (eGeMAPS / TF-IDF + linear models) on the test split,
-#   4. the WavLM branch (tiny random WavLM trained end to end),
+#   4. the speech branch (Whisper tiny.en's pretrained encoder, frozen and cached; layer weights, pooling, heads),
 #   5. the text branch on transcripts with SmolLM2-135M-Instruct: zero-shot prompt voting and LoRA + head
 #      (the training engine); with --sft also LoRA instruction tuning (trl SFT) with prompt voting (+~10 min),
 #   6. the SALMONN-style audio-LLM (Whisper tiny.en -> window-level Q-Former -> SmolLM2 + LoRA) from speech only
@@ -79,7 +79,7 @@ train() {  # train NAME RECIPE FULL_STEPS QUICK_STEPS [overrides...]
     "$@" $(steps "$full" "$quick")
 }
 
-train wavlm adapters/wavlm_tiny.yaml 250 20
+train wavlm adapters/wavlm_smol.yaml 300 20
 
 # Contextual calibration removes each variant's constant label bias (0.0977 -> 0.1735 on the demo corpus);
 # the rating prompts are skipped to keep the run short (zero-shot CCCs on the demo are ~0 anyway).

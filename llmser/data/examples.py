@@ -120,13 +120,15 @@ def normalise_wave(wave: np.ndarray) -> np.ndarray:
     return (wave - wave.mean()) / np.sqrt(wave.var() + 1e-7)
 
 
-def collate_waveforms(examples: list[dict]) -> dict[str, torch.Tensor]:
-    """Pad waves to the longest: ``input_values`` (B, S) and ``attention_mask`` (B, S)."""
+def collate_waveforms(examples: list[dict], normalise: bool = True) -> dict[str, torch.Tensor]:
+    """Pad waves to the longest: ``input_values`` (B, S) and ``attention_mask`` (B, S); ``normalise``
+    per utterance for SSL encoders (off for Whisper, whose log-mel front end reads the raw amplitude)."""
     lengths = [len(e["wave"]) for e in examples]
     values = torch.zeros(len(examples), max(lengths))
     mask = torch.zeros(len(examples), max(lengths), dtype=torch.long)
     for i, e in enumerate(examples):
-        values[i, : lengths[i]] = torch.from_numpy(normalise_wave(e["wave"]))
+        wave = normalise_wave(e["wave"]) if normalise else np.asarray(e["wave"], np.float32)
+        values[i, : lengths[i]] = torch.from_numpy(wave)
         mask[i, : lengths[i]] = 1
     return {"input_values": values, "attention_mask": mask, **_targets(examples)}
 
@@ -155,7 +157,7 @@ def fill_feature_cache(model: Any, utterances: Sequence, cache: Any, *, max_seco
     for start in tqdm(range(0, len(todo), batch_size), disable=not progress or not todo,
                       desc="caching encoder features", leave=False):
         examples = [dataset[i] for i in range(start, min(start + batch_size, len(todo)))]
-        batch = collate_waveforms(examples)
+        batch = collate_waveforms(examples, normalise=getattr(model, "normalises_waveforms", True))
         hidden, mask = model.encode(batch["input_values"], batch["attention_mask"])  # (L, B, T, H), (B, T)
         for i, example in enumerate(examples):
             frames = int(mask[i].sum())

@@ -11,9 +11,18 @@ from llmser.data.examples import class_counts, class_labels, recipe_splits
 from llmser.models.branch import BranchSetup
 from llmser.models.llm.prompts import load_prompts
 from llmser.models.text_llm.config import TextLLMBranchConfig
-from llmser.models.text_llm.data import PromptCollator, PromptExampleDataset, check_transcripts
+from llmser.models.text_llm.data import (
+    CachedStatesDataset,
+    PromptCollator,
+    PromptExampleDataset,
+    check_transcripts,
+    collate_cached_states,
+)
 from llmser.models.text_llm.model import TextLLMEmotionModel
 from llmser.recipe import Recipe
+from llmser.utils.logging import get_logger
+
+logger = get_logger(__name__)
 
 
 def split_utterances(recipe: Recipe, corpus: Any) -> tuple[list, list, list]:
@@ -37,11 +46,33 @@ def prepare(recipe: Recipe, config: TextLLMBranchConfig, corpus: Any, accelerato
         return PromptExampleDataset(utts, templates, tok, max_transcript_tokens=config.max_transcript_tokens,
                                     sample_variants=train, seed=recipe.train.seed)
 
-    return BranchSetup(model=model, train_set=dataset(train_utts, True),
-                       eval_set=dataset(eval_utts, False) if eval_utts else None,
-                       test_set=dataset(test_utts, False) if test_utts else None,
-                       collate_fn=PromptCollator(tok), test_utterances=test_utts, class_counts=class_counts(train_utts),
+    sets = [dataset(utts, train) if utts else None
+            for utts, train in ((train_utts, True), (eval_utts, False), (test_utts, False))]
+    collate: Any = PromptCollator(tok)
+    if config.cache_lower_layers and model.cache_split is not None:
+        sets = _with_cached_states(model, sets, recipe, accelerator)
+        collate = collate_cached_states
+    return BranchSetup(model=model, train_set=sets[0], eval_set=sets[1], test_set=sets[2], collate_fn=collate,
+                       test_utterances=test_utts, class_counts=class_counts(train_utts),
                        train_labels=class_labels(train_utts))
+
+
+def _with_cached_states(model: TextLLMEmotionModel, sets: list, recipe: Recipe, accelerator: Any) -> list:
+    """Wrap the datasets to read the cached states entering the first tuned layer (filled on first access,
+    for every (file, prompt variant) a set can yield): each epoch then runs only the top layers."""
+    from functools import partial
+
+    from llmser.models.llm.layer_cache import LayerStateCache, fill_layer_cache, frozen_fingerprint
+
+    split = model.cache_split
+    decoder = model.decoder()
+    cache = LayerStateCache(recipe.data.cache_dir, frozen_fingerprint(decoder, split))
+    fill = partial(fill_layer_cache, decoder, cache=cache, split=split, pad_token_id=model.tokenizer.pad_token_id or 0,
+                   batch_size=recipe.data.eval_batch_size, progress=accelerator.is_main_process)
+    layers = model.llm.get_base_model().config.num_hidden_layers
+    logger.info("LLM layers 0-%d are frozen: their output is cached once per (file, prompt variant) in %s; "
+                "training runs layers %d-%d on it", split - 1, cache.directory, split, layers - 1)
+    return [CachedStatesDataset(s, cache, fill) if s is not None else None for s in sets]
 
 
 def predict_data(model: TextLLMEmotionModel, recipe: Recipe, utterances: list) -> tuple[Any, Any]:

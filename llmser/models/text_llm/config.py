@@ -27,6 +27,7 @@ class TextLLMBranchConfig(LLMConfig):
     prompts: list[str] = field(default_factory=lambda: list(DEFAULT_TEXT_PROMPTS), metadata={"help": "prompt variants (names under prompts/ or YAML files)"})
     prompt_dir: str | None = field(default=None, metadata={"help": "default: the project's prompts/ folder"})
     max_transcript_tokens: int = field(default=128, metadata={"help": "longer transcripts are cut (the prompt itself is never cut)", "min": 1})
+    cache_lower_layers: bool = field(default=True, metadata={"help": "head mode with lora_top_layers: cache the states entering the first tuned layer once per (file, prompt variant) and train the top layers on them"})
     calibrate: bool = field(default=False, metadata={"help": "sft: contextual calibration of each variant's votes (llmser.inference.prompting)"})
     head_hidden_size: int = field(default=256, metadata={"help": "hidden size of the heads", "min": 1})
     head_standardize: bool = field(default=True, metadata={"help": "per-feature running standardisation of the LLM state (see FeatureStandardizer)"})

@@ -6,7 +6,7 @@ example gets the same variant whatever the process count or resume point; evalua
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -86,3 +86,61 @@ class PromptCollator:
         enc = self.tokenizer([e["prompt"] for e in examples], add_special_tokens=False, padding=True,
                              padding_side="left", return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], **_targets(examples)}
+
+
+def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
+    """A rendered prompt's token ids, exactly as ``PromptCollator`` tokenises it (no special tokens added)."""
+    return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
+class CachedStatesDataset(Dataset):
+    """A prompt dataset whose examples carry the cached states entering the first tuned layer (``lower_hidden``)
+    instead of token ids; the prompt (variant sampling included) is the wrapped dataset's.
+
+    The cache is filled on first access with every prompt the dataset can yield (``fill`` computes the
+    missing ones): a set that is built but never read (``collect-outputs`` builds a train set it does not
+    use) costs nothing.
+    """
+
+    def __init__(self, prompts: PromptExampleDataset, cache: Any, fill: Callable[[list[list[int]]], int]):
+        self.prompts = prompts
+        self.cache = cache
+        self.fill = fill
+        self._filled = False
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.prompts.set_epoch(epoch)
+
+    def all_prompt_ids(self) -> list[list[int]]:
+        """Every prompt this dataset can yield: all variants when it samples them, else the first one's."""
+        templates = self.prompts.templates if self.prompts.sample_variants else self.prompts.templates[:1]
+        tok = self.prompts.tokenizer
+        ids = []
+        for utt in self.prompts.utterances:
+            transcript = truncate_transcript(tok, utt.transcript or "", self.prompts.max_transcript_tokens)
+            ids += [prompt_ids(tok, t.render(tok, transcript)) for t in templates]
+        return ids
+
+    def ensure_filled(self) -> int:
+        """Compute the states of every prompt not cached yet (once); returns how many were computed."""
+        if self._filled:
+            return 0
+        done = self.fill(self.all_prompt_ids())
+        self._filled = True
+        return done
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        self.ensure_filled()
+        example = self.prompts[index]
+        return {**example, "lower_hidden": self.cache.get(prompt_ids(self.prompts.tokenizer, example["prompt"]))}
+
+
+def collate_cached_states(examples: list[dict]) -> dict[str, torch.Tensor]:
+    """Left-pad cached states (T_i, H) to ``lower_hidden`` (B, T, H) with the matching ``attention_mask``."""
+    from llmser.models.llm.layer_cache import pad_states
+
+    hidden, attention_mask = pad_states([e["lower_hidden"] for e in examples])
+    return {"lower_hidden": hidden, "attention_mask": attention_mask, **_targets(examples)}

@@ -5,6 +5,10 @@ takes the hidden state of the last token - the position where the model is about
 utterance's embedding; ``EmotionHeads`` turn it into 8 class logits and 3 attributes. Skipping the
 LM head saves a (B, T, vocab) matmul: 128k columns for LLaMA-3.
 
+With LoRA on the top layers only (``lora_top_layers``), ``forward`` also takes ``lower_hidden``: the
+cached states entering the first tuned layer (``llmser.models.llm.layer_cache``); then only the top
+layers run, which is the same model (``embed_from_lower(lower_states(x)) == embed(x)``).
+
 Saved layout (``save_pretrained``), a folder that plain peft understands::
 
     adapter_config.json, adapter_model.safetensors   # standard PEFT LoRA adapter (base = Hub id)
@@ -22,6 +26,7 @@ import torch
 from torch import nn
 
 from llmser.models.layers import EmotionHeads, EmotionOutput
+from llmser.models.llm import layer_cache
 from llmser.models.llm.adapter import attach_lora, load_lora, save_lora
 from llmser.models.llm.identity import canonical_name
 from llmser.models.llm.loading import load_causal_lm
@@ -66,8 +71,42 @@ class TextLLMEmotionModel(nn.Module):
                              position_ids=prefix_positions(attention_mask), use_cache=False)
         return out.last_hidden_state[:, -1].float()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: object) -> EmotionOutput:
-        embedding = self.embed(input_ids, attention_mask)
+    @property
+    def cache_split(self) -> int | None:
+        """Index of the first LoRA-tuned decoder layer when the layers below are frozen, else None."""
+        num_layers = self.llm.get_base_model().config.num_hidden_layers
+        return layer_cache.tuned_split(num_layers, self.config.lora_top_layers)
+
+    def lower_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) prompts -> (B, T, H) states entering the first tuned layer: what the cache stores."""
+        split = self._require_split()
+        return layer_cache.lower_states(self.decoder(), input_ids, attention_mask, split)
+
+    def embed_from_lower(self, lower_hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, H) cached states entering the first tuned layer -> (B, H) float32 last-token state."""
+        decoder = self.decoder()
+        param = next(self.heads.parameters())
+        hidden = layer_cache.upper_states(decoder, lower_hidden.to(decoder.embed_tokens.weight.dtype),
+                                          attention_mask, self._require_split())
+        return hidden[:, -1].to(param.device).float()
+
+    def _require_split(self) -> int:
+        split = self.cache_split
+        if split is None:
+            raise ValueError("cached lower-layer states need LoRA on the top layers only: set model.lora_top_layers "
+                             "below the base model's number of layers")
+        return split
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                lower_hidden: torch.Tensor | None = None, **_: object) -> EmotionOutput:
+        if attention_mask is None:
+            raise ValueError("pass the prompts' attention_mask (left-padded batches)")
+        if lower_hidden is not None:
+            embedding = self.embed_from_lower(lower_hidden, attention_mask)
+        elif input_ids is not None:
+            embedding = self.embed(input_ids, attention_mask)
+        else:
+            raise ValueError("pass input_ids (prompts) or lower_hidden (cached states entering the first tuned layer)")
         logits, attributes = self.heads(embedding)
         # fusion reads the standardised state: LayerNorm alone leaves the LLM's massive-activation features dominant
         return EmotionOutput(class_logits=logits, attributes=attributes, embedding=self.heads.standardized(embedding))

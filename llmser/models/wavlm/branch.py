@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from llmser.data.examples import (
@@ -46,7 +47,7 @@ def prepare(recipe: Recipe, config: WavLMBranchConfig, corpus: Any, accelerator:
                                     seed=recipe.train.seed, min_samples=need),
                 AudioExampleDataset(eval_utts, max_seconds=data.max_seconds, min_samples=need),
                 AudioExampleDataset(test_utts, max_seconds=data.max_seconds, min_samples=need)]
-        collate = collate_waveforms
+        collate = partial(collate_waveforms, normalise=model.normalises_waveforms)
     return BranchSetup(model=model, train_set=sets[0], eval_set=sets[1] if eval_utts else None,
                        test_set=sets[2] if test_utts else None, collate_fn=collate, test_utterances=test_utts,
                        class_counts=counts, train_labels=labels)
@@ -64,7 +65,7 @@ def _fill_cache(model: WavLMEmotionModel, utterances: list, recipe: Recipe, acce
 
     cache = FeatureCache(recipe.data.cache_dir, encoder_fingerprint(model.encoder),
                          {"sample_rate": 16000, "max_seconds": recipe.data.max_seconds, "dtype": "float16",
-                          "normalise": "utterance"})
+                          "normalise": "utterance" if model.normalises_waveforms else "none"})
     fill_feature_cache(model, utterances, cache, max_seconds=recipe.data.max_seconds,
                        batch_size=recipe.data.eval_batch_size, rank=accelerator.process_index,
                        world_size=accelerator.num_processes, progress=accelerator.is_main_process)
@@ -75,4 +76,4 @@ def _fill_cache(model: WavLMEmotionModel, utterances: list, recipe: Recipe, acce
 def predict_data(model: WavLMEmotionModel, recipe: Recipe, utterances: list) -> tuple[Any, Any]:
     """Dataset + collate that feed raw audio files to a trained model (``llmser predict``)."""
     dataset = AudioExampleDataset(utterances, max_seconds=recipe.data.max_seconds, min_samples=model.min_samples)
-    return dataset, collate_waveforms
+    return dataset, partial(collate_waveforms, normalise=model.normalises_waveforms)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from llmser.models.layers import AttentiveStatisticsPooling, EmotionHeads, EmotionOutput, LayerWeightedSum
-from llmser.models.wavlm.config import ENCODER_PRESETS, WavLMBranchConfig
+from llmser.models.wavlm.config import ENCODER_PRESETS, WHISPER_ENCODER_PRESETS, WavLMBranchConfig
 from llmser.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -33,9 +33,15 @@ ADAPTER_DIR = "encoder_adapter"
 
 
 def build_encoder(config: WavLMBranchConfig, encoder_path: str | Path | None = None) -> nn.Module:
-    """Load (or, for a preset, randomly initialise) the SSL encoder with ``AutoModel``."""
+    """Load (or, for a preset, randomly initialise) the SSL encoder with ``AutoModel``; a Whisper
+    encoder is wrapped in :class:`WhisperSpeechEncoder` (log-mel front end, real-audio frames only)."""
     from transformers import AutoModel, WavLMConfig, WavLMModel
 
+    if config.is_whisper:
+        from llmser.models.wavlm.whisper_encoder import WhisperSpeechEncoder
+
+        name = WHISPER_ENCODER_PRESETS.get(config.encoder, config.encoder)
+        return WhisperSpeechEncoder.load(name, revision=config.revision, window_seconds=config.window_seconds)
     if encoder_path is None and config.is_preset:
         return WavLMModel(WavLMConfig(**ENCODER_PRESETS[config.encoder]))
     if encoder_path is not None:
@@ -95,7 +101,8 @@ class WavLMEmotionModel(nn.Module):
         self.layer_weights = LayerWeightedSum(num_layers) if config.layer_weighting else None
         self.pooling = AttentiveStatisticsPooling(hidden, config.pooling_attention_size)
         self.heads = EmotionHeads(self.pooling.output_size, config.head_hidden_size, config.dropout,
-                                  classes=config.class_head, attributes=config.attribute_head)
+                                  classes=config.class_head, attributes=config.attribute_head,
+                                  standardize_inputs=config.head_standardize)
         self._set_encoder_trainability()
 
     # ------------------------------------------------------------------ construction
@@ -133,6 +140,11 @@ class WavLMEmotionModel(nn.Module):
     def encoder_is_frozen(self) -> bool:
         return self.config.encoder_mode == "frozen"
 
+    @property
+    def normalises_waveforms(self) -> bool:
+        """WavLM/HuBERT/wav2vec2 read unit-variance waves; Whisper's log-mel front end reads raw amplitude."""
+        return not self.config.is_whisper
+
     def train(self, mode: bool = True) -> WavLMEmotionModel:
         super().train(mode)
         if self.encoder_is_frozen:
@@ -167,7 +179,7 @@ class WavLMEmotionModel(nn.Module):
             frames = hidden_states[-1]
         embedding = self.pooling(frames, frame_mask)
         logits, attributes = self.heads(embedding)
-        return EmotionOutput(class_logits=logits, attributes=attributes, embedding=embedding)
+        return EmotionOutput(class_logits=logits, attributes=attributes, embedding=self.heads.standardized(embedding))
 
     def forward(self, input_values: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 hidden_states: torch.Tensor | None = None, frame_mask: torch.Tensor | None = None,
