@@ -47,7 +47,11 @@ def _member_entry(name: str, best: Path) -> tuple[Any, dict[str, str]]:
         folder = Path(config.prompt_dir) if getattr(config, "prompt_dir", None) else default_prompt_dir()
         prompts = {p: (folder / f"{p}.yaml").read_text(encoding="utf-8") for p in config.prompts}
     if recipe.branch == "wavlm" and not getattr(config, "is_preset", False):
-        bases["encoder"] = BaseModelRef(config.encoder, config.revision)
+        from llmser.models.whisper.loading import canonical_whisper_name
+
+        # a Whisper preset (smol) records the Hub model it stands for, as the LLM presets do
+        encoder = canonical_whisper_name(config.encoder) if getattr(config, "is_whisper", False) else config.encoder
+        bases["encoder"] = BaseModelRef(encoder, config.revision)
     return Member(name, recipe.branch, name, bases, list(prompts)), prompts
 
 
