@@ -235,7 +235,8 @@ def add_predict_prompts(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--corpus", required=True, help="corpus folder in the MSP-Podcast layout (with transcripts)")
     p.add_argument("--split", default="test", help="split to predict (default: test)")
     p.add_argument("--llm", default="smol", help="preset (smol, llama3-8b, tiny), Hub id or folder (default: smol)")
-    p.add_argument("--adapter", default=None, help="a text-branch folder saved by training (mode: sft)")
+    p.add_argument("--adapter", default=None, help="a text-branch folder saved by training (mode: sft), or its Hub id")
+    p.add_argument("--revision", default=None, help="Hub revision of --adapter (or of --llm without an adapter)")
     p.add_argument("--prompts", default=None, help="comma-separated prompt variants (default: the adapter's or five)")
     p.add_argument("--no-ratings", action="store_true", help="skip the attribute rating prompts")
     p.add_argument("--calibrate", action="store_true",
@@ -255,7 +256,7 @@ def run_predict_prompts(args: argparse.Namespace) -> int:
 
     prompts = args.prompts.split(",") if args.prompts else None
     predictions, utterances = predict_corpus_split(args.corpus, args.split, llm=args.llm, adapter=args.adapter,
-                                                   prompts=prompts, ratings=not args.no_ratings,
+                                                   revision=args.revision, prompts=prompts, ratings=not args.no_ratings,
                                                    batch_size=args.batch_size, limit=args.limit,
                                                    calibrate=args.calibrate)
     out = Path(args.out)

@@ -544,11 +544,15 @@ class AudioLLMEmotionModel(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, *, base: str | None = None, trainable: bool = False) -> AudioLLMEmotionModel:
-        """Rebuild from a saved folder; ``base`` puts the adapter on another copy of the same base LLM."""
+    def from_pretrained(cls, directory: str | Path, *, base: str | None = None, trainable: bool = False,
+                        revision: str | None = None) -> AudioLLMEmotionModel:
+        """Rebuild from a saved folder or a Hub id (offline from the cache with ``HF_HUB_OFFLINE=1``);
+        ``base`` puts the adapter on another copy of the same base LLM."""
         from transformers import AutoTokenizer
 
-        directory = Path(directory)
+        from llmser.utils.hub import resolve_pretrained
+
+        directory = resolve_pretrained(directory, revision)
         if not (directory / CONFIG_NAME).is_file():
             raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}; is it a folder saved by "
                                     "AudioLLMEmotionModel.save_pretrained?")
