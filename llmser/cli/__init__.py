@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "transcribe": ("predict", "add_transcribe"),
     "train": ("train", "add_train"),
     "plan": ("plan", "add_plan"),
+    "import-salmonn": ("salmonn", "add_import_salmonn"),
     "predict-prior": ("predict", "add_predict_prior"),
     "baseline": ("baseline", "add_baseline"),
     "predict-prompts": ("predict", "add_predict_prompts"),
@@ -60,6 +61,7 @@ USER_ERRORS: dict[str, tuple[str, ...]] = {
     "llmser.models.llm.prompts": ("PromptError",),
     "llmser.models.llm.adapter": ("AdapterMismatchError",),
     "llmser.models.text_llm.data": ("MissingTranscriptError",),
+    "llmser.models.audio_llm.salmonn": ("SalmonnImportError",),
 }
 
 
