@@ -62,6 +62,7 @@ USER_ERRORS: dict[str, tuple[str, ...]] = {
     "llmser.models.llm.adapter": ("AdapterMismatchError",),
     "llmser.models.text_llm.data": ("MissingTranscriptError",),
     "llmser.models.audio_llm.salmonn": ("SalmonnImportError",),
+    "llmser.inference.predictor": ("LongAudioError",),
 }
 
 

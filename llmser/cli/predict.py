@@ -60,6 +60,9 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", help="the corpus split to predict (default: test)")
     p.add_argument("--transcripts", default=None, help="folder of <stem>.txt transcripts (else Whisper makes them)")
     p.add_argument("--asr", default="smol", help="Whisper preset/id for missing transcripts (default: smol)")
+    p.add_argument("--long-audio", choices=("windows", "crop", "error"), default="windows",
+                   help="files longer than a member's window: predict each window and average by length (default), "
+                        "read the first window only, or refuse naming the file and its length")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", required=True, help="predictions CSV (resumed if it exists)")
     p.add_argument("--submission", action="store_true", help="also write the challenge submission files beside it")
@@ -112,7 +115,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if finished and state.is_main_process:
         print(f"resuming {out}: {len(finished)} file(s) already predicted, {len(todo)} to go")
     shard = todo[state.process_index::state.num_processes]  # data-parallel: one shard per process
-    predictor = Predictor.from_pretrained(args.model, args.revision, asr=args.asr)
+    predictor = Predictor.from_pretrained(args.model, args.revision, asr=args.asr, long_audio=args.long_audio)
     parts = [done] if done is not None else []
     skipped: dict[str, str] = {}
     chunk = max(args.batch_size * 8, 1)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from llmser.data.examples import class_counts, class_labels, recipe_splits
+from llmser.data.examples import class_counts, class_labels, log_cropped, recipe_splits
 from llmser.models.audio_llm.config import AudioLLMBranchConfig
 from llmser.models.audio_llm.data import (
     SpeechPromptCollator,
@@ -49,6 +49,8 @@ def prepare(recipe: Recipe, config: AudioLLMBranchConfig, corpus: Any, accelerat
     if recipe.data.augment.any_enabled():
         logger.warning("the audio-LLM reads cached frozen-encoder frames; data.augment is ignored")
     train_utts, eval_utts, test_utts = split_utterances(recipe, corpus, config)
+    if accelerator.is_main_process:
+        log_cropped(logger, train_utts + eval_utts + test_utts, config.max_audio_seconds, "audio_llm")
     model = AudioLLMEmotionModel.from_config(config)
     model.encoders.to(accelerator.device)
     cache = speech_cache(model, recipe.data.cache_dir)
@@ -99,6 +101,11 @@ def predict_with_voting(model: AudioLLMEmotionModel, utterances: Sequence, cache
     predictions = Predictions([u.file_name for u in utterances], [CLASS_CODES[i] for i in vote.labels], vote.probs,
                               np.concatenate(attributes) if attributes else None, vote.vote_columns(CLASS_CODES))
     return predictions, vote
+
+
+def audio_window_seconds(model: AudioLLMEmotionModel, recipe: Recipe) -> float | None:
+    """The longest audio one example reads (model.max_audio_seconds, at most Whisper's 30-s window)."""
+    return model.config.max_audio_seconds
 
 
 def predict_data(model: AudioLLMEmotionModel, recipe: Recipe, utterances: list) -> tuple[Any, Any]:
