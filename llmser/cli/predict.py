@@ -242,6 +242,11 @@ def add_predict_prompts(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--revision", default=None, help="Hub revision of --adapter (or of --llm without an adapter)")
     p.add_argument("--prompts", default=None, help="comma-separated prompt variants (default: the adapter's or five)")
     p.add_argument("--no-ratings", action="store_true", help="skip the attribute rating prompts")
+    p.add_argument("--missing-transcripts", choices=("error", "asr"), default="error",
+                   help="files without a transcript: stop naming them (default), or asr: Whisper makes them "
+                        "(cached under --cache-dir/transcripts; the corpus is not changed)")
+    p.add_argument("--asr", default="smol", help="Whisper for --missing-transcripts asr (default: smol = tiny.en)")
+    p.add_argument("--cache-dir", default=".cache/llmser/features", help="where ASR transcripts are cached")
     p.add_argument("--calibrate", action="store_true",
                    help="contextual calibration: divide each variant's probabilities by its answer to content-free "
                         "transcripts (removes a variant's constant label bias)")
@@ -261,7 +266,9 @@ def run_predict_prompts(args: argparse.Namespace) -> int:
     predictions, utterances = predict_corpus_split(args.corpus, args.split, llm=args.llm, adapter=args.adapter,
                                                    revision=args.revision, prompts=prompts, ratings=not args.no_ratings,
                                                    batch_size=args.batch_size, limit=args.limit,
-                                                   calibrate=args.calibrate)
+                                                   calibrate=args.calibrate,
+                                                   missing_transcripts=args.missing_transcripts, asr=args.asr,
+                                                   cache_dir=args.cache_dir)
     out = Path(args.out)
     predictions.write_csv(out)
     report = evaluate(predictions, utterances, out.parent, title=f"prompt voting ({args.adapter or args.llm})")

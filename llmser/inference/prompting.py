@@ -119,16 +119,18 @@ def load_prompting_model(llm: str = "smol", adapter: str | None = None, *, revis
 def predict_corpus_split(corpus_dir: str, split: str, *, llm: str = "smol", adapter: str | None = None,
                          revision: str | None = None, prompts: list[str] | None = None, ratings: bool = True, batch_size: int = 8,
                          max_transcript_tokens: int = 128, limit: int | None = None,
-                         calibrate: bool = False) -> tuple[Predictions, list]:
-    """Prompt-vote predictions for every transcribed file of a corpus split (and the utterances)."""
+                         calibrate: bool = False, missing_transcripts: str = "error", asr: str = "smol",
+                         cache_dir: str = ".cache/llmser/features") -> tuple[Predictions, list]:
+    """Prompt-vote predictions for every file of a corpus split (and the utterances); files without a
+    transcript stop the run naming them, or (``missing_transcripts="asr"``) get one from Whisper ``asr``."""
     from llmser.data.msp_podcast import MSPPodcast
     from llmser.models.llm.prompts import load_prompts
     from llmser.models.text_llm.config import DEFAULT_TEXT_PROMPTS
-    from llmser.models.text_llm.data import check_transcripts
+    from llmser.models.text_llm.data import resolve_transcripts
 
     corpus = MSPPodcast.from_folder(corpus_dir)
     utterances = corpus.utterances(corpus.resolve_split(split), task="all")[:limit]
-    check_transcripts(utterances, split)
+    utterances = resolve_transcripts(utterances, split, policy=missing_transcripts, asr=asr, cache_dir=cache_dir)
     model, tokenizer, trained_prompts = load_prompting_model(llm, adapter, revision=revision)
     names = prompts or trained_prompts or list(DEFAULT_TEXT_PROMPTS)
     class_templates = load_prompts(names, task="class", inputs="transcript")

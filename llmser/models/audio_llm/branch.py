@@ -36,13 +36,10 @@ logger = get_logger(__name__)
 
 def split_utterances(recipe: Recipe, corpus: Any, config: AudioLLMBranchConfig) -> tuple[list, list, list]:
     """Train/eval/test utterances; transcripts are checked up front when the prompts read them."""
-    from llmser.models.text_llm.data import check_transcripts
+    from llmser.models.text_llm.branch import transcribed_splits
 
-    train, dev, test = recipe_splits(recipe, corpus)
-    if "transcript" in config.inputs:
-        for name, utts in (("train", train), ("eval", dev), ("test", test)):
-            check_transcripts(utts, name)
-    return train, dev, test
+    splits = recipe_splits(recipe, corpus)
+    return transcribed_splits(recipe, splits) if "transcript" in config.inputs else splits
 
 
 def prepare(recipe: Recipe, config: AudioLLMBranchConfig, corpus: Any, accelerator: Any) -> BranchSetup:
