@@ -33,6 +33,8 @@ class DataConfig:
     balanced_sampler: bool = field(default=False, metadata={"help": "class-balanced batches against MSP-Podcast's imbalance"})
     sampler_power: float = field(default=0.0, metadata={"help": "0 = uniform over classes, 1 = natural frequencies", "min": 0})
     sampler_unlabelled_share: float = field(default=0.1, metadata={"help": "share of balanced batches drawn from X/O files (attributes only)", "min": 0, "lt": 1})
+    missing_transcripts: Literal["error", "asr"] = field(default="error", metadata={"help": "files without a transcript, where a branch reads them: stop naming them, or asr: Whisper makes them (cached under cache_dir/transcripts, never written into the corpus)"})
+    asr_model: str = field(default="smol", metadata={"help": "Whisper for missing_transcripts=asr: smol (tiny.en, offline), large-v3, Hub id or folder"})
     on_error: Literal["raise", "skip"] = field(default="raise", metadata={"help": "bad corpus rows/files: stop, or skip and report"})
     feature_cache: bool = field(default=True, metadata={"help": "cache a frozen encoder's hidden states on disk"})
     cache_dir: str = field(default=".cache/llmser/features", metadata={"help": "where frozen encoders' features and LLM states are cached"})

@@ -18,6 +18,8 @@
 #   bash scripts/demo.sh --quick               # fewer training steps (a smoke run, not the reported one)
 #   bash scripts/demo.sh --sft                 # also instruction-tune the text branch with trl (+~10 min)
 #   bash scripts/demo.sh --audio-inputs speech+transcript   # the audio-LLM hears the voice and reads the words
+#   bash scripts/demo.sh --drop-transcripts 0.3  # a copy of the corpus without 30% of the test transcripts: Whisper
+#                                                # tiny.en makes them (cached, never written into the corpus)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +31,7 @@ SPLIT="test"
 QUICK=0
 SFT=0
 AUDIO_INPUTS="speech"
+DROP_TRANSCRIPTS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --corpus) CORPUS="$2"; shift 2 ;;
@@ -39,7 +42,8 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=1; shift ;;
     --sft) SFT=1; shift ;;
     --audio-inputs) AUDIO_INPUTS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    --drop-transcripts) DROP_TRANSCRIPTS="$2"; shift 2 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "demo.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -60,6 +64,30 @@ if [ -z "$CORPUS" ]; then
   fi
 fi
 
+# --drop-transcripts F: every reader of transcripts runs with missing_transcripts=asr on a copy of the corpus
+# (audio hard-linked) from which a fraction F of the split's transcripts was removed.
+ASR_FLAGS=() ASR_OVERRIDES=() TRANSCRIPTS_NOTE=""
+if [ -n "$DROP_TRANSCRIPTS" ]; then
+  echo "== transcripts: copying $CORPUS without $DROP_TRANSCRIPTS of the '$SPLIT' transcripts into $OUT/corpus_asr"
+  rm -rf "$OUT/corpus_asr"; mkdir -p "$OUT"
+  TRANSCRIPTS_NOTE=$("$VENV/bin/python" - "$CORPUS" "$OUT/corpus_asr" "$SPLIT" "$DROP_TRANSCRIPTS" "$SEED" <<'PY'
+import os, random, shutil, sys
+from pathlib import Path
+from llmser.data.msp_podcast import MSPPodcast
+src, dst, split, share, seed = sys.argv[1:]
+shutil.copytree(src, dst, copy_function=os.link)  # hard links: no audio is duplicated, the source is untouched
+corpus = MSPPodcast.from_folder(dst)
+utts = corpus.utterances(corpus.resolve_split(split), task="all")
+drop = random.Random(int(seed)).sample([u for u in utts if u.transcript], round(float(share) * len(utts)))
+for u in drop:
+    os.unlink(Path(dst) / "Transcripts" / f"{Path(u.file_name).stem}.txt")
+print(f"{len(drop) / len(utts):.0%} of {split} ({len(drop)} of {len(utts)} files) by Whisper tiny.en")
+PY
+)
+  CORPUS="$OUT/corpus_asr"
+  ASR_FLAGS=(--missing-transcripts asr) ASR_OVERRIDES=(data.missing_transcripts=asr data.asr_model=smol)
+fi
+
 echo "== training-prior baseline (majority class, mean attributes) on split '$SPLIT'"
 mkdir -p "$OUT/prior"
 "${LLMSER[@]}" predict-prior --corpus "$CORPUS" --split "$SPLIT" --out "$OUT/prior/predictions.csv"
@@ -67,7 +95,7 @@ mkdir -p "$OUT/prior"
   --out "$OUT/prior" --submission
 
 echo "== classical baselines: eGeMAPS and transcript TF-IDF, linear models chosen on dev, and their late fusion"
-"${LLMSER[@]}" baseline classical --corpus "$CORPUS" --split "$SPLIT" --out "$OUT/classical"
+"${LLMSER[@]}" baseline classical --corpus "$CORPUS" --split "$SPLIT" --out "$OUT/classical" "${ASR_FLAGS[@]}"
 
 # Each branch trains from its recipe; the overrides only point it at this corpus and output folder.
 steps() { if [ "$QUICK" = 1 ]; then echo "train.max_steps=$2 train.eval_every=$2 train.save_every=$2"; else echo "train.max_steps=$1"; fi; }
@@ -76,7 +104,7 @@ train() {  # train NAME RECIPE FULL_STEPS QUICK_STEPS [overrides...]
   echo "== $name: llmser train $recipe"
   # shellcheck disable=SC2046
   "${LLMSER[@]}" train "$recipe" "data.corpus=$CORPUS" "data.test_split=$SPLIT" "train.output_dir=$OUT/$name" \
-    "$@" $(steps "$full" "$quick")
+    "${ASR_OVERRIDES[@]}" "$@" $(steps "$full" "$quick")
 }
 
 train wavlm adapters/wavlm_smol.yaml 300 20
@@ -85,7 +113,7 @@ train wavlm adapters/wavlm_smol.yaml 300 20
 # the rating prompts are skipped to keep the run short (zero-shot CCCs on the demo are ~0 anyway).
 echo "== text_zero_shot: SmolLM2-135M-Instruct, no tuning, calibrated vote over five prompt variants"
 "${LLMSER[@]}" predict-prompts --llm smol --corpus "$CORPUS" --split "$SPLIT" --calibrate --no-ratings \
-  --out "$OUT/text_zero_shot/predictions.csv"
+  --out "$OUT/text_zero_shot/predictions.csv" "${ASR_FLAGS[@]}"
 
 train text_head adapters/text_smol.yaml 40 10 train.eval_every=20 train.save_every=20
 SFT_REPORT=()
@@ -130,4 +158,5 @@ echo "== summary: test split '$SPLIT'"
   fusion="$OUT/fusion/test/report.json" ensemble_plurality="$OUT/ensemble/plurality/report.json" \
   ensemble_average="$OUT/ensemble/average/report.json" ensemble_stacking="$OUT/ensemble/stacking/report.json" \
   system_predict="$OUT/system_predictions/report.json" --out "$OUT/summary.json"
+if [ -n "$TRANSCRIPTS_NOTE" ]; then echo "note: transcripts: $TRANSCRIPTS_NOTE (the rest as given)"; fi
 echo "== done: reports under $OUT"

@@ -56,6 +56,8 @@ def _cases(tmp: Path) -> dict[str, list[list[str]]]:
         "validate-submission": [[missing], [a_file], [a_dir]],
         "push": [[missing, "org/name"], [a_dir, "not a repo id"]],
         "pull": [["not a repo id"], ["org/name", "--local-dir", a_file]],
+        "import-salmonn": [[missing + ".pth", "--out", str(tmp / "s")], [a_file, "--out", str(tmp / "s")],
+                           [a_file, "--out", a_file], [a_file, "--out", str(tmp / "s"), "--dtype", "half"]],
     }
 
 

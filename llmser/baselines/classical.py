@@ -66,7 +66,8 @@ def egemaps_features(splits: Splits, config: ClassicalConfig) -> dict[str, np.nd
 
 
 def tfidf_features(splits: Splits, config: ClassicalConfig) -> dict[str, Any]:
-    texts = {role: transcripts(splits.utterances[role], splits.names[role], config.missing_transcripts)
+    texts = {role: transcripts(splits.utterances[role], splits.names[role], config.missing_transcripts,
+                               asr=config.asr_model, cache_dir=config.cache_dir)
              for role in ROLES}
     return tfidf_matrices(texts, config)
 

@@ -29,8 +29,10 @@ class ClassicalConfig:
     word_ngrams: tuple[int, int] = (1, 2)
     char_ngrams: tuple[int, int] = (2, 5)
     #: Transcripts that are missing or empty: ``error`` names the files (as the text branch does);
-    #: ``empty`` scores them as empty text and logs how many.
-    missing_transcripts: Literal["error", "empty"] = "error"
+    #: ``empty`` scores them as empty text and logs how many; ``asr`` has Whisper (``asr_model``) make them,
+    #: cached under ``cache_dir/transcripts`` and never written into the corpus.
+    missing_transcripts: Literal["error", "empty", "asr"] = "error"
+    asr_model: str = "smol"
     #: Same default folder as the neural branches' encoder caches (data.cache_dir in a recipe).
     cache_dir: str = ".cache/llmser/features"
     max_seconds: float | None = None  # crop long files before eGeMAPS (None: the whole file)
@@ -47,8 +49,8 @@ class ClassicalConfig:
             problems.append(f"--c-grid: give positive values, got {list(self.c_grid)}")
         if not self.alpha_grid or any(a <= 0 for a in self.alpha_grid):
             problems.append(f"--alpha-grid: give positive values, got {list(self.alpha_grid)}")
-        if self.missing_transcripts not in ("error", "empty"):
-            problems.append(f"--missing-transcripts: {self.missing_transcripts!r} is not 'error' or 'empty'")
+        if self.missing_transcripts not in ("error", "empty", "asr"):
+            problems.append(f"--missing-transcripts: {self.missing_transcripts!r} is not 'error', 'empty' or 'asr'")
         if problems:
             raise BaselineError("\n".join(problems))
 

@@ -97,20 +97,28 @@ def transcript_path(utt: Any) -> Path:
     return audios.parent / "Transcripts" / f"{Path(utt.file_name).stem}.txt"
 
 
-def transcripts(utterances: Sequence, split: str, policy: str = "error") -> list[str]:
-    """Each utterance's transcript; a missing or empty one is an error naming the files, or empty text.
+def transcripts(utterances: Sequence, split: str, policy: str = "error", *, asr: str = "smol",
+                cache_dir: str = ".cache/llmser/features") -> list[str]:
+    """Each utterance's transcript; a missing or empty one is an error naming the files, empty text, or
+    (``policy="asr"``) made by Whisper ``asr`` and cached under ``cache_dir/transcripts``.
 
     ``policy="error"`` (the default) follows the text branch: a text baseline that quietly read
     nothing would report a number for a system that never saw the words. ``policy="empty"`` scores
     those files as empty text (the classifier then falls back to its intercept) and logs how many.
     """
+    if policy == "asr":
+        from llmser.models.whisper.asr import fill_transcripts
+
+        utterances = fill_transcripts(utterances, asr=asr, cache_dir=cache_dir, what=split)
+        return [(u.transcript or "").strip() for u in utterances]
     missing = [u for u in utterances if not (u.transcript or "").strip()]
     if missing and policy == "error":
         listed = ", ".join(str(transcript_path(u)) for u in missing[:3])
         raise BaselineError(
             f"{len(missing)} of {len(utterances)} {split} utterance(s) have no transcript, e.g. {listed}. The tfidf "
             "baseline reads transcripts: add the files, transcribe the audio with `llmser transcribe --corpus DIR`, "
-            "or pass --missing-transcripts empty to score them as empty text"
+            "pass --missing-transcripts asr to have Whisper make them (cached; the corpus is not changed), or "
+            "--missing-transcripts empty to score them as empty text"
         )
     if missing:
         logger.warning("%s: %d of %d utterance(s) have no transcript; scored as empty text (--missing-transcripts "

@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "transcribe": ("predict", "add_transcribe"),
     "train": ("train", "add_train"),
     "plan": ("plan", "add_plan"),
+    "import-salmonn": ("salmonn", "add_import_salmonn"),
     "predict-prior": ("predict", "add_predict_prior"),
     "baseline": ("baseline", "add_baseline"),
     "predict-prompts": ("predict", "add_predict_prompts"),
@@ -52,6 +53,7 @@ OUTPUTS: dict[str, tuple[str, str]] = {
     "baseline": ("out", "dir"), "predict-prompts": ("out", "file"), "collect-outputs": ("out", "dir"),
     "ensemble": ("out", "dir"), "build-system": ("out", "dir"), "predict": ("out", "file"),
     "evaluate": ("out", "dir"), "compare": ("out", "file"), "plan": ("json", "file"), "pull": ("local_dir", "dir"),
+    "import-salmonn": ("out", "dir"),
 }
 
 #: module -> exception class names that mean "bad input": printed as a message, exit code 2.
@@ -71,6 +73,8 @@ USER_ERRORS: dict[str, tuple[str, ...]] = {
     "llmser.models.llm.prompts": ("PromptError",),
     "llmser.models.llm.adapter": ("AdapterMismatchError",),
     "llmser.models.text_llm.data": ("MissingTranscriptError",),
+    "llmser.models.audio_llm.salmonn": ("SalmonnImportError",),
+    "llmser.inference.predictor": ("LongAudioError",),
 }
 
 

@@ -47,8 +47,10 @@ def add_baseline(commands: argparse._SubParsersAction) -> None:
                    help="logistic-regression C values, strongest regularisation first")
     p.add_argument("--alpha-grid", type=_floats, default=defaults.alpha_grid,
                    help="ridge alpha values, strongest regularisation first")
-    p.add_argument("--missing-transcripts", choices=("error", "empty"), default=defaults.missing_transcripts,
-                   help="a file without a transcript: stop naming it (default), or score it as empty text")
+    p.add_argument("--missing-transcripts", choices=("error", "empty", "asr"), default=defaults.missing_transcripts,
+                   help="a file without a transcript: stop naming it (default), score it as empty text, or asr: "
+                        "Whisper makes it (cached under --cache-dir/transcripts; the corpus is not changed)")
+    p.add_argument("--asr", default=defaults.asr_model, help="Whisper for --missing-transcripts asr (default: smol)")
     p.add_argument("--cache-dir", default=defaults.cache_dir, help="eGeMAPS feature cache (default: %(default)s)")
     p.add_argument("--max-seconds", type=positive_float, default=None, help="crop audio to this length before eGeMAPS")
 
@@ -57,7 +59,7 @@ def config_from_args(args: argparse.Namespace) -> ClassicalConfig:
     return ClassicalConfig(systems=tuple(s.strip() for s in args.systems.split(",") if s.strip()),
                            train_split=args.train_split, dev_split=args.dev_split, c_grid=tuple(args.c_grid),
                            alpha_grid=tuple(args.alpha_grid), missing_transcripts=args.missing_transcripts,
-                           cache_dir=args.cache_dir, max_seconds=args.max_seconds)
+                           asr_model=args.asr, cache_dir=args.cache_dir, max_seconds=args.max_seconds)
 
 
 def run(args: argparse.Namespace) -> int:

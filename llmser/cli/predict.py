@@ -62,6 +62,9 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", help="the corpus split to predict (default: test)")
     p.add_argument("--transcripts", default=None, help="folder of <stem>.txt transcripts (else Whisper makes them)")
     p.add_argument("--asr", default="smol", help="Whisper preset/id for missing transcripts (default: smol)")
+    p.add_argument("--long-audio", choices=("windows", "crop", "error"), default="windows",
+                   help="files longer than a member's window: predict each window and average by length (default), "
+                        "read the first window only, or refuse naming the file and its length")
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--out", required=True, help="predictions CSV (resumed if it exists)")
     p.add_argument("--submission", action="store_true", help="also write the challenge submission files beside it")
@@ -139,7 +142,7 @@ def _guarded_output(args: argparse.Namespace, out: Path, files: list[Path], writ
 
     system = resolve_pretrained(args.model, args.revision)
     fingerprint = run_fingerprint(system=folder_digest(system), inputs=files_digest(files),
-                                  options=[args.transcripts, args.asr, args.corpus, args.split])
+                                  options=[args.transcripts, args.asr, args.corpus, args.split, args.long_audio])
     return resumable_output(out, fingerprint, expected_bytes=400 * len(files) * (3 if args.submission else 1),
                             writer=writer)
 
@@ -154,7 +157,7 @@ def _predict_into(args, state, out, files, transcripts) -> int:
     if finished and state.is_main_process:
         print(f"resuming {out}: {len(finished)} file(s) already predicted, {len(todo)} to go")
     shard = todo[state.process_index::state.num_processes]  # data-parallel: one shard per process
-    predictor = Predictor.from_pretrained(args.model, args.revision, asr=args.asr)
+    predictor = Predictor.from_pretrained(args.model, args.revision, asr=args.asr, long_audio=args.long_audio)
     parts = [done] if done is not None else []
     skipped: dict[str, str] = {}
     chunk = max(args.batch_size * 8, 1)
@@ -280,9 +283,15 @@ def add_predict_prompts(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--corpus", required=True, help="corpus folder in the MSP-Podcast layout (with transcripts)")
     p.add_argument("--split", default="test", help="split to predict (default: test)")
     p.add_argument("--llm", default="smol", help="preset (smol, llama3-8b, tiny), Hub id or folder (default: smol)")
-    p.add_argument("--adapter", default=None, help="a text-branch folder saved by training (mode: sft)")
+    p.add_argument("--adapter", default=None, help="a text-branch folder saved by training (mode: sft), or its Hub id")
+    p.add_argument("--revision", default=None, help="Hub revision of --adapter (or of --llm without an adapter)")
     p.add_argument("--prompts", default=None, help="comma-separated prompt variants (default: the adapter's or five)")
     p.add_argument("--no-ratings", action="store_true", help="skip the attribute rating prompts")
+    p.add_argument("--missing-transcripts", choices=("error", "asr"), default="error",
+                   help="files without a transcript: stop naming them (default), or asr: Whisper makes them "
+                        "(cached under --cache-dir/transcripts; the corpus is not changed)")
+    p.add_argument("--asr", default="smol", help="Whisper for --missing-transcripts asr (default: smol = tiny.en)")
+    p.add_argument("--cache-dir", default=".cache/llmser/features", help="where ASR transcripts are cached")
     p.add_argument("--calibrate", action="store_true",
                    help="contextual calibration: divide each variant's probabilities by its answer to content-free "
                         "transcripts (removes a variant's constant label bias)")
@@ -301,9 +310,11 @@ def run_predict_prompts(args: argparse.Namespace) -> int:
     _check_model_names(llm=args.llm)
     prompts = args.prompts.split(",") if args.prompts else None
     predictions, utterances = predict_corpus_split(args.corpus, args.split, llm=args.llm, adapter=args.adapter,
-                                                   prompts=prompts, ratings=not args.no_ratings,
+                                                   revision=args.revision, prompts=prompts, ratings=not args.no_ratings,
                                                    batch_size=args.batch_size, limit=args.limit,
-                                                   calibrate=args.calibrate)
+                                                   calibrate=args.calibrate,
+                                                   missing_transcripts=args.missing_transcripts, asr=args.asr,
+                                                   cache_dir=args.cache_dir)
     out = Path(args.out)
     predictions.write_csv(out)
     evaluate(predictions, utterances, out.parent, title=f"prompt voting ({args.adapter or args.llm})")

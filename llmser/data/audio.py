@@ -76,22 +76,27 @@ def audio_duration(path: str | Path) -> float:
 
 
 def load_audio(path: str | Path, *, sample_rate: int = TARGET_SAMPLE_RATE, max_seconds: float | None = None,
-               on_long: Literal["crop", "error"] = "crop", min_rms: float = 1e-4, min_samples: int = 1) -> np.ndarray:
+               on_long: Literal["crop", "error"] = "crop", min_rms: float = 1e-4, min_samples: int = 1,
+               offset_seconds: float = 0.0) -> np.ndarray:
     """Read ``path`` as mono float32 at ``sample_rate``; crop (or refuse) beyond ``max_seconds``; refuse a
-    clip of fewer than ``min_samples`` samples (at ``sample_rate``)."""
+    clip of fewer than ``min_samples`` samples (at ``sample_rate``).
+
+    ``offset_seconds`` starts reading there (one window of a long file); only the frames read are decoded.
+    """
     import soundfile as sf
 
     path = Path(path)
     info = _info(path)
     _check_wav_complete(path)
-    frames = info.frames
+    start = min(int(round(offset_seconds * info.samplerate)), info.frames)
+    frames = info.frames - start
     if max_seconds is not None and frames > max_seconds * info.samplerate:
         if on_long == "error":
             raise AudioError(f"{path}: {frames / info.samplerate:.1f} s is longer than max_seconds={max_seconds}; "
                              "raise the limit, crop the file, or use load_audio_chunks")
         frames = int(max_seconds * info.samplerate)
     try:
-        data, rate = sf.read(str(path), frames=frames, dtype="float32", always_2d=True)
+        data, rate = sf.read(str(path), start=start, frames=frames, dtype="float32", always_2d=True)
     except Exception as exc:  # noqa: BLE001
         raise AudioError(f"{path}: the file is corrupt or truncated ({exc}); re-export or remove it") from None
     wave = _to_mono_16k(data, rate, sample_rate, path, min_rms)

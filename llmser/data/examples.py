@@ -8,6 +8,7 @@ example is augmented the same way whatever the process count or a resume point.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,40 @@ from torch.utils.data import Dataset
 
 from llmser.data.audio import load_audio
 from llmser.schema import ATTRIBUTES, NUM_CLASSES
+
+
+def utterance_wave(utt: Any, max_seconds: float | None, min_samples: int = 1) -> np.ndarray:
+    """The utterance's audio: its ``segment`` of the file when it has one (a window of a long file), else
+    the file from the start; cropped at ``max_seconds`` either way; fewer than ``min_samples`` refused."""
+    segment = getattr(utt, "segment", None)
+    if segment is None:
+        return load_audio(utt.audio_path, max_seconds=max_seconds, min_samples=min_samples)
+    start, seconds = segment
+    limit = seconds if max_seconds is None else min(seconds, max_seconds)
+    return load_audio(utt.audio_path, max_seconds=limit, offset_seconds=start, min_samples=min_samples)
+
+
+def count_longer(utterances: Sequence, max_seconds: float | None) -> int:
+    """How many utterances' files are longer than ``max_seconds`` (read from the headers only)."""
+    from llmser.data.audio import AudioError, audio_duration
+
+    if max_seconds is None:
+        return 0
+    count = 0
+    for utt in utterances:
+        with contextlib.suppress(AudioError):  # an unreadable file is reported when it is loaded
+            count += audio_duration(utt.audio_path) > max_seconds + 1e-6
+    return count
+
+
+def log_cropped(logger: Any, utterances: Sequence, max_seconds: float | None, what: str) -> int:
+    """Training crops long files (as the challenge baseline does, at 12 s); say how many, once."""
+    count = count_longer(utterances, max_seconds)
+    if count:
+        logger.info("%s: %d of %d file(s) are longer than %.1f s and are cropped to their first %.1f s for "
+                    "training and evaluation (prediction reads them window by window; llmser predict --long-audio)",
+                    what, count, len(utterances), max_seconds, max_seconds)
+    return count
 
 
 def example_targets(utt) -> dict[str, Any]:
@@ -72,7 +107,7 @@ class AudioExampleDataset(Dataset):
 
     def _load(self, index: int) -> dict[str, Any]:
         utt = self.utterances[index]
-        wave = load_audio(utt.audio_path, max_seconds=self.max_seconds, min_samples=self.min_samples)
+        wave = utterance_wave(utt, self.max_seconds, self.min_samples)
         return {"index": index, "file_name": utt.file_name, "audio_path": str(utt.audio_path), "wave": wave,
                 "annotations": getattr(utt, "annotations", ()), **example_targets(utt)}
 

@@ -121,6 +121,9 @@ class Utterance:
     gender: str
     transcript: str | None = None
     annotations: tuple[Annotation, ...] = ()
+    # (start, seconds) of the part of the file to read; None = the whole file. Set by prediction when a
+    # file is longer than a model's window and is predicted window by window (llmser.inference.predictor).
+    segment: tuple[float, float] | None = None
 
     @property
     def class_index(self) -> int | None:

@@ -10,6 +10,14 @@ Each member runs its own forward (WavLM on the waveform, the text LLM on the tra
 prompt, the audio-LLM on both); the system's method combines them: the fusion adapter on the members'
 embeddings (and WavLM frame states), or the average / plurality vote of the members' probabilities.
 A file that cannot be read is reported in ``result.skipped`` and left out; it never stops the run.
+
+Long recordings are never cropped silently. A file longer than a member's window (the WavLM recipe's
+``data.max_seconds``, the audio-LLM's ``max_audio_seconds``, at most Whisper's 30 s) is, with
+``long_audio="windows"`` (the default), cut into consecutive windows of that length (a last sliver
+under 0.5 s joins nothing and is dropped, unless it is all there is); each window is predicted and the
+member's probabilities, attributes and embedding are the mean over windows weighted by window
+length (fusion frame sequences are concatenated). ``"crop"`` reads the first window only, as training
+does; ``"error"`` refuses the run, naming the file and its length. The count of long files is logged.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -27,6 +35,22 @@ from llmser.schema import CLASS_CODES
 from llmser.utils.logging import get_logger
 
 logger = get_logger(__name__)
+
+LONG_AUDIO_MODES = ("windows", "crop", "error")
+MIN_WINDOW_SECONDS = 0.5  # a trailing sliver shorter than this carries no usable emotion (as load_audio_chunks)
+
+
+class LongAudioError(ValueError):
+    """A file longer than a member's window, with ``long_audio="error"``."""
+
+
+def audio_windows(duration: float, window: float) -> list[tuple[float, float]]:
+    """(start, seconds) windows covering ``duration`` seconds with windows of ``window`` seconds."""
+    starts = np.arange(0.0, duration, window)
+    windows = [(float(s), float(min(window, duration - s))) for s in starts]
+    if len(windows) > 1 and windows[-1][1] < MIN_WINDOW_SECONDS:
+        windows.pop()
+    return windows
 
 
 @dataclass
@@ -55,7 +79,10 @@ class Predictor:
     """A loaded system: its members, the optional fusion adapter, and how they combine."""
 
     def __init__(self, members: list[LoadedMember], method: str, fusion: Any = None, fusion_frame_stride: int = 4,
-                 asr: str = "smol"):
+                 asr: str = "smol", long_audio: Literal["windows", "crop", "error"] = "windows"):
+        if long_audio not in LONG_AUDIO_MODES:
+            raise ValueError(f"long_audio must be one of {', '.join(LONG_AUDIO_MODES)}, got {long_audio!r}")
+        self.long_audio = long_audio
         self.members = members
         self.method = method
         self.fusion = fusion
@@ -64,7 +91,8 @@ class Predictor:
         self._whisper = None
 
     @classmethod
-    def from_pretrained(cls, id_or_path: str | Path, revision: str | None = None, asr: str = "smol") -> Predictor:
+    def from_pretrained(cls, id_or_path: str | Path, revision: str | None = None, asr: str = "smol",
+                        long_audio: Literal["windows", "crop", "error"] = "windows") -> Predictor:
         from llmser.hub.manifest import SystemManifest
         from llmser.models.registry import get_branch, load_recipe
         from llmser.utils.hub import resolve_pretrained
@@ -83,7 +111,7 @@ class Predictor:
             else:
                 members.append(LoadedMember(member.name, member.kind, model, recipe, spec))
         method = ensemble.get("method", "fusion" if fusion is not None else "average")
-        return cls(members, method, fusion, int(ensemble.get("fusion_frame_stride", 4)), asr)
+        return cls(members, method, fusion, int(ensemble.get("fusion_frame_stride", 4)), asr, long_audio)
 
     # ------------------------------------------------------------------ transcripts
 
@@ -130,26 +158,15 @@ class Predictor:
     def predict_batch(self, paths: list[Path], transcripts: Mapping[str, str]) -> tuple[Predictions | None,
                                                                                          dict[str, str]]:
         """One batch of files -> predictions for the readable ones, and the skipped ones with the reason."""
-        from llmser.data.audio import AudioError
-
         utterances = [_utterance(p, transcripts.get(p.name)) for p in paths]
-        outputs: dict[str, dict[str, torch.Tensor]] = {}
+        outputs: dict[str, dict[str, Any]] = {}
         skipped: dict[str, str] = {}
         keep = list(range(len(utterances)))
         for member in self.members:
-            dataset, collate = member.spec.predict_data_fn(member.model, member.recipe, utterances)
-            examples = []
-            for i in list(keep):
-                try:
-                    examples.append(dataset[i])
-                except (AudioError, OSError, ValueError) as exc:
-                    skipped[utterances[i].file_name] = str(exc)
-                    keep.remove(i)
-            examples = [e for e in examples if e["index"] in keep]
-            if not examples:
+            out = self._member_outputs(member, utterances, keep, skipped)
+            if out is None:
                 return None, skipped
-            outputs[member.name] = self._forward(member, collate(examples))
-            outputs[member.name]["index"] = torch.tensor([e["index"] for e in examples])
+            outputs[member.name] = out
         # Members may have dropped different files: keep those every member read.
         common = [i for i in keep if all(i in out["index"].tolist() for out in outputs.values())]
         for name, out in outputs.items():
@@ -158,6 +175,95 @@ class Predictor:
                              for k, v in out.items()}
         names = [utterances[i].file_name for i in common]
         return self._combine(names, outputs), skipped
+
+    def check_lengths(self, paths: Sequence[Path]) -> None:
+        """Refuse, before anything is predicted, every file longer than a member's window (``long_audio="error"``)."""
+        from llmser.data.audio import AudioError, audio_duration
+
+        windows = [w for w in (self.member_window(m) for m in self.members) if w is not None]
+        if not windows:
+            return
+        too_long = []
+        for path in paths:
+            try:
+                duration = audio_duration(path)
+            except AudioError:
+                continue  # reported and skipped when it is read
+            if duration > min(windows) + 1e-6:
+                too_long.append(f"{path}: {duration:.1f} s")
+        if too_long:
+            raise LongAudioError(f"{len(too_long)} file(s) are longer than the model's {min(windows):g}-s window: "
+                                 f"{'; '.join(too_long[:5])}. Predict them in windows (--long-audio windows, the "
+                                 "default), crop them to their first window (--long-audio crop), or cut the files")
+
+    def member_window(self, member: LoadedMember) -> float | None:
+        """The longest audio one of ``member``'s examples reads (None: it reads no audio, or all of it)."""
+        window_fn = getattr(member.spec.branch, "audio_window_seconds", None)
+        return window_fn(member.model, member.recipe) if window_fn is not None else None
+
+    def _member_outputs(self, member: LoadedMember, utterances: list, keep: list[int],
+                        skipped: dict[str, str]) -> dict[str, Any] | None:
+        """``member``'s outputs for the files in ``keep`` (which loses the unreadable ones): one row per file,
+        long files predicted window by window and averaged by window length."""
+        from llmser.data.audio import AudioError
+
+        pieces, owner, weight = self._pieces(member, utterances, keep, skipped)
+        dataset, collate = member.spec.predict_data_fn(member.model, member.recipe, pieces)
+        examples = []
+        for j in range(len(pieces)):
+            if owner[j] not in keep:
+                continue  # another window of this file was unreadable
+            try:
+                examples.append(dataset[j])
+            except (AudioError, OSError, ValueError) as exc:
+                skipped[utterances[owner[j]].file_name] = str(exc)
+                keep.remove(owner[j])
+        examples = [e for e in examples if owner[e["index"]] in keep]
+        if not examples:
+            return None
+        size = max(len(utterances), 1)  # windows run in batches no larger than the files' batch
+        parts = [self._forward(member, collate(examples[s:s + size])) for s in range(0, len(examples), size)]
+        rows = _concat_outputs(parts)
+        return _average_windows(rows, [owner[e["index"]] for e in examples], [weight[e["index"]] for e in examples])
+
+    def _pieces(self, member: LoadedMember, utterances: list, keep: list[int],
+                skipped: dict[str, str]) -> tuple[list, list[int], list[float]]:
+        """What ``member`` reads: each file, or each window of a long file; its file index and length weight."""
+        import dataclasses
+
+        from llmser.data.audio import AudioError, audio_duration
+
+        window = self.member_window(member)
+        pieces, owner, weight, long_files, windows = [], [], [], 0, 0
+        for i, utt in enumerate(utterances):
+            if i not in keep:
+                continue
+            try:
+                duration = audio_duration(utt.audio_path) if window is not None else None
+            except AudioError as exc:
+                skipped[utt.file_name] = str(exc)
+                keep.remove(i)
+                continue
+            if duration is None or duration <= window + 1e-6 or self.long_audio == "crop":
+                long_files += duration is not None and duration > window + 1e-6
+                pieces.append(utt)
+                owner.append(i)
+                weight.append(1.0)
+                continue
+            if self.long_audio == "error":
+                raise LongAudioError(f"{utt.audio_path}: {duration:.1f} s is longer than the {window:g}-s window of "
+                                     f"member {member.name!r}; predict it in windows (--long-audio windows, the "
+                                     "default), crop it to its first window (--long-audio crop), or cut the file")
+            spans = audio_windows(duration, window)
+            long_files, windows = long_files + 1, windows + len(spans)
+            pieces += [dataclasses.replace(utt, segment=span) for span in spans]
+            owner += [i] * len(spans)
+            weight += [span[1] for span in spans]
+        if long_files:
+            how = (f"predicted in {windows} windows, averaged by window length" if self.long_audio == "windows"
+                   else "cropped to their first window (--long-audio crop)")
+            logger.info("%s: %d file(s) longer than its %g-s window: %s", member.name, long_files, window, how)
+        return pieces, owner, weight
 
     def _forward(self, member: LoadedMember, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         wants_frames = self.fusion is not None and member.branch == "wavlm"
@@ -215,6 +321,8 @@ class Predictor:
         from tqdm.auto import tqdm
 
         paths = [Path(p) for p in audio]
+        if self.long_audio == "error":
+            self.check_lengths(paths)
         parts: list[Predictions] = []
         skipped: dict[str, str] = {}
         with tqdm(total=len(paths), desc="predicting", unit="file", disable=not progress) as bar:
@@ -244,3 +352,27 @@ def concat_predictions(parts: Sequence[Predictions]) -> Predictions:
         np.concatenate([p.attributes for p in parts]) if first.attributes is not None else None,
         {k: [v for p in parts for v in p.extras[k]] for k in first.extras},
     )
+
+
+def _concat_outputs(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Member outputs of several forward batches, row-wise (tensors concatenated, lists joined)."""
+    return {k: (torch.cat([p[k] for p in parts]) if isinstance(parts[0][k], torch.Tensor)
+                else [x for p in parts for x in p[k]]) for k in parts[0]}
+
+
+def _average_windows(rows: dict[str, Any], owner: list[int], weight: list[float]) -> dict[str, Any]:
+    """One row per file: probabilities, attributes and embedding averaged over its windows, weighted by
+    window length; frame sequences (for fusion) concatenated in time order. ``index`` is the file index."""
+    files = list(dict.fromkeys(owner))
+    out: dict[str, Any] = {"index": torch.tensor(files)}
+    for key, value in rows.items():
+        if isinstance(value, torch.Tensor):  # (windows, ...) -> (files, ...)
+            stacked = []
+            for f in files:
+                picks = [j for j, o in enumerate(owner) if o == f]
+                w = torch.tensor([weight[j] for j in picks], dtype=value.dtype)
+                stacked.append((value[picks] * w.view(-1, *([1] * (value.dim() - 1)))).sum(0) / w.sum())
+            out[key] = torch.stack(stacked)
+        else:
+            out[key] = [torch.cat([value[j] for j, o in enumerate(owner) if o == f]) for f in files]
+    return out

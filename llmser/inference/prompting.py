@@ -95,7 +95,8 @@ def load_prompting_model(llm: str = "smol", adapter: str | None = None, *, revis
                          quantization: str = "none") -> tuple[Any, Any, list[str] | None]:
     """A base instruct model (zero-shot) or base + a saved text-branch adapter, ready to score.
 
-    Returns (model, tokenizer, the adapter's prompt variants or None).
+    ``adapter`` is a saved text-branch folder or its Hub id; ``revision`` is the Hub revision of the
+    adapter when one is given, else of ``llm``. Returns (model, tokenizer, the adapter's prompt variants or None).
     """
     from llmser.models.llm.adapter import load_lora
     from llmser.models.llm.loading import load_causal_lm
@@ -106,7 +107,9 @@ def load_prompting_model(llm: str = "smol", adapter: str | None = None, *, revis
     from transformers import AutoTokenizer
 
     from llmser.models.text_llm.config import TextLLMBranchConfig
+    from llmser.utils.hub import resolve_pretrained
 
+    adapter = str(resolve_pretrained(adapter, revision))  # a Hub id or a folder (revision applies to the adapter)
     config = TextLLMBranchConfig.load(adapter)
     tokenizer = AutoTokenizer.from_pretrained(adapter)
     loaded = load_causal_lm(config.llm, revision=config.revision, quantization=quantization, tokenizer=tokenizer)
@@ -114,19 +117,21 @@ def load_prompting_model(llm: str = "smol", adapter: str | None = None, *, revis
 
 
 def predict_corpus_split(corpus_dir: str, split: str, *, llm: str = "smol", adapter: str | None = None,
-                         prompts: list[str] | None = None, ratings: bool = True, batch_size: int = 8,
+                         revision: str | None = None, prompts: list[str] | None = None, ratings: bool = True, batch_size: int = 8,
                          max_transcript_tokens: int = 128, limit: int | None = None,
-                         calibrate: bool = False) -> tuple[Predictions, list]:
-    """Prompt-vote predictions for every transcribed file of a corpus split (and the utterances)."""
+                         calibrate: bool = False, missing_transcripts: str = "error", asr: str = "smol",
+                         cache_dir: str = ".cache/llmser/features") -> tuple[Predictions, list]:
+    """Prompt-vote predictions for every file of a corpus split (and the utterances); files without a
+    transcript stop the run naming them, or (``missing_transcripts="asr"``) get one from Whisper ``asr``."""
     from llmser.data.msp_podcast import MSPPodcast
     from llmser.models.llm.prompts import load_prompts
     from llmser.models.text_llm.config import DEFAULT_TEXT_PROMPTS
-    from llmser.models.text_llm.data import check_transcripts
+    from llmser.models.text_llm.data import resolve_transcripts
 
     corpus = MSPPodcast.from_folder(corpus_dir)
     utterances = corpus.utterances(corpus.resolve_split(split), task="all")[:limit]
-    check_transcripts(utterances, split)
-    model, tokenizer, trained_prompts = load_prompting_model(llm, adapter)
+    utterances = resolve_transcripts(utterances, split, policy=missing_transcripts, asr=asr, cache_dir=cache_dir)
+    model, tokenizer, trained_prompts = load_prompting_model(llm, adapter, revision=revision)
     names = prompts or trained_prompts or list(DEFAULT_TEXT_PROMPTS)
     class_templates = load_prompts(names, task="class", inputs="transcript")
     rating_templates = load_prompts(task="attributes", inputs="transcript") if ratings else []

@@ -5,7 +5,8 @@ these helpers, so the safety rules live in one place:
 
 - **No pickles.** ``.bin``/``.pt``/``.pth``/``.ckpt``/``.pkl`` files can run arbitrary code when
   unpickled; llmser never loads them (:func:`refuse_pickles`, :func:`check_safe_folder`) and says how
-  to convert a trusted one once.
+  to convert a trusted one once. The one exception is :func:`load_torch_weights_only`, used only by
+  ``llmser import-salmonn`` to read a released checkpoint once, with PyTorch's restricted unpickler.
 - **Atomic writes.** :func:`save_safetensors` serialises in memory and replaces the target in one
   ``os.replace`` (``utils.io``): a crash leaves the previous file, never half of one.
 - **Clear failures.** A truncated or foreign file raises :class:`WeightsError` naming it and the fix,
@@ -21,6 +22,7 @@ these helpers, so the safety rules live in one place:
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -207,3 +209,34 @@ def save_safetensors(tensors: dict[str, Any], path: str | Path, metadata: dict[s
 
         atomic_write_bytes(path, save_torch(plain, metadata=metadata))
     return path
+
+
+def load_torch_weights_only(path: str | Path) -> Any:
+    """Read a PyTorch pickle checkpoint with ``torch.load(weights_only=True)``: the one pickle read in llmser.
+
+    Why it exists: some checkpoints are released only as ``.pth`` (SALMONN's ``salmonn_v1.pth``), and
+    ``llmser import-salmonn`` converts such a file once into safetensors. ``weights_only=True`` uses
+    PyTorch's restricted unpickler, which rebuilds only tensors and plain containers (dict, list,
+    str, numbers) and refuses any other object, so the file cannot run code while it is read. A file
+    that needs full unpickling is refused here, never retried with ``weights_only=False``. Everything
+    else in llmser reads safetensors (:func:`load_safetensors`).
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; give the path of the checkpoint file")
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"WeightsUnpickler error: ([^\n]*)", str(exc))
+        first = found.group(1).strip() if found else type(exc).__name__
+        raise WeightsError(
+            f"{path}: refused - the file holds objects other than tensors and plain containers, which only full "
+            f"unpickling (able to run arbitrary code) could rebuild ({first}). llmser reads pickle checkpoints with "
+            "weights_only=True only; re-save the tensors from a trusted environment with "
+            "safetensors.torch.save_file(state_dict, 'model.safetensors') and import that file") from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({exc}); download it again") from None

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from llmser.data.examples import class_counts, class_labels, recipe_splits
+from llmser.data.examples import class_counts, class_labels, log_cropped, recipe_splits
 from llmser.models.audio_llm.config import AudioLLMBranchConfig
 from llmser.models.audio_llm.data import (
     SpeechPromptCollator,
@@ -36,19 +36,18 @@ logger = get_logger(__name__)
 
 def split_utterances(recipe: Recipe, corpus: Any, config: AudioLLMBranchConfig) -> tuple[list, list, list]:
     """Train/eval/test utterances; transcripts are checked up front when the prompts read them."""
-    from llmser.models.text_llm.data import check_transcripts
+    from llmser.models.text_llm.branch import transcribed_splits
 
-    train, dev, test = recipe_splits(recipe, corpus)
-    if "transcript" in config.inputs:
-        for name, utts in (("train", train), ("eval", dev), ("test", test)):
-            check_transcripts(utts, name)
-    return train, dev, test
+    splits = recipe_splits(recipe, corpus)
+    return transcribed_splits(recipe, splits) if "transcript" in config.inputs else splits
 
 
 def prepare(recipe: Recipe, config: AudioLLMBranchConfig, corpus: Any, accelerator: Any) -> BranchSetup:
     if recipe.data.augment.any_enabled():
         logger.warning("the audio-LLM reads cached frozen-encoder frames; data.augment is ignored")
     train_utts, eval_utts, test_utts = split_utterances(recipe, corpus, config)
+    if accelerator.is_main_process:
+        log_cropped(logger, train_utts + eval_utts + test_utts, config.max_audio_seconds, "audio_llm")
     model = AudioLLMEmotionModel.from_config(config)
     model.encoders.to(accelerator.device)
     cache = speech_cache(model, recipe.data.cache_dir)
@@ -99,6 +98,11 @@ def predict_with_voting(model: AudioLLMEmotionModel, utterances: Sequence, cache
     predictions = Predictions([u.file_name for u in utterances], [CLASS_CODES[i] for i in vote.labels], vote.probs,
                               np.concatenate(attributes) if attributes else None, vote.vote_columns(CLASS_CODES))
     return predictions, vote
+
+
+def audio_window_seconds(model: AudioLLMEmotionModel, recipe: Recipe) -> float | None:
+    """The longest audio one example reads (model.max_audio_seconds, at most Whisper's 30-s window)."""
+    return model.config.max_audio_seconds
 
 
 def predict_data(model: AudioLLMEmotionModel, recipe: Recipe, utterances: list) -> tuple[Any, Any]:

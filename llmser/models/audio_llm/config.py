@@ -21,8 +21,9 @@ class AudioLLMBranchConfig(LLMConfig):
 
     The windows follow SALMONN (bytedance/SALMONN ``models/salmonn.py``): 0.333 s windows with a 0.333 s
     stride (17 of Whisper's 50 frames per second) and one learned query per window, so a clip of d
-    seconds becomes about 3*d speech tokens. SALMONN drops a trailing partial window; here it is
-    zero-padded and kept, so a 0.2-s clip still gives one token.
+    seconds becomes about 3*d speech tokens. SALMONN drops a trailing partial window (``F.unfold``); by
+    default it is zero-padded and kept here, so the clip's last 0.3 s are heard; ``partial_window: drop``
+    counts windows as SALMONN does (a clip shorter than one window still gives one, zero-padded).
 
     The model returns the eight verbalised answers' log-likelihoods after the sampled prompt variant as
     ``class_logits`` (the first answer token in training; in evaluation the whole answer, or its first
@@ -36,6 +37,7 @@ class AudioLLMBranchConfig(LLMConfig):
     max_audio_seconds: float = field(default=30.0, metadata={"help": "audio is cropped here; below 30 s Whisper's window is cropped too", "gt": 0})
     window_seconds: float = field(default=0.333333, metadata={"help": "Q-Former window length in seconds (SALMONN: 0.333 s = 17 Whisper frames)", "gt": 0})
     stride_seconds: float = field(default=0.333333, metadata={"help": "Q-Former window stride in seconds", "gt": 0})
+    partial_window: Literal["keep", "drop"] = field(default="keep", metadata={"help": "a trailing partial window: keep it zero-padded, or drop it as SALMONN does (import-salmonn sets drop)"})
     num_queries: int = field(default=1, metadata={"help": "learned queries per window (speech tokens per window)", "min": 1})
     qformer_layers: int = field(default=2, metadata={"help": "Q-Former (Blip2QFormerModel) layers", "min": 1})
     qformer_hidden: int | None = field(default=None, metadata={"help": "default: Whisper's d_model (SALMONN: 768, BERT-base)", "min": 1})
@@ -68,6 +70,8 @@ class AudioLLMBranchConfig(LLMConfig):
         issues = []
         if not self.prompts:
             issues.append("list at least one prompt variant in model.prompts")
+        if self.partial_window not in ("keep", "drop"):
+            issues.append(f"partial_window must be 'keep' or 'drop', got {self.partial_window!r}")
         if self.speech_attention not in ("causal", "isolated"):
             issues.append(f"speech_attention must be 'causal' or 'isolated', got {self.speech_attention!r}")
         if self.answer_scoring not in ("whole", "first_token"):

@@ -75,7 +75,8 @@ class SpeechPromptDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         utt = self.utterances[index]
-        tensors = self.cache.get(utt.audio_path)
+        segment = getattr(utt, "segment", None)  # a window of a long file (prediction only: EncodeOnRead)
+        tensors = self.cache.get(utt.audio_path) if segment is None else self.cache.get(utt.audio_path, segment)
         if tensors is None:
             raise RuntimeError(f"no cached speech frames for {utt.audio_path}; run fill_speech_cache first")
         variant = self.variant_for(index)
@@ -123,9 +124,18 @@ class EncodeOnRead:
         self.model = model
 
     @torch.no_grad()
-    def get(self, audio_path: str | Path) -> dict[str, torch.Tensor]:
-        from llmser.data.audio import load_audio
+    def get(self, audio_path: str | Path, segment: tuple[float, float] | None = None) -> dict[str, torch.Tensor]:
+        """Frames of the file, or of its ``segment`` (start, seconds) when it is one window of a long file."""
+        from llmser.data.examples import utterance_wave
 
-        wave = load_audio(audio_path, max_seconds=self.model.config.max_audio_seconds)
+        wave = utterance_wave(_FileSegment(Path(audio_path), segment), self.model.config.max_audio_seconds)
         frames, mask = self.model.encoders([wave])  # (1, T, D), (1, T)
         return {"frames": frames[0, : int(mask[0].sum())].to(torch.float16).cpu()}
+
+
+class _FileSegment:
+    """The two fields ``utterance_wave`` reads."""
+
+    def __init__(self, audio_path: Path, segment: tuple[float, float] | None):
+        self.audio_path = audio_path
+        self.segment = segment

@@ -173,6 +173,7 @@ class WindowQFormer(nn.Module):
         self.window = max(1, round(config.window_seconds * FRAMES_PER_SECOND))  # 17 frames for 0.333 s
         self.stride = max(1, round(config.stride_seconds * FRAMES_PER_SECOND))
         self.num_queries = config.num_queries
+        self.drop_partial = config.partial_window == "drop"
         self.ln_speech = nn.LayerNorm(whisper_size)
         self.ln_second = nn.LayerNorm(second_size) if second_size else None
         qconfig = Blip2QFormerConfig(hidden_size=hidden, num_hidden_layers=config.qformer_layers,
@@ -197,9 +198,11 @@ class WindowQFormer(nn.Module):
         self.projection.bias.zero_()
 
     def num_windows(self, frames: torch.Tensor) -> torch.Tensor:
-        """Windows per clip for valid frame counts ``frames`` (B,): a trailing partial window is kept."""
+        """Windows per clip for valid frame counts ``frames`` (B,): a trailing partial window is kept, or
+        dropped (``partial_window: drop``, SALMONN's count); at least one window per clip either way."""
         extra = (frames - self.window).clamp(min=0)
-        return torch.div(extra + self.stride - 1, self.stride, rounding_mode="floor") + 1
+        round_up = 0 if self.drop_partial else self.stride - 1
+        return torch.div(extra + round_up, self.stride, rounding_mode="floor") + 1
 
     def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Speech tokens (B, S, H), their mask (B, S) and the Q-Former states (B, S, Dq) they come from."""
@@ -544,11 +547,15 @@ class AudioLLMEmotionModel(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, *, base: str | None = None, trainable: bool = False) -> AudioLLMEmotionModel:
-        """Rebuild from a saved folder; ``base`` puts the adapter on another copy of the same base LLM."""
+    def from_pretrained(cls, directory: str | Path, *, base: str | None = None, trainable: bool = False,
+                        revision: str | None = None) -> AudioLLMEmotionModel:
+        """Rebuild from a saved folder or a Hub id (offline from the cache with ``HF_HUB_OFFLINE=1``);
+        ``base`` puts the adapter on another copy of the same base LLM."""
         from transformers import AutoTokenizer
 
-        directory = Path(directory)
+        from llmser.utils.hub import resolve_pretrained
+
+        directory = resolve_pretrained(directory, revision)
         if not (directory / CONFIG_NAME).is_file():
             raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}; is it a folder saved by "
                                     "AudioLLMEmotionModel.save_pretrained?")
@@ -655,4 +662,6 @@ def speech_token_count(seconds: float, config: AudioLLMBranchConfig) -> int:
     frames = max(1, math.ceil(seconds * FRAMES_PER_SECOND))
     window = max(1, round(config.window_seconds * FRAMES_PER_SECOND))
     stride = max(1, round(config.stride_seconds * FRAMES_PER_SECOND))
-    return (math.ceil(max(frames - window, 0) / stride) + 1) * config.num_queries
+    extra = max(frames - window, 0)
+    windows = extra // stride if config.partial_window == "drop" else math.ceil(extra / stride)
+    return (windows + 1) * config.num_queries

@@ -9,6 +9,11 @@ in which order they are listed, and the ``system``/``user`` messages. Placeholde
 - ``{labels}``: the label words in the prompt's order; ``{definitions}``: one line per label;
 - ``{attribute}``, ``{attribute_description}``: for attribute prompts, rendered once per attribute.
 
+``layout`` says how the messages become text: ``chat`` (default) through the tokenizer's chat
+template; ``vicuna`` as SALMONN and Vicuna v1.1 write it, for bases without a chat template:
+``<bos>[system\n]USER: {user}\nASSISTANT:`` (SALMONN's ``prompt_template: "USER: {}\nASSISTANT:"``
+with ``<Speech><SpeechHere></Speech>`` in the user text, as ``prompts/speech_salmonn.yaml`` has it).
+
 A user adds a variant by dropping a file in the folder. Placeholders are substituted literally (never
 with ``str.format``), and special-token strings are stripped from transcripts, so a transcript cannot
 inject chat turns; answers are scored over a fixed label set, so no text can produce an invalid label.
@@ -30,7 +35,9 @@ ATTRIBUTE_DESCRIPTIONS = {
     "dominance": "1 = very weak and submissive, 7 = very strong and in control",
 }
 _INPUTS = ("transcript", "speech", "speech+transcript")
-_KEYS = {"name", "task", "inputs", "verbalisation", "label_order", "system", "user"}
+_KEYS = {"name", "task", "inputs", "verbalisation", "label_order", "system", "user", "layout"}
+#: How messages become prompt text: None = the tokenizer's chat template; else a format of (system, user).
+LAYOUTS: dict[str, str | None] = {"chat": None, "vicuna": "{system}USER: {user}\nASSISTANT:"}
 
 
 class PromptError(ValueError):
@@ -54,6 +61,7 @@ class PromptTemplate:
     verbalisation: str = "name"
     label_order: tuple[str, ...] = CLASS_CODES
     source: str = "<memory>"
+    layout: str = "chat"
 
     def __post_init__(self) -> None:
         self._validate()
@@ -66,6 +74,8 @@ class PromptTemplate:
             raise PromptError(f"{where}: task must be 'class' or 'attributes', got {self.task!r}")
         if self.inputs not in _INPUTS:
             raise PromptError(f"{where}: inputs must be one of {', '.join(_INPUTS)}, got {self.inputs!r}")
+        if self.layout not in LAYOUTS:
+            raise PromptError(f"{where}: unknown layout {self.layout!r}; choose one of {', '.join(LAYOUTS)}")
         if self.verbalisation not in VERBALISATIONS:
             raise PromptError(f"{where}: unknown verbalisation {self.verbalisation!r}; "
                               f"choose one of {', '.join(VERBALISATIONS)}")
@@ -129,7 +139,13 @@ class PromptTemplate:
         """The full prompt text up to where the answer starts (chat template + generation prompt)."""
         specials = tuple(tokenizer.all_special_tokens) + (SPEECH_PLACEHOLDER,)
         msgs = self.messages(transcript, attribute, special_tokens=specials)
-        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        layout = LAYOUTS[self.layout]
+        if layout is None:
+            return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        system = "".join(m["content"] + "\n" for m in msgs if m["role"] == "system")
+        user = next(m["content"] for m in msgs if m["role"] == "user")
+        # No chat template: the tokenizer's BOS starts the text, as SALMONN prepends it before the prompt.
+        return (tokenizer.bos_token or "") + layout.replace("{system}", system).replace("{user}", user)
 
 
 def _fill(text: str, values: dict[str, str]) -> str:
@@ -180,7 +196,8 @@ def load_prompt_file(path: str | Path) -> PromptTemplate:
     order = data.get("label_order", CLASS_CODES)
     return PromptTemplate(name=data["name"], task=data["task"], inputs=data["inputs"], user=data["user"],
                           system=data.get("system"), verbalisation=data.get("verbalisation", "name"),
-                          label_order=tuple(str(c) for c in order), source=str(path))
+                          label_order=tuple(str(c) for c in order), source=str(path),
+                          layout=data.get("layout", "chat"))
 
 
 def load_prompts(names: list[str] | None = None, *, task: str | None = None, inputs: str | None = None,

@@ -15,8 +15,8 @@ from llmser.models.text_llm.data import (
     CachedStatesDataset,
     PromptCollator,
     PromptExampleDataset,
-    check_transcripts,
     collate_cached_states,
+    resolve_transcripts,
 )
 from llmser.models.text_llm.model import TextLLMEmotionModel
 from llmser.recipe import Recipe
@@ -26,11 +26,16 @@ logger = get_logger(__name__)
 
 
 def split_utterances(recipe: Recipe, corpus: Any) -> tuple[list, list, list]:
-    """Train/eval/test utterances of the recipe's splits, with transcripts checked up front."""
-    train, dev, test = recipe_splits(recipe, corpus)
-    for name, utts in (("train", train), ("eval", dev), ("test", test)):
-        check_transcripts(utts, name)
-    return train, dev, test
+    """Train/eval/test utterances of the recipe's splits, with transcripts checked (or made by ASR) up front."""
+    return transcribed_splits(recipe, recipe_splits(recipe, corpus))
+
+
+def transcribed_splits(recipe: Recipe, splits: tuple[list, list, list]) -> tuple[list, list, list]:
+    """Each split with its missing transcripts handled as ``data.missing_transcripts`` says (error or asr)."""
+    data = recipe.data
+    return tuple(resolve_transcripts(utts, name, policy=data.missing_transcripts, asr=data.asr_model,
+                                     cache_dir=data.cache_dir)
+                 for name, utts in zip(("train", "eval", "test"), splits))
 
 
 def prepare(recipe: Recipe, config: TextLLMBranchConfig, corpus: Any, accelerator: Any) -> BranchSetup:

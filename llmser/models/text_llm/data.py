@@ -7,6 +7,7 @@ example gets the same variant whatever the process count or resume point; evalua
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,12 +24,27 @@ class MissingTranscriptError(ValueError):
 
 def check_transcripts(utterances: Sequence, split: str) -> None:
     """Report every utterance without a transcript at once, with the ways to get one."""
-    missing = [u.file_name for u in utterances if not (u.transcript or "").strip()]
+    missing = [str(u.audio_path) for u in utterances if not (u.transcript or "").strip()]
     if missing:
         raise MissingTranscriptError(
-            f"{len(missing)} {split} utterance(s) have no transcript, e.g. {missing[:3]}. The text branch reads "
-            "transcripts: add Transcripts/<stem>.txt files to the corpus, transcribe the audio with "
-            "`llmser transcribe`, or set data.on_error=skip to drop them")
+            f"{len(missing)} {split} utterance(s) have no transcript, e.g. {missing[:3]}. This reads transcripts: "
+            "let Whisper make the missing ones (recipe data.missing_transcripts=asr, or --missing-transcripts asr; "
+            "cached, the corpus is not changed), add Transcripts/<stem>.txt files, or write them into the corpus "
+            "with `llmser transcribe --corpus DIR`")
+
+
+def resolve_transcripts(utterances: Sequence, split: str, *, policy: str = "error", asr: str = "smol",
+                        cache_dir: str | Path = ".cache/llmser/features", progress: bool = True) -> list:
+    """The utterances with a transcript each: ``policy="asr"`` makes the missing ones with Whisper ``asr``
+    (cached by audio content, never written into the corpus); ``"error"`` names the files and the options."""
+    if policy == "asr":
+        from llmser.models.whisper.asr import fill_transcripts
+
+        return fill_transcripts(utterances, asr=asr, cache_dir=cache_dir, what=split, progress=progress)
+    if policy != "error":
+        raise ValueError(f"missing_transcripts must be 'error' or 'asr', got {policy!r}")
+    check_transcripts(utterances, split)
+    return list(utterances)
 
 
 def truncate_transcript(tokenizer: Any, text: str, max_tokens: int) -> str:

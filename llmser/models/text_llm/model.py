@@ -126,14 +126,15 @@ class TextLLMEmotionModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, base: str | None = None,
-                        trainable: bool = False) -> TextLLMEmotionModel:
-        """Rebuild from a saved folder; ``base`` loads the adapter onto another copy of the same base
-        (e.g. a local folder of the Hub model) and is checked against the adapter's record."""
+                        trainable: bool = False, revision: str | None = None) -> TextLLMEmotionModel:
+        """Rebuild from a saved folder or a Hub id (``revision``; offline from the cache); ``base`` loads the
+        adapter onto another copy of the same base (e.g. a local folder of the Hub model) and is checked
+        against the adapter's record."""
         from transformers import AutoTokenizer
 
         from llmser.utils.hub import resolve_pretrained
 
-        directory = _require_folder(resolve_pretrained(directory))
+        directory = _require_folder(resolve_pretrained(directory, revision))
         config = TextLLMBranchConfig.load(directory)
         if base is not None:
             config.llm = base

@@ -13,6 +13,7 @@ from llmser.data.examples import (
     collate_hidden,
     collate_waveforms,
     fill_feature_cache,
+    log_cropped,
     recipe_splits,
 )
 from llmser.models.branch import BranchSetup
@@ -30,6 +31,8 @@ def prepare(recipe: Recipe, config: WavLMBranchConfig, corpus: Any, accelerator:
     model = WavLMEmotionModel.from_config(config)
     counts = class_counts(train_utts)
     labels = class_labels(train_utts)
+    if accelerator.is_main_process:
+        log_cropped(logger, train_utts + eval_utts + test_utts, data.max_seconds, "wavlm")
 
     augmenter = _augmenter(recipe)
     use_cache = model.encoder_is_frozen and data.feature_cache
@@ -71,6 +74,11 @@ def _fill_cache(model: WavLMEmotionModel, utterances: list, recipe: Recipe, acce
                        world_size=accelerator.num_processes, progress=accelerator.is_main_process)
     accelerator.wait_for_everyone()
     return cache
+
+
+def audio_window_seconds(model: WavLMEmotionModel, recipe: Recipe) -> float | None:
+    """The longest audio one example reads (data.max_seconds): longer files are predicted in windows."""
+    return recipe.data.max_seconds
 
 
 def predict_data(model: WavLMEmotionModel, recipe: Recipe, utterances: list) -> tuple[Any, Any]:
