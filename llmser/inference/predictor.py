@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from llmser.evaluation.predictions import Predictions
+from llmser.models.llm.votes import votes
 from llmser.schema import CLASS_CODES
 from llmser.utils.logging import get_logger
 
@@ -135,6 +136,8 @@ class Predictor:
         keep = list(range(len(utterances)))
         for member in self.members:
             dataset, collate = member.spec.predict_data_fn(member.model, member.recipe, utterances)
+            if votes(member.model, dataset):  # LLM members: their recipe's prompt vote (model.voting)
+                dataset = dataset.with_voting(member.model.voting_variants)
             examples = []
             for i in list(keep):
                 try:
@@ -161,6 +164,8 @@ class Predictor:
         if wants_frames:  # encode once: the heads and the fusion frames read the same hidden states
             hidden, mask = member.model.encode(batch["input_values"], batch.get("attention_mask"))
             batch = {**batch, "hidden_states": hidden, "frame_mask": mask}
+        if hasattr(member.model, "vote_batch"):
+            return _voted(member.model.vote_batch(**batch))
         out = member.model(**batch)
         result: dict[str, Any] = {"embedding": out.embedding.float()}
         if out.class_logits is not None:
@@ -179,7 +184,11 @@ class Predictor:
         from llmser.models.voting import majority_vote
 
         with_probs = {n: o["probs"].numpy() for n, o in outputs.items() if "probs" in o}
-        votes = {f"vote_{n}": [CLASS_CODES[i] for i in p.argmax(1)] for n, p in with_probs.items()}
+        votes = {f"vote_{n}": [CLASS_CODES[i] for i in (o["labels"].numpy() if "labels" in o else o["probs"].argmax(1))]
+                 for n, o in outputs.items() if "probs" in o}
+        for n, o in outputs.items():  # each prompt variant's vote of an LLM member
+            for k, variant in enumerate(o.get("variant_names", [[]])[0]):
+                votes[f"vote_{n}_{variant}"] = [CLASS_CODES[i] for i in o["variant_probs"][:, k].argmax(-1).tolist()]
         if self.method == "fusion":
             out = self.fusion(**self._fusion_batch(outputs))
             probs = torch.softmax(out.class_logits.float(), -1).numpy() if out.class_logits is not None else None
@@ -226,6 +235,16 @@ class Predictor:
         for name, why in skipped.items():
             logger.warning("skipped %s: %s", name, why)
         return PredictResult(concat_predictions(parts), skipped)
+
+
+def _voted(out: Any) -> dict[str, Any]:
+    """A member's ``VotedOutput`` as the per-file columns ``predict_batch`` aligns across members."""
+    result: dict[str, Any] = {"embedding": out.embedding.float(), "probs": out.probs.float().cpu(),
+                              "labels": out.labels.cpu(), "variant_probs": out.variant_probs.float().cpu(),
+                              "variant_names": [out.variant_names] * len(out.labels)}
+    if out.attributes is not None:
+        result["attributes"] = out.attributes.float()
+    return result
 
 
 def concat_predictions(parts: Sequence[Predictions]) -> Predictions:

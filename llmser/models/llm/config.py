@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from llmser.models.voting import VotingConfig
+
 
 @dataclass
 class LLMConfig:
@@ -25,6 +27,8 @@ class LLMConfig:
     # adapted layer, so a CPU/small-GPU step costs little more than a forward pass.
     lora_top_layers: int | None = field(default=None, metadata={"help": "LoRA only on the top N decoder layers (None = all layers)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward to save memory"})
+    # One voting setting for both LLM branches: the test report, collect-outputs and llmser predict all read it.
+    voting: VotingConfig = field(default_factory=VotingConfig, metadata={"help": "which prompt variants vote (voting.variants) and how (voting.rule)"})
 
     def lora_config(self, task_type: str | None = "CAUSAL_LM", num_layers: int | None = None):
         """peft's LoraConfig; ``num_layers`` (the base's depth) is needed when ``lora_top_layers`` is set."""

@@ -53,6 +53,19 @@ class PromptExampleDataset(Dataset):
         self.sample_variants = sample_variants
         self.seed = seed
         self.epoch = 0
+        self.vote_templates: list[PromptTemplate] = []  # set by with_voting: every file through each of them
+
+    def with_voting(self, variants: Sequence[str]) -> PromptExampleDataset:
+        """A copy whose examples carry the prompt of every voting variant (``TextLLMEmotionModel.vote_batch``)."""
+        import copy
+
+        by_name = {t.name: t for t in self.templates}
+        missing = [v for v in variants if v not in by_name]
+        if missing:
+            raise ValueError(f"voting variants {missing} are not among this dataset's prompts ({', '.join(by_name)})")
+        voting = copy.copy(self)
+        voting.vote_templates = [by_name[v] for v in variants]
+        return voting
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -70,8 +83,11 @@ class PromptExampleDataset(Dataset):
         if utt.transcript is None:
             raise MissingTranscriptError(f"{utt.audio_path}: no transcript (and none could be made from the audio); "
                                          "add a transcript file or fix the audio")
-        template = self.template_for(index)
         transcript = truncate_transcript(self.tokenizer, utt.transcript, self.max_transcript_tokens)
+        if self.vote_templates:  # the transcript is cut once and shared by every variant
+            return {"index": index, "file_name": utt.file_name, **example_targets(utt),
+                    "prompts": [t.render(self.tokenizer, transcript) for t in self.vote_templates]}
+        template = self.template_for(index)
         return {"index": index, "file_name": utt.file_name, "prompt": template.render(self.tokenizer, transcript),
                 "variant": template.name, **example_targets(utt)}
 
@@ -83,6 +99,11 @@ class PromptCollator:
         self.tokenizer = tokenizer
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        if "prompts" in examples[0]:  # voting: row b * K + k is file b through variant k
+            enc = self.tokenizer([p for e in examples for p in e["prompts"]], add_special_tokens=False,
+                                 padding=True, padding_side="left", return_tensors="pt")
+            return {"vote_input_ids": enc["input_ids"], "vote_attention_mask": enc["attention_mask"],
+                    **_targets(examples)}
         enc = self.tokenizer([e["prompt"] for e in examples], add_special_tokens=False, padding=True,
                              padding_side="left", return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], **_targets(examples)}

@@ -27,6 +27,7 @@ from llmser.models.llm.identity import canonical_name
 from llmser.models.llm.loading import load_causal_lm
 from llmser.models.llm.scoring import prefix_positions
 from llmser.models.text_llm.config import CONFIG_NAME, TextLLMBranchConfig
+from llmser.models.voting import VotedOutput, voted_output
 from llmser.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -71,6 +72,32 @@ class TextLLMEmotionModel(nn.Module):
         logits, attributes = self.heads(embedding)
         # fusion reads the standardised state: LayerNorm alone leaves the LLM's massive-activation features dominant
         return EmotionOutput(class_logits=logits, attributes=attributes, embedding=self.heads.standardized(embedding))
+
+    # ------------------------------------------------------------------ voting
+
+    @property
+    def voting_variants(self) -> list[str]:
+        """The prompt variants that vote (``config.voting.variants``), in order."""
+        return self.config.voting.select(list(self.config.prompts))
+
+    @torch.no_grad()
+    def vote_batch(self, vote_input_ids: torch.Tensor, vote_attention_mask: torch.Tensor, **_: object) -> VotedOutput:
+        """The configured vote on (B*K, T) prompts, row b*K + k = file b through voting variant k, all in one
+        forward: the heads read each row, the variants' class probabilities vote, attributes and the
+        (standardised) embedding are the variants' means."""
+        self.eval()
+        names = self.voting_variants
+        k = len(names)
+        embedding = self.embed(vote_input_ids, vote_attention_mask)  # (B*K, H)
+        logits, attributes = self.heads(embedding)
+        batch = embedding.shape[0] // k
+        if logits is None:
+            raise ValueError("voting needs the class head (model.class_head: true)")
+        probs = torch.softmax(logits.float(), -1).view(batch, k, -1).transpose(0, 1).cpu().numpy()  # (K, B, 8)
+        per_variant = attributes.view(batch, k, -1) if attributes is not None else None  # (B, K, 3)
+        pooled = self.heads.standardized(embedding).view(batch, k, -1).mean(1)
+        return voted_output(probs, names, self.config.voting.rule,
+                            per_variant.mean(1) if per_variant is not None else None, pooled, per_variant)
 
     # ------------------------------------------------------------------ save / load
 
