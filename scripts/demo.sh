@@ -153,8 +153,9 @@ echo "== summary: test split '$SPLIT'"
 "${LLMSER[@]}" compare prior="$OUT/prior/report.json" classical_egemaps="$OUT/classical/egemaps/report.json" \
   classical_tfidf="$OUT/classical/tfidf/report.json" classical_late_fusion="$OUT/classical/late_fusion/report.json" \
   wavlm="$OUT/wavlm/test/report.json" \
-  text_zero_shot="$OUT/text_zero_shot/report.json" text_head="$OUT/text_head/test/report.json" \
-  "${SFT_REPORT[@]}" "$AUDIO=$OUT/$AUDIO/test/report.json" fusion_concat="$OUT/fusion_concat/test/report.json" \
+  text_zero_shot="$OUT/text_zero_shot/report.json" text_head_single="$OUT/text_head/test/single/report.json" \
+  text_head_vote="$OUT/text_head/test/report.json" "${SFT_REPORT[@]}" "${AUDIO}_single=$OUT/$AUDIO/test/single/report.json" \
+  "${AUDIO}_vote=$OUT/$AUDIO/test/report.json" fusion_concat="$OUT/fusion_concat/test/report.json" \
   fusion="$OUT/fusion/test/report.json" ensemble_plurality="$OUT/ensemble/plurality/report.json" \
   ensemble_average="$OUT/ensemble/average/report.json" ensemble_stacking="$OUT/ensemble/stacking/report.json" \
   system_predict="$OUT/system_predictions/report.json" --out "$OUT/summary.json"

@@ -119,9 +119,10 @@ def test_prepare_serves_every_variant_from_the_cache_and_matches_the_prompt_path
 
     from llmser.data.demo_corpus import DemoCorpusConfig, make_demo_corpus
     from llmser.data.msp_podcast import MSPPodcast
+    from llmser.models.llm.votes import collect_votes, votes
     from llmser.models.registry import branch_config, load_recipe
     from llmser.models.text_llm.branch import prepare
-    from llmser.models.text_llm.data import CachedStatesDataset, PromptCollator
+    from llmser.models.text_llm.data import CachedStatesCollator, CachedStatesDataset, PromptCollator
 
     corpus_dir = tmp_path / "corpus"
     make_demo_corpus(corpus_dir, DemoCorpusConfig(n=24, seed=5, n_speakers=6, workers=2), progress=False)
@@ -129,7 +130,7 @@ def test_prepare_serves_every_variant_from_the_cache_and_matches_the_prompt_path
                                                              f"data.cache_dir={tmp_path / 'cache'}"])
     corpus = MSPPodcast.from_folder(corpus_dir)
     setup = prepare(recipe, branch_config(recipe), corpus, PartialState())
-    assert isinstance(setup.train_set, CachedStatesDataset) and setup.collate_fn is collate_cached_states
+    assert isinstance(setup.train_set, CachedStatesDataset) and isinstance(setup.collate_fn, CachedStatesCollator)
     variants = len(setup.train_set.prompts.templates)
     assert len(setup.train_set.all_prompt_ids()) == variants * len(setup.train_set)
     model = setup.model.eval()
@@ -142,6 +143,10 @@ def test_prepare_serves_every_variant_from_the_cache_and_matches_the_prompt_path
     cached = model(**collate_cached_states(examples))
     full = model(**PromptCollator(model.tokenizer)(examples))
     torch.testing.assert_close(cached.class_logits, full.class_logits, atol=1e-4, rtol=1e-4)
+    # The test report and collect-outputs vote through the same setup (the whole LLM per file, every variant).
+    assert votes(model, setup.test_set)
+    voted = collect_votes(model, setup.test_set, setup.collate_fn, batch_size=4, progress=False)
+    assert voted.variant_probs.shape == (len(setup.test_set), len(model.voting_variants), 8)
     # Off: the plain prompt path.
     recipe_off = load_recipe(ROOT / "adapters/text_tiny.yaml", [f"data.corpus={corpus_dir}", "model.lora_top_layers=1",
                                                                  "model.cache_lower_layers=false"])

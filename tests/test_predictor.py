@@ -73,7 +73,10 @@ def test_system_predicts_every_readable_file_and_skips_the_bad_one(runs, clips, 
     assert preds.file_names == [f"clip{i}.wav" for i in range(5)]
     assert "clip9.wav" in result.skipped and "clip9.wav" in result.skipped["clip9.wav"]
     assert preds.probs.shape == (5, 8) and np.allclose(preds.probs.sum(1), 1, atol=1e-5)
-    assert preds.attributes.shape == (5, 3) and set(preds.extras) == {"vote_wavlm", "vote_text_llm"}
+    from llmser.models.text_llm.config import DEFAULT_TEXT_PROMPTS
+
+    variants = {f"vote_text_llm_{v}" for v in DEFAULT_TEXT_PROMPTS}  # the text member votes over its variants
+    assert preds.attributes.shape == (5, 3) and set(preds.extras) == {"vote_wavlm", "vote_text_llm"} | variants
 
 
 def test_predictions_do_not_depend_on_batching(runs, clips, tmp_path):

@@ -133,6 +133,7 @@ def _body(manifest: SystemManifest, report: dict[str, Any] | None, repo_id: str,
                              "the MSP-Podcast challenge: eight emotion classes (task 1, macro-F1) and arousal, "
                              "valence and dominance on a 1-7 scale (task 2, CCC)."), ""]
     lines += _members_section(manifest)
+    lines += _voting_section(manifest)
     lines += _usage_section(repo_id)
     lines += _evaluation_section(report, split)
     lines += _labels_section(manifest)
@@ -152,6 +153,19 @@ def _members_section(manifest: SystemManifest) -> list[str]:
     lines += ["LLM members are standard PEFT adapters (`adapter_config.json` + `adapter_model.safetensors`) that "
               "load with `peft.PeftModel.from_pretrained` onto their base model; all weights are safetensors.", ""]
     return lines
+
+
+def _voting_section(manifest: SystemManifest) -> list[str]:
+    """Which prompt variants each LLM member runs and how they vote (what ``llmser predict`` does)."""
+    voting = (manifest.ensemble or {}).get("voting") or {}
+    if not voting:
+        return []
+    lines = ["## Prompt voting", "", "Each LLM member scores every file with each listed prompt variant and takes "
+             "their vote; the predictions keep each variant's class in `vote_<member>_<variant>` columns.", "",
+             "| member | rule | variants |", "|---|---|---|"]
+    for member, setting in voting.items():
+        lines.append(f"| {member} | {setting['rule']} | {', '.join(setting['variants'])} |")
+    return lines + [""]
 
 
 def _usage_section(repo_id: str) -> list[str]:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from llmser.evaluation.predictions import Predictions
+from llmser.models.llm.votes import votes
 from llmser.schema import CLASS_CODES
 from llmser.utils.logging import get_logger
 
@@ -209,6 +210,8 @@ class Predictor:
 
         pieces, owner, weight = self._pieces(member, utterances, keep, skipped)
         dataset, collate = member.spec.predict_data_fn(member.model, member.recipe, pieces)
+        if votes(member.model, dataset):  # LLM members: their recipe's prompt vote (model.voting)
+            dataset = dataset.with_voting(member.model.voting_variants)
         examples = []
         for j in range(len(pieces)):
             if owner[j] not in keep:
@@ -224,7 +227,10 @@ class Predictor:
         size = max(len(utterances), 1)  # windows run in batches no larger than the files' batch
         parts = [self._forward(member, collate(examples[s:s + size])) for s in range(0, len(examples), size)]
         rows = _concat_outputs(parts)
-        return _average_windows(rows, [owner[e["index"]] for e in examples], [weight[e["index"]] for e in examples])
+        averaged = _average_windows(rows, [owner[e["index"]] for e in examples], [weight[e["index"]] for e in examples])
+        if "variant_probs" in averaged and len(averaged["index"]) != len(examples):  # a long file: vote again
+            averaged["labels"] = _revote(member.model, averaged)
+        return averaged
 
     def _pieces(self, member: LoadedMember, utterances: list, keep: list[int],
                 skipped: dict[str, str]) -> tuple[list, list[int], list[float]]:
@@ -270,6 +276,8 @@ class Predictor:
         if wants_frames:  # encode once: the heads and the fusion frames read the same hidden states
             hidden, mask = member.model.encode(batch["input_values"], batch.get("attention_mask"))
             batch = {**batch, "hidden_states": hidden, "frame_mask": mask}
+        if hasattr(member.model, "vote_batch"):
+            return _voted(member.model.vote_batch(**batch))
         out = member.model(**batch)
         result: dict[str, Any] = {"embedding": out.embedding.float()}
         if out.class_logits is not None:
@@ -288,7 +296,11 @@ class Predictor:
         from llmser.models.voting import majority_vote
 
         with_probs = {n: o["probs"].numpy() for n, o in outputs.items() if "probs" in o}
-        votes = {f"vote_{n}": [CLASS_CODES[i] for i in p.argmax(1)] for n, p in with_probs.items()}
+        votes = {f"vote_{n}": [CLASS_CODES[i] for i in (o["labels"].numpy() if "labels" in o else o["probs"].argmax(1))]
+                 for n, o in outputs.items() if "probs" in o}
+        for n, o in outputs.items():  # each prompt variant's vote of an LLM member
+            for k, variant in enumerate(o.get("variant_names", [[]])[0]):
+                votes[f"vote_{n}_{variant}"] = [CLASS_CODES[i] for i in o["variant_probs"][:, k].argmax(-1).tolist()]
         if self.method == "fusion":
             out = self.fusion(**self._fusion_batch(outputs))
             probs = torch.softmax(out.class_logits.float(), -1).numpy() if out.class_logits is not None else None
@@ -339,6 +351,16 @@ class Predictor:
         return PredictResult(concat_predictions(parts), skipped)
 
 
+def _voted(out: Any) -> dict[str, Any]:
+    """A member's ``VotedOutput`` as the per-file columns ``predict_batch`` aligns across members."""
+    result: dict[str, Any] = {"embedding": out.embedding.float(), "probs": out.probs.float().cpu(),
+                              "labels": out.labels.cpu(), "variant_probs": out.variant_probs.float().cpu(),
+                              "variant_names": [out.variant_names] * len(out.labels)}
+    if out.attributes is not None:
+        result["attributes"] = out.attributes.float()
+    return result
+
+
 def concat_predictions(parts: Sequence[Predictions]) -> Predictions:
     """Row-wise concatenation of predictions with the same columns (empty parts are dropped)."""
     parts = [p for p in parts if len(p)]
@@ -360,13 +382,27 @@ def _concat_outputs(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 else [x for p in parts for x in p[k]]) for k in parts[0]}
 
 
+def _revote(model: Any, outputs: dict[str, Any]) -> torch.Tensor:
+    """A long file's vote from its length-weighted variant probabilities (the windows' votes are not averaged)."""
+    from llmser.models.voting import vote
+
+    per_variant = outputs["variant_probs"].numpy().transpose(1, 0, 2)  # (K, N, C)
+    names = outputs["variant_names"][0]
+    rule = model.config.voting.rule if hasattr(getattr(model, "config", None), "voting") else "plurality"
+    return torch.from_numpy(vote(per_variant, names, rule).labels)
+
+
 def _average_windows(rows: dict[str, Any], owner: list[int], weight: list[float]) -> dict[str, Any]:
     """One row per file: probabilities, attributes and embedding averaged over its windows, weighted by
     window length; frame sequences (for fusion) concatenated in time order. ``index`` is the file index."""
     files = list(dict.fromkeys(owner))
     out: dict[str, Any] = {"index": torch.tensor(files)}
     for key, value in rows.items():
-        if isinstance(value, torch.Tensor):  # (windows, ...) -> (files, ...)
+        if key == "variant_names" or (isinstance(value, torch.Tensor) and not value.is_floating_point()):
+            # names, and integer labels (a long file's vote is taken again from its averaged probabilities)
+            first = [next(j for j, o in enumerate(owner) if o == f) for f in files]
+            out[key] = value[first] if isinstance(value, torch.Tensor) else [value[j] for j in first]
+        elif isinstance(value, torch.Tensor):  # (windows, ...) -> (files, ...)
             stacked = []
             for f in files:
                 picks = [j for j, o in enumerate(owner) if o == f]

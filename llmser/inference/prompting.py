@@ -22,7 +22,8 @@ from llmser.evaluation.predictions import Predictions
 from llmser.models.llm.prompts import RATINGS, PromptTemplate
 from llmser.models.llm.scoring import LabelScorer
 from llmser.models.text_llm.data import truncate_transcript
-from llmser.models.voting import VoteResult, majority_vote
+from llmser.models.voting import VoteResult
+from llmser.models.voting import vote as vote_rule
 from llmser.schema import ATTRIBUTES, CLASS_CODES
 from llmser.utils.logging import get_logger
 
@@ -41,16 +42,23 @@ CONTENT_FREE_TRANSCRIPTS = ("N/A", "", "[MASK]")
 def class_probabilities(scorer: LabelScorer, transcripts: Sequence[str], template: PromptTemplate,
                         progress: bool = True, calibrate: bool = False) -> np.ndarray:
     """(N, 8) class probabilities of one prompt variant, columns in ``CLASS_CODES`` order."""
-    prompts = [template.render(scorer.tokenizer, t) for t in transcripts]
-    with _progress(len(prompts), template.name, progress) as bar:
-        probs = scorer.probabilities(prompts, template.candidates, progress=bar)
-    return calibrated(probs, content_free_probabilities(scorer, template)) if calibrate else probs
+    return variant_class_probabilities(scorer, transcripts, [template], progress, calibrate)[0]
+
+
+def variant_class_probabilities(scorer: LabelScorer, transcripts: Sequence[str], templates: Sequence[PromptTemplate],
+                                progress: bool = True, calibrate: bool = False) -> np.ndarray:
+    """(K, N, 8) class probabilities of K variants, scored together: each variant's instruction is computed
+    once for all files, and every batch of files runs through all variants in one forward."""
+    with _progress(len(transcripts), ", ".join(t.name for t in templates), progress) as bar:
+        probs = scorer.variant_probabilities(templates, transcripts, progress=bar)
+    if calibrate:
+        probs = np.stack([calibrated(p, content_free_probabilities(scorer, t)) for p, t in zip(probs, templates)])
+    return probs
 
 
 def content_free_probabilities(scorer: LabelScorer, template: PromptTemplate) -> np.ndarray:
     """(8,) the variant's mean answer distribution for content-free transcripts: its label bias."""
-    prompts = [template.render(scorer.tokenizer, t) for t in CONTENT_FREE_TRANSCRIPTS]
-    return scorer.probabilities(prompts, template.candidates).mean(axis=0)
+    return scorer.variant_probabilities([template], CONTENT_FREE_TRANSCRIPTS)[0].mean(axis=0)
 
 
 def calibrated(probs: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -65,9 +73,8 @@ def expected_ratings(scorer: LabelScorer, transcripts: Sequence[str], template: 
     values = np.array([float(r) for r in RATINGS])
     columns = []
     for attribute in ATTRIBUTES:
-        prompts = [template.render(scorer.tokenizer, t, attribute=attribute) for t in transcripts]
-        with _progress(len(prompts), f"{template.name}:{attribute}", progress) as bar:
-            columns.append(scorer.probabilities(prompts, template.candidates, progress=bar) @ values)
+        with _progress(len(transcripts), f"{template.name}:{attribute}", progress) as bar:
+            columns.append(scorer.variant_probabilities([template], transcripts, attribute, progress=bar)[0] @ values)
     return np.stack(columns, axis=1)
 
 
@@ -75,13 +82,14 @@ def predict_with_prompts(model: Any, tokenizer: Any, file_names: Sequence[str], 
                          class_templates: Sequence[PromptTemplate],
                          rating_templates: Sequence[PromptTemplate] = (), *, batch_size: int = 8,
                          max_transcript_tokens: int = 128, progress: bool = True,
-                         calibrate: bool = False) -> tuple[Predictions, VoteResult]:
-    """Predictions over transcripts: the class by the variants' vote (``vote_<variant>`` columns kept),
-    the attributes averaged over the rating variants (none when there are none); ``calibrate``: see above."""
+                         calibrate: bool = False, rule: str = "plurality") -> tuple[Predictions, VoteResult]:
+    """Predictions over transcripts: the class by the variants' vote under ``rule`` (``vote_<variant>``
+    columns kept), the attributes averaged over the rating variants (none when there are none);
+    ``calibrate``: see above."""
     scorer = LabelScorer(model, tokenizer, batch_size=batch_size)
     texts = [truncate_transcript(tokenizer, t or "", max_transcript_tokens) for t in transcripts]
-    per_variant = [class_probabilities(scorer, texts, t, progress, calibrate) for t in class_templates]
-    vote = majority_vote(per_variant, [t.name for t in class_templates])
+    per_variant = variant_class_probabilities(scorer, texts, class_templates, progress, calibrate)
+    vote = vote_rule(per_variant, [t.name for t in class_templates], rule)
     attributes = None
     if rating_templates:
         attributes = np.mean([expected_ratings(scorer, texts, t, progress) for t in rating_templates], axis=0)

@@ -55,6 +55,18 @@ def _member_entry(name: str, best: Path) -> tuple[Any, dict[str, str]]:
     return Member(name, recipe.branch, name, bases, list(prompts)), prompts
 
 
+def _voting_entry(best: Path) -> dict[str, Any]:
+    """The variants an LLM member votes with and its rule, from the config saved with its weights (the
+    resolved prompt list), else its recipe."""
+    from llmser.models.registry import branch_config, get_branch, load_recipe
+
+    recipe = load_recipe(best / "recipe.yaml")
+    config = branch_config(recipe)
+    if (best / "llmser_config.json").is_file():
+        config = get_branch(recipe.branch).config_cls.load(best)
+    return {"variants": config.voting.select(list(config.prompts)), "rule": config.voting.rule}
+
+
 def build_system(out_dir: str | Path, members: dict[str, str | Path], *, fusion: str | Path | None = None,
                  method: str | None = None, fusion_frame_stride: int = 4, report: str | Path | None = None) -> Path:
     """Copy the runs' best models into ``out_dir`` and write ``llmser.json`` and a model card (with the
@@ -72,7 +84,7 @@ def build_system(out_dir: str | Path, members: dict[str, str | Path], *, fusion:
     tmp = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    entries, prompts = [], {}
+    entries, prompts, voting = [], {}, {}
     for name, run in {**members, **({"fusion": fusion} if fusion else {})}.items():
         best = _best_folder(run)
         check_no_outside_links(best, boundary=run)  # copytree follows links: nothing from outside the run
@@ -80,7 +92,10 @@ def build_system(out_dir: str | Path, members: dict[str, str | Path], *, fusion:
         member, used = _member_entry(name, best)
         entries.append(member)
         prompts.update(used)
-    ensemble = {"method": method, "members": list(members), "fusion_frame_stride": fusion_frame_stride}
+        if member.kind in ("text_llm", "audio_llm"):
+            voting[name] = _voting_entry(best)
+    ensemble = {"method": method, "members": list(members), "fusion_frame_stride": fusion_frame_stride,
+                **({"voting": voting} if voting else {})}
     manifest = SystemManifest.create(entries, prompts=prompts, ensemble=ensemble)
     manifest.save(tmp)
     from llmser.hub.card import write_card

@@ -9,7 +9,8 @@ kept too: they feed stacking and calibrated reports.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 
@@ -41,3 +42,80 @@ def majority_vote(voter_probs: np.ndarray | Sequence[np.ndarray], voter_names: S
     key = np.where(counts == counts.max(axis=1, keepdims=True), summed, -np.inf)
     labels = key.argmax(axis=1)
     return VoteResult(list(voter_names), probs, votes, labels, summed / probs.shape[0])
+
+
+VOTING_RULES = ("plurality", "mean")
+
+
+@dataclass
+class VotingConfig:
+    """How an LLM branch's prompt variants vote: the recipe's ``model.voting`` section (both LLM branches).
+
+    Every consumer of a trained LLM branch reads it - the test report, ``collect-outputs``,
+    ``build-system`` / ``llmser predict`` - so fusion, the ensembles and the shipped system see the
+    same vote the report scores.
+    """
+
+    variants: Literal["all"] | list[str] = field(
+        default="all", metadata={"help": "all: every prompt variant of the model votes; or a list of variant names"})
+    rule: Literal["plurality", "mean"] = field(
+        default="plurality", metadata={"help": "plurality: most variants' argmax wins, ties by summed probability; "
+                                               "mean: argmax of the mean probabilities"})
+
+    def __post_init__(self) -> None:
+        if self.rule not in VOTING_RULES:
+            raise ValueError(f"voting.rule must be one of {', '.join(VOTING_RULES)}, got {self.rule!r}")
+        if self.variants != "all" and (isinstance(self.variants, str) or not self.variants):
+            raise ValueError(f"voting.variants must be 'all' or a non-empty list of variant names, got {self.variants!r}")
+
+    def select(self, available: Sequence[str]) -> list[str]:
+        """The voting variants among a model's ``available`` ones (in the model's order for ``all``)."""
+        if self.variants == "all":
+            return list(available)
+        missing = [v for v in self.variants if v not in available]
+        if missing:
+            raise ValueError(f"voting.variants {missing} are not variants of this model ({', '.join(available)}); "
+                             "list some of those, or use voting.variants=all")
+        return list(self.variants)
+
+
+def vote(voter_probs: np.ndarray | Sequence[np.ndarray], voter_names: Sequence[str], rule: str = "plurality") -> VoteResult:
+    """The vote of K voters' (N, C) probabilities under ``rule`` (see ``VotingConfig``)."""
+    result = majority_vote(voter_probs, voter_names)
+    if rule == "mean":
+        result.labels = result.probs.argmax(axis=1)
+    elif rule != "plurality":
+        raise ValueError(f"unknown voting rule {rule!r}; choose one of {', '.join(VOTING_RULES)}")
+    return result
+
+
+@dataclass
+class VotedOutput:
+    """What an LLM branch's ``vote_batch`` returns: the vote, each variant's probabilities, and the heads.
+
+    ``probs`` are the voters' mean probabilities (what fusion, averaging and calibrated reports read);
+    ``labels`` the vote's class under the rule; ``variant_probs`` keep every variant's view.
+    """
+
+    probs: Any  # (B, C) torch tensor
+    labels: Any  # (B,) long tensor
+    variant_probs: Any  # (B, K, C)
+    variant_names: list[str]
+    attributes: Any  # (B, 3) or None
+    embedding: Any  # (B, D)
+    variant_attributes: Any = None  # (B, K, 3) where each variant predicts its own attributes
+
+
+def voted_output(variant_probs: np.ndarray, names: Sequence[str], rule: str, attributes: Any,
+                 embedding: Any, variant_attributes: Any = None) -> VotedOutput:
+    """A ``VotedOutput`` from (K, B, C) numpy probabilities; tensors on ``embedding``'s device."""
+    import torch
+
+    result = vote(variant_probs, names, rule)
+    device = embedding.device
+    return VotedOutput(probs=torch.as_tensor(result.probs, dtype=torch.float32, device=device),
+                       labels=torch.as_tensor(result.labels, dtype=torch.long, device=device),
+                       variant_probs=torch.as_tensor(result.voter_probs, dtype=torch.float32,
+                                                     device=device).transpose(0, 1),
+                       variant_names=list(names), attributes=attributes, embedding=embedding,
+                       variant_attributes=variant_attributes)

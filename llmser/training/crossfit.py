@@ -62,7 +62,8 @@ def cross_fit_outputs(run_dir: str | Path, outputs_dir: str | Path, folds: int =
                                 sequence_fn=sequence_fn, sequence_stride=sequence_stride)
             parts.append(load_branch_outputs(scratch, branch, held_out))
         names, tensors = _join(parts)
-    return save_branch_outputs(outputs_dir, branch, train, names, tensors, trained_on=train, cross_fitted=folds)
+    return save_branch_outputs(outputs_dir, branch, train, names, tensors, parts[0].variant_names, trained_on=train,
+                               cross_fitted=folds)
 
 
 def _join(parts: list) -> tuple[list[str], dict[str, torch.Tensor]]:

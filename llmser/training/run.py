@@ -113,6 +113,10 @@ def predict_test(trainer: Any, spec: Any, setup: Any) -> dict[str, Any]:
         else:
             model.load_state_dict(spec.model_cls.from_pretrained(best_dir).state_dict())
     calibrate_on_dev(trainer, model, setup, best_dir)
+    from llmser.models.llm.votes import votes
+
+    if votes(model, setup.test_set):  # LLM branches: the recipe's prompt vote (model.voting)
+        return predict_test_by_vote(trainer, model, setup)
     out = trainer.evaluate(setup.test_set, desc="test")
     if not trainer.is_main:  # the main process writes and reports; the others return the same shape
         return {"metrics": out.metrics}
@@ -125,6 +129,46 @@ def predict_test(trainer: Any, spec: Any, setup: Any) -> dict[str, Any]:
     logger.info("test: %s", {k: round(v, 4) for k, v in out.metrics.items()})
     return {"metrics": out.metrics, "report": str(output_dir / "test" / "report.md"),
             "macro_f1": (report.get("task1") or {}).get("macro_f1")}
+
+
+def predict_test_by_vote(trainer: Any, model: Any, setup: Any) -> dict[str, Any]:
+    """The test split by the configured prompt vote, and what the vote is worth (main process only).
+
+    Writes ``test_predictions.csv`` and ``test/report.md`` for the vote (each variant's vote in
+    ``vote_<variant>`` columns), ``test/single/report.md`` for the single variant that scored best on
+    dev (the first variant without dev), and ``test/voting.md``/``.json``: one row per variant and one
+    for the vote, on dev and test, with a sentence on whether the vote beat the best variant on dev.
+    """
+    from llmser.evaluation.report import evaluate
+    from llmser.models.llm.votes import best_single, collect_votes, scores, verdict, voting_markdown
+    from llmser.utils.io import atomic_write_json, atomic_write_text
+
+    if not trainer.is_main:
+        return {"metrics": {}}
+    output_dir = Path(trainer.recipe.train.output_dir)
+    batch_size, rule = trainer.recipe.data.eval_batch_size, model.config.voting.rule
+    tables = {}
+    if setup.eval_set is not None:
+        dev = collect_votes(model, setup.eval_set, setup.collate_fn, batch_size=batch_size, desc="voting on dev")
+        tables["dev"] = scores(dev, setup.eval_set.utterances)
+    test = collect_votes(model, setup.test_set, setup.collate_fn, batch_size=batch_size, desc="voting on test")
+    tables["test"] = scores(test, setup.test_utterances)
+    single = best_single(tables["dev"])["variant"] if "dev" in tables else test.variant_names[0]
+    predictions = test.predictions()
+    predictions.write_csv(output_dir / "test_predictions.csv")
+    title = f"{trainer.recipe.branch} branch, test split, {rule} vote of {len(test.variant_names)} prompt variants"
+    report = evaluate(predictions, setup.test_utterances, output_dir / "test", title=title)
+    evaluate(test.variant_predictions(single), setup.test_utterances, output_dir / "test" / "single",
+             title=f"{trainer.recipe.branch} branch, test split, prompt variant {single} alone (best on dev)",
+             plots=False)
+    atomic_write_json(output_dir / "test" / "voting.json", {"rule": rule, "single": single, **tables})
+    atomic_write_text(output_dir / "test" / "voting.md", voting_markdown(tables, rule))
+    if "dev" in tables:
+        logger.info(verdict(tables["dev"]))
+    metrics = {k: v for k, v in tables["test"][0].items() if k not in ("variant", "n") and v is not None}
+    logger.info("test (vote): %s", {k: round(v, 4) for k, v in metrics.items()})
+    return {"metrics": metrics, "report": str(output_dir / "test" / "report.md"),
+            "macro_f1": (report.get("task1") or {}).get("macro_f1"), "voting": tables}
 
 
 def calibrate_on_dev(trainer: Any, model: Any, setup: Any, best_dir: Path) -> None:

@@ -135,12 +135,13 @@ def predict_split(model: Any, tokenizer: Any, utterances: list, config: TextLLMB
     from llmser.evaluation.report import evaluate
     from llmser.inference.prompting import predict_with_prompts
 
-    templates = load_prompts(config.prompts, task="class", inputs="transcript", folder=config.prompt_dir)
+    templates = load_prompts(config.voting.select(list(config.prompts)), task="class", inputs="transcript",
+                             folder=config.prompt_dir)
     ratings = load_prompts(task="attributes", inputs="transcript", folder=config.prompt_dir)
     predictions, _ = predict_with_prompts(model, tokenizer, [u.file_name for u in utterances],
                                           [u.transcript for u in utterances], templates, ratings,
                                           batch_size=batch_size, max_transcript_tokens=config.max_transcript_tokens,
-                                          calibrate=config.calibrate)
+                                          calibrate=config.calibrate, rule=config.voting.rule)
     predictions.write_csv(output_dir / "test_predictions.csv")
     from llmser.evaluation.report import summary_row
 

@@ -63,12 +63,22 @@ class SpeechPromptDataset(Dataset):
         self.variant = 0  # the prompt variant every example reads when variants are not sampled
         self.seed = seed
         self.epoch = 0
+        self.voting = False  # examples also carry the transcript every voting variant reads
 
     def __len__(self) -> int:
         return len(self.utterances)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def with_voting(self, variants: Sequence[str]) -> SpeechPromptDataset:
+        """A copy for ``AudioLLMEmotionModel.vote_batch``: the frames once per file and, where the voting
+        ``variants`` read one, the transcript (each variant's prompt is built by the model)."""
+        import copy
+
+        voting = copy.copy(self)
+        voting.voting = any("transcript" in t.inputs for t in self.templates if t.name in set(variants))
+        return voting
 
     def variant_for(self, index: int) -> int:
         return pick_variant(len(self.templates), self.seed, self.epoch, index) if self.sample_variants else self.variant
@@ -85,7 +95,9 @@ class SpeechPromptDataset(Dataset):
         if "transcript" in template.inputs:
             transcript = truncate_transcript(self.tokenizer, utt.transcript or "", self.max_transcript_tokens)
         before, after = prompt_pieces(self.tokenizer, template, transcript)
-        return {"index": index, "file_name": utt.file_name, "frames": tensors["frames"], "before": before,
+        extra = {"transcript": truncate_transcript(self.tokenizer, utt.transcript or "", self.max_transcript_tokens)} \
+            if self.voting else {}
+        return {**extra, "index": index, "file_name": utt.file_name, "frames": tensors["frames"], "before": before,
                 "after": after, "candidate_index": self.candidate_index[variant], "variant": template.name,
                 "variant_index": variant, **example_targets(utt)}
 
@@ -110,6 +122,7 @@ class SpeechPromptCollator:
                 "after_ids": after_ids, "after_mask": after_mask,
                 "candidate_index": torch.tensor([e["candidate_index"] for e in examples], dtype=torch.long),
                 "variant_index": torch.tensor([e["variant_index"] for e in examples], dtype=torch.long),
+                **({"transcripts": [e["transcript"] for e in examples]} if "transcript" in examples[0] else {}),
                 **_targets(examples)}
 
 

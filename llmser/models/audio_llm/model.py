@@ -65,6 +65,7 @@ from llmser.models.llm.loading import load_causal_lm
 from llmser.models.llm.prefix_cache import PrefixCache
 from llmser.models.llm.prompts import SPEECH_PLACEHOLDER, PromptTemplate, load_prompts
 from llmser.models.llm.scoring import candidate_token_ids, prefix_positions
+from llmser.models.voting import VotedOutput, voted_output
 from llmser.models.whisper.loading import FRAMES_PER_SECOND
 from llmser.schema import NUM_CLASSES
 from llmser.utils.logging import get_logger
@@ -440,6 +441,13 @@ class AudioLLMEmotionModel(nn.Module):
         templates = list(templates or self.templates)
         self.eval()
         tokens, token_mask, _ = self.speech(speech_frames, frame_mask)  # once per clip
+        return self.variant_probabilities(tokens, token_mask, templates, transcripts, calibrated)
+
+    @torch.no_grad()
+    def variant_probabilities(self, tokens: torch.Tensor, token_mask: torch.Tensor,
+                              templates: Sequence[PromptTemplate], transcripts: Sequence[str] | None = None,
+                              calibrated: bool = True) -> np.ndarray:
+        """(K, B, 8) probabilities of K variants on speech tokens (B, S, H) computed once per clip."""
         batch = tokens.shape[0]
         texts = list(transcripts) if transcripts is not None else [None] * batch
         answer_sets = list(dict.fromkeys(t.candidates for t in templates))
@@ -523,6 +531,25 @@ class AudioLLMEmotionModel(nn.Module):
             raise ValueError(f"prompt variants {missing} are not this model's ({names}); their answers were "
                              "never calibrated - vote with the model's own variants or pass calibrated=False")
         return torch.tensor([names.index(t.name) for t in templates])
+
+    @property
+    def voting_variants(self) -> list[str]:
+        """The variants that vote (``config.voting.variants``), in order."""
+        return self.config.voting.select([t.name for t in self.templates])
+
+    @torch.no_grad()
+    def vote_batch(self, speech_frames: torch.Tensor, frame_mask: torch.Tensor,
+                   transcripts: Sequence[str] | None = None, **_: object) -> VotedOutput:
+        """The configured vote on a batch: speech encoded once, every voting variant scored on it, plus the
+        attribute head and the pooled speech state (variant-independent, so fusion reads the same embedding)."""
+        self.eval()
+        names = self.voting_variants
+        templates = [next(t for t in self.templates if t.name == name) for name in names]
+        tokens, token_mask, states = self.speech(speech_frames, frame_mask)  # once per clip
+        probs = self.variant_probabilities(tokens, token_mask, templates, transcripts)  # (K, B, 8)
+        attributes, pooled = self.attribute_head(states, token_mask) if self.attribute_head is not None else \
+            (None, _masked_mean(states, token_mask))
+        return voted_output(probs, names, self.config.voting.rule, attributes, pooled)
 
     def vote(self, speech_frames: torch.Tensor, frame_mask: torch.Tensor,
              templates: Sequence[PromptTemplate] | None = None, transcripts: Sequence[str] | None = None):

@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 
 from llmser.data.examples import example_targets
 from llmser.models.fusion.model import embedding_key, mask_key, sequence_key
+from llmser.models.llm.votes import collect_votes, votes
 from llmser.schema import ATTRIBUTES, NUM_CLASSES
 from llmser.utils.logging import get_logger
 
@@ -40,6 +41,8 @@ logger = get_logger(__name__)
 KNOWN_TENSORS: dict[str, tuple[int | None, ...]] = {
     "embedding": (None,), "sequence": (None, None), "sequence_mask": (None,),
     "probs": (NUM_CLASSES,), "attributes": (len(ATTRIBUTES),),
+    # LLM branches: the vote's class (N,) and each prompt variant's probabilities (N, K, 8); "probs" is their mean
+    "labels": (), "variant_probs": (None, NUM_CLASSES),
 }
 _SPLIT_ALIASES = {"dev": "development", "development": "dev", "test": "test1", "test1": "test"}
 _NAMES_SUFFIX = ".file_names.json"
@@ -55,6 +58,7 @@ class BranchOutputs:
     tensors: dict[str, torch.Tensor]
     trained_on: str | None = None  # the split the branch's model trained on (None: not recorded)
     cross_fitted: int = 0  # K when every row came from the fold model that did not train on it
+    variant_names: list[str] | None = None  # the voting prompt variants, in variant_probs' order
 
     def __len__(self) -> int:
         return len(self.file_names)
@@ -95,6 +99,16 @@ class BranchOutputs:
         attrs = None if attrs is None else attrs.double().numpy()
         if probs is None:
             return Predictions(self.file_names, attributes=attrs)
+        if "labels" in self.tensors:  # an LLM branch's prompt vote: its class, the variants' votes as columns
+            from llmser.schema import CLASS_CODES
+
+            columns = {}
+            if "variant_probs" in self.tensors and self.variant_names:
+                picks = self.tensors["variant_probs"].argmax(-1).numpy()  # (N, K)
+                columns = {f"vote_{name}": [CLASS_CODES[i] for i in picks[:, k]]
+                           for k, name in enumerate(self.variant_names)}
+            return Predictions(self.file_names, [CLASS_CODES[int(i)] for i in self.tensors["labels"]],
+                               probs.double().numpy(), attrs, columns)
         return Predictions.from_probs(self.file_names, probs.double().numpy(), attributes=attrs)
 
 
@@ -128,12 +142,13 @@ def check_branch_tensors(file_names: Sequence[str], tensors: Mapping[str, torch.
 
 
 def save_branch_outputs(directory: str | Path, branch: str, split: str, file_names: Sequence[str],
-                        tensors: Mapping[str, torch.Tensor], *, trained_on: str | None = None,
-                        cross_fitted: int = 0) -> Path:
+                        tensors: Mapping[str, torch.Tensor], variant_names: Sequence[str] | None = None, *,
+                        trained_on: str | None = None, cross_fitted: int = 0) -> Path:
     """Write one branch's outputs on one split atomically; returns the safetensors path.
 
-    ``trained_on`` (the split the model trained on) and ``cross_fitted`` (K for out-of-fold rows) travel in
-    the metadata, so whatever learns from these outputs can refuse in-sample ones.
+    ``variant_names`` name the columns of ``variant_probs``; ``trained_on`` (the split the model trained on)
+    and ``cross_fitted`` (K for out-of-fold rows) travel in the metadata, so whatever learns from these
+    outputs can refuse in-sample ones.
     """
     from llmser.data.folds import file_stem
     from llmser.utils.io import atomic_write_json
@@ -145,6 +160,8 @@ def save_branch_outputs(directory: str | Path, branch: str, split: str, file_nam
     metadata = {"branch": branch, "split": split, "file_names": json.dumps(names), "cross_fitted": str(cross_fitted)}
     if trained_on:
         metadata["trained_on"] = trained_on
+    if variant_names is not None:
+        metadata["variant_names"] = json.dumps(list(variant_names))
     atomic_write_json(path.with_name(file_stem(split) + _NAMES_SUFFIX), names)
     save_safetensors(dict(tensors), path, metadata=metadata)
     return path
@@ -193,7 +210,8 @@ def load_branch_outputs(directory: str | Path, branch: str, split: str) -> Branc
     else:
         raise FileNotFoundError(f"{path} has no file names (neither in its metadata nor {names_file.name})")
     check_branch_tensors(names, tensors, str(path))
-    return BranchOutputs(branch=branch, split=path.stem, file_names=names, tensors=tensors,
+    variants = json.loads(metadata["variant_names"]) if "variant_names" in metadata else None
+    return BranchOutputs(branch=branch, split=path.stem, file_names=names, tensors=tensors, variant_names=variants,
                          trained_on=metadata.get("trained_on"), cross_fitted=int(metadata.get("cross_fitted", 0)))
 
 
@@ -264,6 +282,20 @@ def collect_branch_outputs(model: Any, dataset: Dataset, collate_fn: Callable, *
     if sequence_fn is not None and sequences:
         tensors["sequence"], tensors["sequence_mask"] = pad_sequences(sequences)
     return names, tensors
+
+
+def collect_vote_outputs(model: Any, dataset: Dataset, collate_fn: Callable, *, batch_size: int = 8,
+                         progress: bool = True) -> tuple[list[str], dict[str, torch.Tensor], list[str]]:
+    """An LLM branch's prompt vote as branch outputs: ``probs`` (the variants' mean), ``labels`` (the vote
+    under ``model.config.voting.rule``), ``variant_probs`` (N, K, 8), attributes and the embedding; plus
+    the variant names."""
+    result = collect_votes(model, dataset, collate_fn, batch_size=batch_size, progress=progress)
+    tensors = {"embedding": torch.from_numpy(result.embedding).float(), "probs": torch.from_numpy(result.probs).float(),
+               "labels": torch.from_numpy(result.labels).long(),
+               "variant_probs": torch.from_numpy(result.variant_probs).float()}
+    if result.attributes is not None:
+        tensors["attributes"] = torch.from_numpy(result.attributes).float()
+    return result.file_names, tensors, result.variant_names
 
 
 def pad_sequences(sequences: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -375,10 +407,15 @@ def collect_run_outputs(run_dir: str | Path, outputs_dir: str | Path, splits: Se
         setup = spec.prepare_fn(recipe, branch_config(recipe), corpus, PartialState())
         if model is None:
             model = _load_best(spec, setup.model, best)
-        names, tensors = collect_branch_outputs(model, setup.test_set, setup.collate_fn,
-                                                batch_size=recipe.data.eval_batch_size, sequence_fn=sequence_fn,
-                                                sequence_stride=sequence_stride, progress=progress)
-        written[split] = save_branch_outputs(outputs_dir, name or recipe.branch, split, names, tensors,
+        if votes(model, setup.test_set):  # LLM branches: the recipe's prompt vote, each variant kept
+            names, tensors, variants = collect_vote_outputs(model, setup.test_set, setup.collate_fn,
+                                                            batch_size=recipe.data.eval_batch_size, progress=progress)
+        else:
+            variants = None
+            names, tensors = collect_branch_outputs(model, setup.test_set, setup.collate_fn,
+                                                    batch_size=recipe.data.eval_batch_size, sequence_fn=sequence_fn,
+                                                    sequence_stride=sequence_stride, progress=progress)
+        written[split] = save_branch_outputs(outputs_dir, name or recipe.branch, split, names, tensors, variants,
                                              trained_on=trained_on)
     return written
 

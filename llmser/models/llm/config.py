@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from llmser.models.llm.identity import LLM_PRESETS
+from llmser.models.voting import VotingConfig
 
 
 @dataclass
@@ -27,6 +28,8 @@ class LLMConfig:
     # adapted layer, so a CPU/small-GPU step costs little more than a forward pass.
     lora_top_layers: int | None = field(default=None, metadata={"help": "LoRA only on the top N decoder layers (None = all layers)", "min": 1})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward to save memory"})
+    # One voting setting for both LLM branches: the test report, collect-outputs and llmser predict all read it.
+    voting: VotingConfig = field(default_factory=VotingConfig, metadata={"help": "which prompt variants vote (voting.variants) and how (voting.rule)"})
 
     def lora_config(self, task_type: str | None = "CAUSAL_LM", num_layers: int | None = None):
         """peft's LoraConfig; ``num_layers`` (the base's depth) is needed when ``lora_top_layers`` is set."""

@@ -79,9 +79,14 @@ class PrefixCache:
         return DynamicCache(ddp_cache_data=layers), mask[rows]
 
     def _compute(self, model: Any, missing: list[tuple[int, ...]]) -> None:
-        from llmser.models.llm.scoring import cache_of
-
         device = next(model.parameters()).device
         for key in missing:  # once per prefix for the model's lifetime: no need to batch them
             out = model(input_ids=torch.tensor([key], device=device), use_cache=True, logits_to_keep=1)
             self._states[key] = [(layer.keys, layer.values) for layer in cache_of(out).layers]
+
+
+def cache_of(output: Any) -> Any:
+    """The key/value cache of a model output."""
+    # transformers 5 names the key/value cache ``cache``; 4.x called it ``past_key_values``.
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values

@@ -23,6 +23,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from llmser.models.llm.prefix_cache import PrefixCache, cache_of
+
 Reduction = Literal["sum", "mean"]
 
 
@@ -176,13 +178,6 @@ def gather_answers(logp: torch.Tensor, answers: list[list[int]]) -> torch.Tensor
         1, torch.tensor(owners, device=device), picked)
 
 
-def cache_of(output: Any) -> Any:
-    """The key/value cache of a model output."""
-    # transformers 5 names the key/value cache ``cache``; 4.x called it ``past_key_values``.
-    cache = getattr(output, "cache", None)
-    return cache if cache is not None else output.past_key_values
-
-
 @torch.no_grad()
 def score_naive(model: Any, tokenizer: Any, prompts: Sequence[str], candidates: Sequence[str], *,
                 reduction: Reduction = "sum", end_of_answer: bool = True) -> np.ndarray:
@@ -210,6 +205,7 @@ class LabelScorer:
         self.batch_size = batch_size
         self.reduction = reduction
         self.end_of_answer = end_of_answer
+        self.prefix_cache = PrefixCache()  # each variant's instruction, computed once for the scorer's life
 
     @property
     def device(self) -> torch.device:
@@ -237,6 +233,84 @@ class LabelScorer:
     def probabilities(self, prompts: Sequence[str], candidates: Sequence[str], progress: Any = None) -> np.ndarray:
         """(N, C) softmax over the candidates' log-likelihoods."""
         return softmax(self.log_likelihoods(prompts, candidates, progress))
+
+    # ------------------------------------------------------------------ prompt variants over many inputs
+
+    def variant_log_likelihoods(self, templates: Sequence[Any], transcripts: Sequence[str],
+                                attribute: str | None = None, progress: Any = None) -> np.ndarray:
+        """(K, N, C) log-likelihoods of each template's answers for every transcript, instructions shared.
+
+        Each variant's text before ``{transcript}`` (system turn, instruction, label list) is the same for
+        every file: its key/value states are computed once per variant for the scorer's lifetime
+        (``prefix_cache``), and each forward runs ``batch_size`` files through all K variants at once -
+        per (file, variant) only the transcript, the text after it and the packed answers. A template
+        with nothing before the transcript runs whole. The prompt is tokenised as instruction + rest,
+        which can differ from tokenising the whole text only where a transcript's first characters would
+        merge with the instruction's last (a space before the transcript is kept with the transcript).
+        """
+        answer_sets = list(dict.fromkeys(tuple(t.candidates) for t in templates))
+        answer_ids = [candidate_token_ids(self.tokenizer, c, self.end_of_answer) for c in answer_sets]
+        heads = [instruction_text(self.tokenizer, t, attribute) for t in templates]
+        head_ids = [self._encode(h) for h in heads]
+        sets = [answer_sets.index(tuple(t.candidates)) for t in templates]
+        was_training = self.model.training
+        self.model.eval()
+        out = np.zeros((len(templates), len(transcripts), len(answer_sets[0])))
+        shared = [k for k, ids in enumerate(head_ids) if ids]
+        whole = [k for k, ids in enumerate(head_ids) if not ids]
+        for start in range(0, len(transcripts), self.batch_size):
+            files = range(start, min(start + self.batch_size, len(transcripts)))
+            for group in (shared, whole):
+                if not group:
+                    continue
+                rows = [(k, i) for i in files for k in group]  # all variants of a file side by side
+                suffixes = [self._encode(templates[k].render(self.tokenizer, transcripts[i], attribute)[len(heads[k]):])
+                            for k, i in rows]
+                scores = self._score_rows([head_ids[k] for k, _ in rows] if group is shared else None, suffixes,
+                                          answer_ids, [sets[k] for k, _ in rows])
+                for (k, i), row in zip(rows, scores):
+                    out[k, i] = row
+            if progress is not None:
+                progress.update(len(files))
+        self.model.train(was_training)
+        return out
+
+    def variant_probabilities(self, templates: Sequence[Any], transcripts: Sequence[str],
+                              attribute: str | None = None, progress: Any = None) -> np.ndarray:
+        """(K, N, C) softmax over each template's answers (``variant_log_likelihoods``)."""
+        return softmax(self.variant_log_likelihoods(templates, transcripts, attribute, progress))
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def _score_rows(self, prefixes: list[list[int]] | None, suffixes: list[list[int]],
+                    answer_ids: list[list[list[int]]], row_set: list[int]) -> np.ndarray:
+        """(R, C) scores of R prompts = cached prefix (or none) + suffix, answers by ``row_set``."""
+        from torch.nn.utils.rnn import pad_sequence
+
+        device = self.device
+        cache, prefix_mask = self.prefix_cache.batch(self.model, prefixes) if prefixes else (None, None)
+        flipped = [torch.tensor(ids[::-1] or [self.tokenizer.pad_token_id], dtype=torch.long) for ids in suffixes]
+        ids = pad_sequence(flipped, batch_first=True, padding_value=self.tokenizer.pad_token_id).flip(1)  # left-padded
+        mask = pad_sequence([torch.ones(len(t), dtype=torch.long) for t in flipped], batch_first=True).flip(1)
+        embeds = self.model.get_input_embeddings()(ids.to(device))
+        scores = score_after_prefix(self.model, cache, prefix_mask, embeds, mask.to(device), answer_ids,
+                                    torch.tensor(row_set, device=device), reduction=self.reduction)
+        return scores.cpu().numpy()
+
+
+TRANSCRIPT_MARK = "\u2063llmser-transcript\u2063"  # never in a transcript: sanitising keeps it, templates pass it
+
+
+def instruction_text(tokenizer: Any, template: Any, attribute: str | None = None) -> str:
+    """The rendered prompt before its transcript: the same for every file ("" when the transcript comes first)."""
+    if "transcript" not in template.inputs:
+        return ""
+    rendered = template.render(tokenizer, TRANSCRIPT_MARK, attribute)
+    if TRANSCRIPT_MARK not in rendered:
+        return ""
+    # A space before the transcript stays with it: BPE tokenisers merge it into the transcript's first word.
+    return rendered.split(TRANSCRIPT_MARK)[0].rstrip(" ")
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:

@@ -12,10 +12,10 @@ from llmser.models.branch import BranchSetup
 from llmser.models.llm.prompts import load_prompts
 from llmser.models.text_llm.config import TextLLMBranchConfig
 from llmser.models.text_llm.data import (
+    CachedStatesCollator,
     CachedStatesDataset,
     PromptCollator,
     PromptExampleDataset,
-    collate_cached_states,
     resolve_transcripts,
 )
 from llmser.models.text_llm.model import TextLLMEmotionModel
@@ -56,7 +56,7 @@ def prepare(recipe: Recipe, config: TextLLMBranchConfig, corpus: Any, accelerato
     collate: Any = PromptCollator(tok)
     if config.cache_lower_layers and model.cache_split is not None:
         sets = _with_cached_states(model, sets, recipe, accelerator)
-        collate = collate_cached_states
+        collate = CachedStatesCollator(tok)
     return BranchSetup(model=model, train_set=sets[0], eval_set=sets[1], test_set=sets[2], collate_fn=collate,
                        test_utterances=test_utts, class_counts=class_counts(train_utts),
                        train_labels=class_labels(train_utts))

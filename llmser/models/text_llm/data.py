@@ -69,12 +69,38 @@ class PromptExampleDataset(Dataset):
         self.sample_variants = sample_variants
         self.seed = seed
         self.epoch = 0
+        self.vote_templates: list[PromptTemplate] = []  # set by with_voting: every file through each of them
+
+    def with_voting(self, variants: Sequence[str]) -> PromptExampleDataset:
+        """A copy whose examples carry the prompt of every voting variant (``TextLLMEmotionModel.vote_batch``)."""
+        import copy
+
+        by_name = {t.name: t for t in self.templates}
+        missing = [v for v in variants if v not in by_name]
+        if missing:
+            raise ValueError(f"voting variants {missing} are not among this dataset's prompts ({', '.join(by_name)})")
+        voting = copy.copy(self)
+        voting.vote_templates = [by_name[v] for v in variants]
+        voting._heads = {}
+        return voting
 
     def __len__(self) -> int:
         return len(self.utterances)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def _pieces(self, template: PromptTemplate, transcript: str) -> tuple[list[int], list[int]]:
+        """Token ids of the variant's instruction (the same for every file; [] if the transcript comes first)
+        and of the rest of the prompt."""
+        from llmser.models.llm.scoring import instruction_text
+
+        if template.name not in self._heads:
+            head = instruction_text(self.tokenizer, template)
+            self._heads[template.name] = (head, self.tokenizer(head, add_special_tokens=False)["input_ids"] if head else [])
+        head, head_ids = self._heads[template.name]
+        rest = template.render(self.tokenizer, transcript)[len(head):]
+        return head_ids, self.tokenizer(rest, add_special_tokens=False)["input_ids"]
 
     def template_for(self, index: int) -> PromptTemplate:
         if not self.sample_variants:
@@ -86,8 +112,11 @@ class PromptExampleDataset(Dataset):
         if utt.transcript is None:
             raise MissingTranscriptError(f"{utt.audio_path}: no transcript (and none could be made from the audio); "
                                          "add a transcript file or fix the audio")
-        template = self.template_for(index)
         transcript = truncate_transcript(self.tokenizer, utt.transcript, self.max_transcript_tokens)
+        if self.vote_templates:  # the transcript is cut once and shared by every variant
+            return {"index": index, "file_name": utt.file_name, **example_targets(utt),
+                    "vote_pieces": [self._pieces(t, transcript) for t in self.vote_templates]}
+        template = self.template_for(index)
         return {"index": index, "file_name": utt.file_name, "prompt": template.render(self.tokenizer, transcript),
                 "variant": template.name, **example_targets(utt)}
 
@@ -99,10 +128,26 @@ class PromptCollator:
         self.tokenizer = tokenizer
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        if "vote_pieces" in examples[0]:  # voting: row b * K + k is file b through variant k
+            return {**self.vote_batch([p for e in examples for p in e["vote_pieces"]]), **_targets(examples)}
         enc = self.tokenizer([e["prompt"] for e in examples], add_special_tokens=False, padding=True,
                              padding_side="left", return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], **_targets(examples)}
 
+    def vote_batch(self, pieces: list[tuple[list[int], list[int]]]) -> dict[str, Any]:
+        """(instruction, rest) ids per row -> the instructions (``vote_prefixes``, served from the model's
+        prefix cache) and the rests left-padded; with any instruction empty, whole prompts and no prefixes."""
+        shared = all(head for head, _ in pieces)
+        rows = [rest if shared else head + rest for head, rest in pieces]
+        width = max(1, max(len(r) for r in rows))
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            if row:
+                ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+                mask[i, width - len(row):] = 1
+        return {"vote_input_ids": ids, "vote_attention_mask": mask,
+                "vote_prefixes": [head for head, _ in pieces] if shared else None}
 
 def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
     """A rendered prompt's token ids, exactly as ``PromptCollator`` tokenises it (no special tokens added)."""
@@ -140,6 +185,11 @@ class CachedStatesDataset(Dataset):
             ids += [prompt_ids(tok, t.render(tok, transcript)) for t in templates]
         return ids
 
+    def with_voting(self, variants: Sequence[str]) -> PromptExampleDataset:
+        """The voting examples of the wrapped prompts: a vote runs the whole LLM per file, each variant's
+        instruction computed once per run (``TextLLMEmotionModel.vote_batch``), not the layer cache."""
+        return self.prompts.with_voting(variants)
+
     def ensure_filled(self) -> int:
         """Compute the states of every prompt not cached yet (once); returns how many were computed."""
         if self._filled:
@@ -160,3 +210,14 @@ def collate_cached_states(examples: list[dict]) -> dict[str, torch.Tensor]:
 
     hidden, attention_mask = pad_states([e["lower_hidden"] for e in examples])
     return {"lower_hidden": hidden, "attention_mask": attention_mask, **_targets(examples)}
+
+
+class CachedStatesCollator:
+    """``collate_cached_states`` for training and single-prompt examples; voting examples (``vote_pieces``)
+    are tokenised as ``PromptCollator`` does, since a vote runs the whole LLM."""
+
+    def __init__(self, tokenizer: Any):
+        self.prompts = PromptCollator(tokenizer)
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        return self.prompts(examples) if "vote_pieces" in examples[0] else collate_cached_states(examples)

@@ -30,8 +30,10 @@ from llmser.models.llm import layer_cache
 from llmser.models.llm.adapter import attach_lora, load_lora, save_lora
 from llmser.models.llm.identity import canonical_name
 from llmser.models.llm.loading import load_causal_lm
+from llmser.models.llm.prefix_cache import PrefixCache
 from llmser.models.llm.scoring import prefix_positions
 from llmser.models.text_llm.config import CONFIG_NAME, TextLLMBranchConfig
+from llmser.models.voting import VotedOutput, voted_output
 from llmser.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -48,6 +50,7 @@ class TextLLMEmotionModel(nn.Module):
         self.llm = llm  # a peft PeftModel around the causal LM
         self.tokenizer = tokenizer
         self.base_name = base_name
+        self.vote_cache = PrefixCache()  # the voting variants' instructions (vote_batch); cleared when weights change
         hidden = llm.get_base_model().config.hidden_size
         self.heads = EmotionHeads(hidden, config.head_hidden_size, config.dropout,
                                   classes=config.class_head, attributes=config.attribute_head,
@@ -111,6 +114,52 @@ class TextLLMEmotionModel(nn.Module):
         # fusion reads the standardised state: LayerNorm alone leaves the LLM's massive-activation features dominant
         return EmotionOutput(class_logits=logits, attributes=attributes, embedding=self.heads.standardized(embedding))
 
+    # ------------------------------------------------------------------ voting
+
+    @property
+    def voting_variants(self) -> list[str]:
+        """The prompt variants that vote (``config.voting.variants``), in order."""
+        return self.config.voting.select(list(self.config.prompts))
+
+    @torch.no_grad()
+    def vote_batch(self, vote_input_ids: torch.Tensor, vote_attention_mask: torch.Tensor,
+                   vote_prefixes: list[list[int]] | None = None, **_: object) -> VotedOutput:
+        """The configured vote on (B*K, T) prompts, row b*K + k = file b through voting variant k, all in one
+        forward: the heads read each row, the variants' class probabilities vote, attributes and the
+        (standardised) embedding are the variants' means. With ``vote_prefixes`` (each row's instruction
+        ids) the rows hold only what follows the instruction, whose states come from ``vote_cache``:
+        computed once per variant for the whole run, not per file."""
+        self.eval()
+        names = self.voting_variants
+        k = len(names)
+        if vote_prefixes:  # each variant's instruction from the cache: only transcripts and tails run
+            embedding = self._embed_after(vote_prefixes, vote_input_ids, vote_attention_mask)  # (B*K, H)
+        else:
+            embedding = self.embed(vote_input_ids, vote_attention_mask)  # (B*K, H)
+        logits, attributes = self.heads(embedding)
+        batch = embedding.shape[0] // k
+        if logits is None:
+            raise ValueError("voting needs the class head (model.class_head: true)")
+        probs = torch.softmax(logits.float(), -1).view(batch, k, -1).transpose(0, 1).cpu().numpy()  # (K, B, 8)
+        per_variant = attributes.view(batch, k, -1) if attributes is not None else None  # (B, K, 3)
+        pooled = self.heads.standardized(embedding).view(batch, k, -1).mean(1)
+        return voted_output(probs, names, self.config.voting.rule,
+                            per_variant.mean(1) if per_variant is not None else None, pooled, per_variant)
+
+    def _embed_after(self, prefixes: list[list[int]], input_ids: torch.Tensor, attention_mask: torch.Tensor
+                     ) -> torch.Tensor:
+        """(N, H) last-token state of prompts = cached instruction ``prefixes[n]`` + left-padded rest (N, T)."""
+        cache, prefix_mask = self.vote_cache.batch(self.llm, prefixes)
+        positions = prefix_mask.sum(-1, keepdim=True) + prefix_positions(attention_mask)
+        out = self.decoder()(input_ids=input_ids, attention_mask=torch.cat([prefix_mask, attention_mask], dim=1),
+                             position_ids=positions, cache=cache, use_cache=True)
+        return out.last_hidden_state[:, -1].float()
+
+    def train(self, mode: bool = True) -> TextLLMEmotionModel:
+        if mode:
+            self.vote_cache.clear()  # the weights may change from here on: cached instruction states go stale
+        return super().train(mode)
+
     # ------------------------------------------------------------------ save / load
 
     def save_pretrained(self, directory: str | Path) -> Path:
@@ -158,7 +207,12 @@ class TextLLMEmotionModel(nn.Module):
 
         check_adapter_base(directory, self.base_name)
         set_peft_model_state_dict(self.llm, adapter_state(self.llm, directory))
+        self.vote_cache.clear()
         self.load_heads(directory)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        self.vote_cache.clear()
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 def _load_base(config: TextLLMBranchConfig, tokenizer: Any = None):

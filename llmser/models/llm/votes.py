@@ -1,0 +1,151 @@
+"""Running an LLM branch's prompt-variant vote over a dataset: what the test report, ``collect-outputs``
+and ``llmser predict`` share.
+
+A model votes when it has ``vote_batch`` and ``voting_variants`` (both LLM branches) and its dataset
+can be switched to voting examples (``with_voting``): every file once, with what each voting variant
+needs. The result keeps each variant's probabilities next to the vote, so every report can say what the
+vote is worth over a single variant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from llmser.schema import CLASS_CODES
+
+
+def votes(model: Any, dataset: Any) -> bool:
+    """Whether ``model`` votes over prompt variants on ``dataset``."""
+    return hasattr(model, "vote_batch") and hasattr(dataset, "with_voting")
+
+
+@dataclass
+class Votes:
+    """A vote over N files: ``variant_probs`` (N, K, 8), the vote's ``labels`` (N,) and mean ``probs`` (N, 8)."""
+
+    file_names: list[str]
+    variant_names: list[str]
+    variant_probs: np.ndarray
+    probs: np.ndarray
+    labels: np.ndarray
+    attributes: np.ndarray | None
+    embedding: np.ndarray
+    rule: str = "plurality"
+    variant_attributes: np.ndarray | None = None  # (N, K, 3) where each variant has its own
+
+    def vote_columns(self, prefix: str = "vote_") -> dict[str, list[str]]:
+        """Each variant's class per file as prediction-file columns (``vote_<variant>``)."""
+        return {f"{prefix}{name}": [CLASS_CODES[i] for i in self.variant_probs[:, k].argmax(1)]
+                for k, name in enumerate(self.variant_names)}
+
+    def predictions(self) -> Any:
+        """The vote as ``Predictions`` (class = the vote, probabilities = the mean), with the variants' votes."""
+        from llmser.evaluation.predictions import Predictions
+
+        return Predictions(list(self.file_names), [CLASS_CODES[i] for i in self.labels], self.probs, self.attributes,
+                           self.vote_columns())
+
+    def variant_predictions(self, name: str) -> Any:
+        """One variant alone as ``Predictions`` (the same attributes: they do not vote)."""
+        from llmser.evaluation.predictions import Predictions
+
+        probs = self.variant_probs[:, self.variant_names.index(name)]
+        return Predictions.from_probs(list(self.file_names), probs, attributes=self.attributes)
+
+
+@torch.no_grad()
+def collect_votes(model: Any, dataset: Any, collate_fn: Callable, *, batch_size: int = 8, device: Any = None,
+                  progress: bool = True, indices: Sequence[int] | None = None, desc: str = "voting") -> Votes:
+    """Every file of ``dataset`` through ``model.vote_batch``, batched; files in dataset order."""
+    from tqdm.auto import tqdm
+
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    voting = dataset.with_voting(model.voting_variants)
+    order = list(range(len(voting))) if indices is None else list(indices)
+    names, parts = [], []
+    for start in tqdm(range(0, len(order), batch_size), disable=not progress, desc=desc, leave=False):
+        examples = [voting[i] for i in order[start:start + batch_size]]
+        names += [str(e["file_name"]) for e in examples]
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate_fn(examples).items()}
+        parts.append(model.vote_batch(**batch))
+    return join_votes(names, parts, model.config.voting.rule)
+
+
+def join_votes(names: list[str], parts: list[Any], rule: str) -> Votes:
+    """``VotedOutput`` batches -> one ``Votes``."""
+    if not parts:
+        raise ValueError("no files to vote on")
+    cat = lambda key: torch.cat([getattr(p, key).float().cpu() for p in parts]).numpy()  # noqa: E731
+    return Votes(names, list(parts[0].variant_names), cat("variant_probs"), cat("probs"),
+                 torch.cat([p.labels.cpu() for p in parts]).numpy(),
+                 cat("attributes") if parts[0].attributes is not None else None, cat("embedding"), rule,
+                 cat("variant_attributes") if parts[0].variant_attributes is not None else None)
+
+
+def scores(votes_: Votes, utterances: Sequence) -> list[dict[str, Any]]:
+    """One row per voting variant and one for the vote: n, macro-F1 and the three CCCs on the labelled files.
+
+    The first row is the vote; a variant row reads that variant's own attributes where it has them
+    (the text branch's heads), else the shared ones (the audio-LLM's attribute head does not vote).
+    """
+    from llmser.evaluation.metrics import ccc, macro_f1
+    from llmser.schema import ATTRIBUTES
+
+    by_name = {u.file_name: u for u in utterances}
+    refs = [by_name.get(name) for name in votes_.file_names]
+    classed = np.array([r is not None and r.class_index is not None for r in refs])
+    truth = np.array([r.class_index if c else -1 for r, c in zip(refs, classed)])
+    rows = []
+    columns = [("vote", votes_.labels, votes_.attributes)]
+    for k, name in enumerate(votes_.variant_names):
+        attrs = votes_.variant_attributes[:, k] if votes_.variant_attributes is not None else votes_.attributes
+        columns.append((name, votes_.variant_probs[:, k].argmax(1), attrs))
+    for name, labels, attrs in columns:
+        row: dict[str, Any] = {"variant": name, "n": int(classed.sum()),
+                               "macro_f1": macro_f1(truth[classed], labels[classed]) if classed.any() else None}
+        for a, attribute in enumerate(ATTRIBUTES):
+            values = np.array([np.nan if r is None or getattr(r, attribute) is None else getattr(r, attribute)
+                               for r in refs], dtype=float)
+            known = ~np.isnan(values)
+            row[f"ccc_{attribute}"] = ccc(values[known], attrs[known, a]) if attrs is not None and known.any() else None
+        rows.append(row)
+    return rows
+
+
+def best_single(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The variant row (not the vote) with the highest macro-F1 (the first on ties)."""
+    singles = [r for r in rows if r["variant"] != "vote"]
+    return max(singles, key=lambda r: -1.0 if r["macro_f1"] is None else r["macro_f1"])
+
+
+def voting_markdown(tables: dict[str, list[dict[str, Any]]], rule: str) -> str:
+    """The per-split tables as markdown, with a plain sentence on whether the vote beat the best variant on dev."""
+    lines = [f"# Prompt voting ({rule})", ""]
+    for split, rows in tables.items():
+        lines += [f"## {split}", "", "| variant | n | macro-F1 | CCC arousal | CCC valence | CCC dominance |",
+                  "|---|---|---|---|---|---|"]
+        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        for r in rows:
+            lines.append(f"| {r['variant']} | {r['n']} | {fmt(r['macro_f1'])} | {fmt(r['ccc_arousal'])} | "
+                         f"{fmt(r['ccc_valence'])} | {fmt(r['ccc_dominance'])} |")
+        lines.append("")
+    if "dev" in tables:
+        lines.append(verdict(tables["dev"]))
+    return "\n".join(lines) + "\n"
+
+
+def verdict(dev_rows: list[dict[str, Any]]) -> str:
+    """Whether the vote beat the best single variant on dev, said plainly either way."""
+    vote_row, best = dev_rows[0], best_single(dev_rows)
+    if vote_row["macro_f1"] is None or best["macro_f1"] is None:
+        return "Dev has no class labels: what voting is worth is not measured."
+    if vote_row["macro_f1"] > best["macro_f1"]:
+        return (f"On dev the vote (macro-F1 {vote_row['macro_f1']:.4f}) beats the best single variant "
+                f"{best['variant']} ({best['macro_f1']:.4f}).")
+    return (f"On dev the vote (macro-F1 {vote_row['macro_f1']:.4f}) does NOT beat the best single variant "
+            f"{best['variant']} ({best['macro_f1']:.4f}).")

@@ -1,0 +1,207 @@
+"""Prompt voting is what the LLM branches run: the voting setting, each branch's vote_batch, the test report,
+collect-outputs and the predictor all read the same vote (tiny models)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tiny_models  # noqa: E402 - the tests folder is on sys.path under pytest
+import torch
+
+from llmser.config import ConfigError
+from llmser.models.voting import VotingConfig, vote
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tiny_corpus(root: Path) -> Path:
+    from tests.corpus_factory import write_corpus
+
+    codes = ["A", "S", "H", "N"]
+    rows, texts = [], {}
+    for i in range(16):
+        split = "Train" if i < 10 else ("Development" if i < 13 else "Test1")
+        name = f"MSP-PODCAST_{i // 4 + 1:04d}_{i:04d}.wav"
+        rows.append([name, codes[i % 4], 4.0 + (i % 3), 3.0, 4.0, i // 4 + 1, "Female", split])
+        texts[name[:-4]] = f"words of clip {i}"
+    return write_corpus(root, rows, transcripts=texts)
+
+
+# ---------------------------------------------------------------------- the setting
+
+
+def test_voting_section_parses_from_a_recipe_and_bad_values_are_named():
+    from llmser.models.registry import branch_config, load_recipe
+
+    recipe = load_recipe(ROOT / "adapters/text_tiny.yaml", ["model.voting.rule=mean",
+                                                             "model.voting.variants=[text_plain,text_short]"])
+    config = branch_config(recipe)
+    assert config.voting == VotingConfig(variants=["text_plain", "text_short"], rule="mean")
+    with pytest.raises(ConfigError, match="voting.rule"):
+        load_recipe(ROOT / "adapters/audio_tiny.yaml", ["model.voting.rule=majority"])
+    with pytest.raises(ValueError, match="not variants of this model"):
+        VotingConfig(variants=["text_nope"]).select(["text_plain"])
+    assert VotingConfig().select(["b", "a"]) == ["b", "a"]
+
+
+def test_plurality_and_mean_rules_can_disagree():
+    # two voters say class 0 weakly, one says class 1 strongly: plurality 0, mean 1
+    probs = np.array([[[0.5, 0.5, 0]], [[0.5, 0.5, 0]], [[0.0, 1.0, 0]]]) + 1e-3
+    probs[:2, :, 0] += 0.01
+    assert vote(probs, list("abc"), "plurality").labels.tolist() == [0]
+    assert vote(probs, list("abc"), "mean").labels.tolist() == [1]
+
+
+# ---------------------------------------------------------------------- each branch's vote_batch
+
+
+def _utterances(n: int = 3):
+    from llmser.inference.predictor import _utterance
+
+    texts = ["so happy today", "i hate this", "fine"]
+    return [_utterance(Path(f"clip{i}.wav"), texts[i % 3]) for i in range(n)]
+
+
+def test_text_vote_rows_equal_each_variant_through_the_heads_alone():
+    from llmser.models.llm.votes import collect_votes
+    from llmser.models.text_llm.branch import predict_data
+
+    model = tiny_models.build("text_llm", voting=VotingConfig(rule="plurality"))
+    utts = _utterances()
+    dataset, collate = predict_data(model, None, utts)
+    result = collect_votes(model, dataset, collate, batch_size=2, progress=False)
+    assert result.variant_probs.shape == (3, len(model.config.prompts), 8)
+    assert result.variant_names == list(model.config.prompts)
+    assert len(model.vote_cache) == len(model.config.prompts)  # each instruction once for the run, not per batch
+    templates = list(dataset.templates)
+    for k in range(len(templates)):
+        dataset.templates = templates[k:] + templates[:k]  # variant k first: what a single forward reads
+        with torch.no_grad():
+            out = model(**collate([dataset[i] for i in range(3)]))
+        np.testing.assert_allclose(result.variant_probs[:, k], out.class_logits.softmax(-1).numpy(), atol=1e-5)
+        np.testing.assert_allclose(result.variant_attributes[:, k], out.attributes.numpy(), atol=1e-4)
+    np.testing.assert_allclose(result.probs, result.variant_probs.mean(1), atol=1e-6)
+    expected = vote(result.variant_probs.transpose(1, 0, 2), result.variant_names).labels
+    assert result.labels.tolist() == expected.tolist()
+
+
+def test_audio_vote_batch_encodes_once_and_equals_vote_probabilities(monkeypatch):
+    from llmser.models.audio_llm.branch import predict_data
+    from llmser.models.llm.votes import collect_votes
+
+    model = tiny_models.build("audio_llm", voting=VotingConfig(["speech_plain", "speech_short"], "mean"))
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = tiny_models.write_clips(Path(tmp))
+        from llmser.inference.predictor import _utterance
+
+        utts = [_utterance(p, None) for p in paths]
+        dataset, collate = predict_data(model, None, utts)
+        calls = []
+        original = model.speech.forward
+        monkeypatch.setattr(model.speech, "forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+        result = collect_votes(model, dataset, collate, batch_size=3, progress=False)
+        assert len(calls) == 1  # the speech ran once for the whole batch, whatever the number of variants
+        batch = collate([dataset[i] for i in range(3)])
+    templates = [t for t in model.templates if t.name in ("speech_plain", "speech_short")]
+    direct = model.vote_probabilities(batch["speech_frames"], batch["frame_mask"], templates)  # (K, B, 8)
+    np.testing.assert_allclose(result.variant_probs, direct.transpose(1, 0, 2), atol=1e-5)
+    assert result.variant_names == ["speech_plain", "speech_short"]
+    assert result.labels.tolist() == result.probs.argmax(1).tolist()  # the mean rule
+
+
+# ---------------------------------------------------------------------- the consumers
+
+
+def test_text_run_reports_each_variant_and_the_vote_and_collects_the_vote(tmp_path):
+    from llmser.models.fusion.data import collect_run_outputs, load_branch_outputs
+    from llmser.training.run import run
+
+    corpus = _tiny_corpus(tmp_path / "corpus")
+    out = tmp_path / "run"
+    result = run(ROOT / "adapters/text_tiny.yaml", [f"data.corpus={corpus}", f"train.output_dir={out}",
+                                                     "train.max_steps=2", "train.eval_every=2", "train.save_every=2",
+                                                     "data.batch_size=4"])
+    table = json.loads((out / "test" / "voting.json").read_text())
+    names = ["vote", "text_plain", "text_definitions", "text_shuffled", "text_annotator", "text_short"]
+    assert [r["variant"] for r in table["dev"]] == names and [r["variant"] for r in table["test"]] == names
+    assert table["test"][0]["macro_f1"] == pytest.approx(result["test"]["metrics"]["macro_f1"])
+    assert "On dev the vote" in (out / "test" / "voting.md").read_text()
+    assert (out / "test" / "single" / "report.json").is_file()
+    header = (out / "test_predictions.csv").read_text().splitlines()[0]
+    assert all(f"vote_{n}" in header for n in names[1:])
+    collect_run_outputs(out, tmp_path / "outputs", ("dev",), progress=False)
+    dev = load_branch_outputs(tmp_path / "outputs", "text_llm", "dev")
+    assert dev.variant_names == names[1:] and dev.tensors["variant_probs"].shape == (3, 5, 8)
+    preds = dev.predictions()
+    dev_votes = {r["variant"]: r for r in table["dev"]}
+    from llmser.evaluation.metrics import macro_f1
+    from llmser.schema import CLASS_CODES
+
+    truth = ["A", "S", "H"]  # dev files 10..12
+    f1 = macro_f1([CLASS_CODES.index(c) for c in truth], [CLASS_CODES.index(c) for c in preds.classes])
+    assert f1 == pytest.approx(dev_votes["vote"]["macro_f1"])
+    assert set(preds.extras) == {f"vote_{n}" for n in names[1:]}
+    torch.testing.assert_close(dev.tensors["probs"], dev.tensors["variant_probs"].mean(1))
+
+
+def test_system_card_lists_the_variants_and_rule_and_predict_carries_each_variants_vote(tmp_path):
+    from llmser.inference.predictor import Predictor
+    from llmser.inference.system import build_system
+
+    section = tiny_models.section("text_llm", voting={"variants": ["text_plain", "text_short"], "rule": "mean"})
+    model = tiny_models.build("text_llm", voting=VotingConfig(["text_plain", "text_short"], "mean"))
+    run = tiny_models.save_run(tmp_path, "text", model, "text_llm", section)
+    system = build_system(tmp_path / "system", {"text_llm": run}, method="average")
+    card = (system / "README.md").read_text()
+    assert "## Prompt voting" in card and "| text_llm | mean | text_plain, text_short |" in card
+    paths = tiny_models.write_clips(tmp_path / "clips", (1.0, 1.0))
+    result = Predictor.from_pretrained(system)(paths, {"clip0": "so happy", "clip1": "go away"}, progress=False)
+    extras = result.predictions.extras
+    assert set(extras) == {"vote_text_llm", "vote_text_llm_text_plain", "vote_text_llm_text_short"}
+
+
+# ---------------------------------------------------------------------- instructions shared across files
+
+
+@pytest.mark.parametrize("old_layout", [False, True])
+def test_shared_instruction_scoring_equals_whole_prompt_scoring(tmp_path, old_layout):
+    """Every variant's instruction cached once, files x variants in one forward: the same scores as each whole
+    prompt, for the shipped layout (instruction first) and the old one (transcript first) alike."""
+    from llmser.models.llm.loading import load_causal_lm
+    from llmser.models.llm.prompts import load_prompts
+    from llmser.models.llm.scoring import LabelScorer, instruction_text
+
+    folder = ROOT / "prompts"
+    if old_layout:  # the transcript before the instruction, a space before it, no system turn
+        folder = tmp_path
+        (folder / "text_old.yaml").write_text('name: text_old\ntask: class\ninputs: transcript\nuser: |\n'
+                                              '  Segment: {transcript}\n  Which emotion ({labels})?\n')
+        (folder / "text_rate.yaml").write_text((ROOT / "prompts/text_rate.yaml").read_text())
+    loaded = load_causal_lm("tiny")
+    model, tok = loaded.model.eval(), loaded.tokenizer
+    templates = load_prompts(task="class", inputs="transcript", folder=folder)
+    texts = ["so happy today", "i hate this", "fine", "", "oh no what now"]
+    scorer = LabelScorer(model, tok, batch_size=2)
+    fast = scorer.variant_log_likelihoods(templates, texts)  # (K, N, 8)
+    for k, template in enumerate(templates):
+        assert instruction_text(tok, template)  # something before the transcript is shared
+        whole = scorer.log_likelihoods([template.render(tok, t) for t in texts], template.candidates)
+        np.testing.assert_allclose(fast[k], whole, atol=1e-4)
+    assert len(scorer.prefix_cache) == len(templates)  # one instruction per variant for the whole run
+    rate = load_prompts(["text_rate"], folder=folder)[0]
+    fast = scorer.variant_log_likelihoods([rate], texts, attribute="valence")[0]
+    whole = scorer.log_likelihoods([rate.render(tok, t, attribute="valence") for t in texts], rate.candidates)
+    np.testing.assert_allclose(fast, whole, atol=1e-4)
+
+
+def test_shipped_text_prompts_put_the_instruction_before_the_transcript():
+    from llmser.models.llm.prompts import load_prompts
+
+    for template in load_prompts(inputs="transcript"):
+        assert template.user.index("{transcript}") > len(template.user) // 2, template.name
+        assert "{labels}" not in template.user.split("{transcript}")[1], template.name
