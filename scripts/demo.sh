@@ -10,7 +10,8 @@
 #      (--audio-inputs speech+transcript: it also reads the words),
 #   7. the fusion adapter (and its concatenation baseline) on the branches' cached outputs, the ensembles
 #      (plurality vote, averaging, RandomForest stacking), and the whole system on raw audio (build-system + predict),
-#   8. one table of every system's test scores (printed, and written as runs/demo/summary.json).
+#   8. one table of every system's dev scores (what choices are made on; runs/demo/summary_dev.json) and one of
+#      every system's test scores, the only place test is shown (runs/demo/summary.json and summary.png).
 #
 #   bash scripts/demo.sh                       # demo corpus in ./demo_corpus, results in ./runs/demo
 #   bash scripts/demo.sh --corpus /data/MSP-Podcast --out runs/msp
@@ -20,6 +21,7 @@
 #   bash scripts/demo.sh --audio-inputs speech+transcript   # the audio-LLM hears the voice and reads the words
 #   bash scripts/demo.sh --drop-transcripts 0.3  # a copy of the corpus without 30% of the test transcripts: Whisper
 #                                                # tiny.en makes them (cached, never written into the corpus)
+#   bash scripts/demo.sh --seeds 3             # the training stages with seeds 0, 1, 2: mean ± std per system
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +34,10 @@ QUICK=0
 SFT=0
 AUDIO_INPUTS="speech"
 DROP_TRANSCRIPTS=""
+SEEDS=1
+TRAIN_SEED=0
+SUMMARY=1
+ASR_INTERNAL=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --corpus) CORPUS="$2"; shift 2 ;;
@@ -43,7 +49,11 @@ while [ $# -gt 0 ]; do
     --sft) SFT=1; shift ;;
     --audio-inputs) AUDIO_INPUTS="$2"; shift 2 ;;
     --drop-transcripts) DROP_TRANSCRIPTS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    --seeds) SEEDS="$2"; shift 2 ;;
+    --train-seed) TRAIN_SEED="$2"; shift 2 ;;   # internal: one seed of --seeds
+    --no-summary) SUMMARY=0; shift ;;          # internal: --seeds writes one table over all seeds
+    --asr-transcripts) ASR_INTERNAL=1; shift ;; # internal: the corpus is already the --drop-transcripts copy
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "demo.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -85,7 +95,64 @@ print(f"{len(drop) / len(utts):.0%} of {split} ({len(drop)} of {len(utts)} files
 PY
 )
   CORPUS="$OUT/corpus_asr"
+fi
+if [ -n "$DROP_TRANSCRIPTS" ] || [ "$ASR_INTERNAL" = 1 ]; then
   ASR_FLAGS=(--missing-transcripts asr) ASR_OVERRIDES=(data.missing_transcripts=asr data.asr_model=smol)
+fi
+
+# The systems of one run folder, as NAME=FILE pairs for llmser compare: test reports, or the dev scores that
+# every choice is made on (a training run's metrics.json holds its best checkpoint's dev scores).
+AUDIO="audio_${AUDIO_INPUTS//+transcript/_text}"
+systems() {  # systems RUN_DIR test|dev
+  local o="$1" role="$2"
+  if [ "$role" = dev ]; then
+    printf '%s\n' "classical_egemaps=$o/classical/egemaps/dev/report.json" "classical_tfidf=$o/classical/tfidf/dev/report.json" \
+      "classical_late_fusion=$o/classical/late_fusion/dev/report.json" "wavlm=$o/wavlm/metrics.json" \
+      "text_head=$o/text_head/metrics.json" "$AUDIO=$o/$AUDIO/metrics.json" "fusion_concat=$o/fusion_concat/metrics.json" \
+      "fusion=$o/fusion/metrics.json"
+    return
+  fi
+  printf '%s\n' "prior=$o/prior/report.json" "classical_egemaps=$o/classical/egemaps/report.json" \
+    "classical_tfidf=$o/classical/tfidf/report.json" "classical_late_fusion=$o/classical/late_fusion/report.json" \
+    "wavlm=$o/wavlm/test/report.json" "text_zero_shot=$o/text_zero_shot/report.json" \
+    "text_head_single=$o/text_head/test/single/report.json" "text_head_vote=$o/text_head/test/report.json" \
+    "${AUDIO}_single=$o/$AUDIO/test/single/report.json" "${AUDIO}_vote=$o/$AUDIO/test/report.json" \
+    "fusion_concat=$o/fusion_concat/test/report.json" "fusion=$o/fusion/test/report.json" \
+    "ensemble_plurality=$o/ensemble/plurality/report.json" "ensemble_average=$o/ensemble/average/report.json" \
+    "ensemble_stacking=$o/ensemble/stacking/report.json" "system_predict=$o/system_predictions/report.json"
+  if [ "$SFT" = 1 ]; then echo "text_sft=$o/text_sft/test/report.json"; fi
+}
+summarise() {  # summarise RUN_DIR...: one row per system over the runs (mean ± std when there are several)
+  local role args=()
+  for role in dev test; do
+    args=()
+    while IFS='=' read -r name _; do
+      local files=() o
+      for o in "$@"; do files+=("$(systems "$o" "$role" | grep "^$name=" | cut -d= -f2-)"); done
+      args+=("$name=$(IFS=,; echo "${files[*]}")")
+    done < <(systems "$1" "$role")
+    local suffix=""; [ "$role" = dev ] && suffix="_dev"
+    echo "== summary ($role): $([ "$role" = dev ] && echo "dev split, where every choice is made" || echo "test split '$SPLIT', reported once")"
+    "${LLMSER[@]}" compare "${args[@]}" --out "$OUT/summary$suffix.json" --title "llmser demo, $role$([ "$#" -gt 1 ] && echo ", $# seeds")"
+  done
+}
+
+if [ "$SEEDS" -gt 1 ]; then  # each seed is a full run in its own folder; the corpus (and its ASR copy) is shared
+  RUNS=()
+  for ((s = 0; s < SEEDS; s++)); do
+    echo "==== seed $s of $SEEDS"
+    FLAGS=(--corpus "$CORPUS" --out "$OUT/seed$s" --split "$SPLIT" --audio-inputs "$AUDIO_INPUTS" --train-seed "$s"
+           --no-summary)
+    [ "$QUICK" = 1 ] && FLAGS+=(--quick)
+    [ "$SFT" = 1 ] && FLAGS+=(--sft)
+    [ -n "$DROP_TRANSCRIPTS" ] && FLAGS+=(--asr-transcripts)
+    bash "$0" "${FLAGS[@]}"
+    RUNS+=("$OUT/seed$s")
+  done
+  summarise "${RUNS[@]}"
+  if [ -n "$TRANSCRIPTS_NOTE" ]; then echo "note: transcripts: $TRANSCRIPTS_NOTE (the rest as given)"; fi
+  echo "== done: reports under $OUT/seed*"
+  exit 0
 fi
 
 echo "== training-prior baseline (majority class, mean attributes) on split '$SPLIT'"
@@ -101,28 +168,33 @@ echo "== classical baselines: eGeMAPS and transcript TF-IDF, linear models chose
 steps() { if [ "$QUICK" = 1 ]; then echo "train.max_steps=$2 train.eval_every=$2 train.save_every=$2"; else echo "train.max_steps=$1"; fi; }
 train() {  # train NAME RECIPE FULL_STEPS QUICK_STEPS [overrides...]
   local name="$1" recipe="$2" full="$3" quick="$4"; shift 4
+  local extra=() a
+  for a in "$@"; do  # --quick sets the evaluation/checkpoint intervals itself (an override may be given once)
+    if [ "$QUICK" = 1 ] && [[ "$a" == train.eval_every=* || "$a" == train.save_every=* ]]; then continue; fi
+    extra+=("$a")
+  done
   echo "== $name: llmser train $recipe"
   # shellcheck disable=SC2046
   "${LLMSER[@]}" train "$recipe" "data.corpus=$CORPUS" "data.test_split=$SPLIT" "train.output_dir=$OUT/$name" \
-    "${ASR_OVERRIDES[@]}" "$@" $(steps "$full" "$quick")
+    "train.seed=$TRAIN_SEED" "${ASR_OVERRIDES[@]}" "${extra[@]}" $(steps "$full" "$quick")
 }
 
 train wavlm adapters/wavlm_smol.yaml 300 20
 
-# Contextual calibration removes each variant's constant label bias (0.0977 -> 0.1735 on the demo corpus);
-# the rating prompts are skipped to keep the run short (zero-shot CCCs on the demo are ~0 anyway).
+# Contextual calibration removes each variant's constant label bias (content-free prompts, no labels used);
+# the rating prompts are skipped to keep the run short.
 echo "== text_zero_shot: SmolLM2-135M-Instruct, no tuning, calibrated vote over five prompt variants"
 "${LLMSER[@]}" predict-prompts --llm smol --corpus "$CORPUS" --split "$SPLIT" --calibrate --no-ratings \
   --out "$OUT/text_zero_shot/predictions.csv" "${ASR_FLAGS[@]}"
 
-train text_head adapters/text_smol.yaml 40 10 train.eval_every=20 train.save_every=20
+# The lower LLM layers' states are cached, so 200 steps (~6 epochs) fit the budget (adapters/text_smol.yaml).
+train text_head adapters/text_smol.yaml 200 10 train.eval_every=50 train.save_every=50
 SFT_REPORT=()
 if [ "$SFT" = 1 ]; then
   train text_sft adapters/text_smol_sft.yaml 40 6
   SFT_REPORT=("text_sft=$OUT/text_sft/test/report.json")
 fi
 # The audio-LLM hears the voice (and with --audio-inputs speech+transcript reads the words; docs/audio_llm.md).
-AUDIO="audio_${AUDIO_INPUTS//+transcript/_text}"
 train "$AUDIO" adapters/audio_smol.yaml 30 4 "model.inputs=$AUDIO_INPUTS" train.eval_every=15 train.save_every=15
 
 echo "== branch outputs for fusion and ensembles (train/dev/test)"
@@ -149,15 +221,6 @@ rm -rf "$OUT/system_predictions"  # a rebuilt system predicts afresh (predict re
 "${LLMSER[@]}" evaluate --predictions "$OUT/system_predictions/predictions.csv" --corpus "$CORPUS" \
   --split "$SPLIT" --out "$OUT/system_predictions"
 
-echo "== summary: test split '$SPLIT'"
-"${LLMSER[@]}" compare prior="$OUT/prior/report.json" classical_egemaps="$OUT/classical/egemaps/report.json" \
-  classical_tfidf="$OUT/classical/tfidf/report.json" classical_late_fusion="$OUT/classical/late_fusion/report.json" \
-  wavlm="$OUT/wavlm/test/report.json" \
-  text_zero_shot="$OUT/text_zero_shot/report.json" text_head_single="$OUT/text_head/test/single/report.json" \
-  text_head_vote="$OUT/text_head/test/report.json" "${SFT_REPORT[@]}" "${AUDIO}_single=$OUT/$AUDIO/test/single/report.json" \
-  "${AUDIO}_vote=$OUT/$AUDIO/test/report.json" fusion_concat="$OUT/fusion_concat/test/report.json" \
-  fusion="$OUT/fusion/test/report.json" ensemble_plurality="$OUT/ensemble/plurality/report.json" \
-  ensemble_average="$OUT/ensemble/average/report.json" ensemble_stacking="$OUT/ensemble/stacking/report.json" \
-  system_predict="$OUT/system_predictions/report.json" --out "$OUT/summary.json"
+if [ "$SUMMARY" = 1 ]; then summarise "$OUT"; fi
 if [ -n "$TRANSCRIPTS_NOTE" ]; then echo "note: transcripts: $TRANSCRIPTS_NOTE (the rest as given)"; fi
 echo "== done: reports under $OUT"
