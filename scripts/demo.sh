@@ -197,10 +197,12 @@ fi
 # The audio-LLM hears the voice (and with --audio-inputs speech+transcript reads the words; docs/audio_llm.md).
 train "$AUDIO" adapters/audio_smol.yaml 30 4 "model.inputs=$AUDIO_INPUTS" train.eval_every=15 train.save_every=15
 
-echo "== branch outputs for fusion and ensembles (train/dev/test)"
-"${LLMSER[@]}" collect-outputs "$OUT/wavlm" --out "$OUT/outputs" --frames --corpus "$CORPUS"
-"${LLMSER[@]}" collect-outputs "$OUT/text_head" --out "$OUT/outputs" --name text_llm --corpus "$CORPUS"
-"${LLMSER[@]}" collect-outputs "$OUT/$AUDIO" --out "$OUT/outputs" --name audio_llm --corpus "$CORPUS"
+# Fusion and stacking learn from dev outputs (the branches trained on train: their train outputs would be
+# in-sample, docs/protocol.md), so only dev and test are collected.
+echo "== branch outputs for fusion and ensembles (dev/test)"
+"${LLMSER[@]}" collect-outputs "$OUT/wavlm" --out "$OUT/outputs" --frames --corpus "$CORPUS" --splits dev,test
+"${LLMSER[@]}" collect-outputs "$OUT/text_head" --out "$OUT/outputs" --name text_llm --corpus "$CORPUS" --splits dev,test
+"${LLMSER[@]}" collect-outputs "$OUT/$AUDIO" --out "$OUT/outputs" --name audio_llm --corpus "$CORPUS" --splits dev,test
 
 train fusion adapters/fusion_tiny.yaml 300 20 "model.outputs_dir=$OUT/outputs" "model.streams=[audio_llm,text_llm,wavlm]"
 train fusion_concat adapters/fusion_tiny.yaml 300 20 "model.outputs_dir=$OUT/outputs" \
