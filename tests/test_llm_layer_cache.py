@@ -144,7 +144,7 @@ def test_prepare_serves_every_variant_from_the_cache_and_matches_the_prompt_path
     full = model(**PromptCollator(model.tokenizer)(examples))
     torch.testing.assert_close(cached.class_logits, full.class_logits, atol=1e-4, rtol=1e-4)
     # The test report and collect-outputs vote through the same setup (the whole LLM per file, every variant).
-    assert votes(model, setup.test_set)
+    assert votes(model, setup.test_set) and setup.eval_set.utterances == setup.eval_set.prompts.utterances
     voted = collect_votes(model, setup.test_set, setup.collate_fn, batch_size=4, progress=False)
     assert voted.variant_probs.shape == (len(setup.test_set), len(model.voting_variants), 8)
     # Off: the plain prompt path.

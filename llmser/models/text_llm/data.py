@@ -185,6 +185,10 @@ class CachedStatesDataset(Dataset):
             ids += [prompt_ids(tok, t.render(tok, transcript)) for t in templates]
         return ids
 
+    @property
+    def utterances(self) -> list:
+        return self.prompts.utterances
+
     def with_voting(self, variants: Sequence[str]) -> PromptExampleDataset:
         """The voting examples of the wrapped prompts: a vote runs the whole LLM per file, each variant's
         instruction computed once per run (``TextLLMEmotionModel.vote_batch``), not the layer cache."""
