@@ -151,3 +151,24 @@ def test_prepare_serves_every_variant_from_the_cache_and_matches_the_prompt_path
     recipe_off = load_recipe(ROOT / "adapters/text_tiny.yaml", [f"data.corpus={corpus_dir}", "model.lora_top_layers=1",
                                                                  "model.cache_lower_layers=false"])
     assert isinstance(prepare(recipe_off, branch_config(recipe_off), corpus, PartialState()).collate_fn, PromptCollator)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is needed for the demo corpus")
+def test_llmser_train_with_the_cache_writes_the_voting_test_report(tmp_path):
+    """The whole `llmser train` path with cached lower layers: training on the cache, then the vote on dev and
+    test through the whole LLM (the demo's text stage; it once crashed reading the cached dev set)."""
+    import json
+
+    from llmser.data.demo_corpus import DemoCorpusConfig, make_demo_corpus
+    from llmser.training.run import run
+
+    corpus_dir = tmp_path / "corpus"
+    make_demo_corpus(corpus_dir, DemoCorpusConfig(n=24, seed=5, n_speakers=6, workers=2), progress=False)
+    out = tmp_path / "run"
+    result = run(ROOT / "adapters/text_tiny.yaml", [f"data.corpus={corpus_dir}", "model.lora_top_layers=1",
+                                                     f"data.cache_dir={tmp_path / 'cache'}", f"train.output_dir={out}",
+                                                     "train.max_steps=2", "train.eval_every=2", "train.save_every=2"])
+    assert result["step"] == 2 and (out / "test" / "report.md").is_file()
+    voting = json.loads((out / "test" / "voting.json").read_text())
+    assert {"dev", "test"} <= set(voting)
