@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from llmser.config import ConfigError, from_dict
+from llmser.data.folds import same_split
 
 METHODS = ("plurality", "average", "stacking")
 
@@ -113,7 +114,7 @@ class EnsembleSpec:
             issues.append(f"methods is empty; choose from {', '.join(METHODS)}")
         if len(set(self.methods)) != len(self.methods):
             issues.append(f"methods repeat: {self.methods}")
-        if "stacking" in self.methods and _same_split(self.fit_split, self.predict_split):
+        if "stacking" in self.methods and same_split(self.fit_split, self.predict_split):
             issues.append(f"fit_split and predict_split are both {self.predict_split!r}: stacking would be scored on the "
                           "examples it learned from; fit on dev (fit_split: dev) and predict test")
         needed = [self.predict_split] + ([self.fit_split] if "stacking" in self.methods else [])
@@ -165,11 +166,6 @@ class EnsembleSpec:
         if isinstance(data, dict):
             data = apply_overrides(data, overrides or [])
         return cls.from_dict(data, source=str(path))
-
-
-def _same_split(a: str, b: str) -> bool:
-    canonical = {"dev": "development", "valid": "development", "validation": "development", "test": "test1"}
-    return canonical.get(a.strip().lower(), a.strip().lower()) == canonical.get(b.strip().lower(), b.strip().lower())
 
 
 def load_member_predictions(spec: EnsembleSpec, split: str, for_fitting: bool = False) -> dict[str, Any]:

@@ -73,15 +73,13 @@ class BranchOutputs:
     def in_sample_for(self, split: str) -> bool:
         """Whether rows of ``split`` (a resolved name, maybe a fold selector) came from a model that trained
         on them: a meta-model fitted on such rows learns to trust overconfident in-sample outputs."""
-        from llmser.data.folds import parse_split
+        from llmser.data.folds import parse_split, same_split
 
         if self.cross_fitted or not self.trained_on:
             return False
         wanted_base, wanted = parse_split(split)
         trained_base, trained = parse_split(self.trained_on)
-        canonical = {"dev": "development", "valid": "development", "validation": "development", "test": "test1"}
-        if canonical.get(wanted_base.lower(), wanted_base.lower()) != canonical.get(trained_base.lower(),
-                                                                                     trained_base.lower()):
+        if not same_split(wanted_base, trained_base):
             return False
         if wanted is None or trained is None:
             return True
