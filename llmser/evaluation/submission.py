@@ -94,10 +94,15 @@ def write_task2(path: str | Path, file_names: Sequence[str], attributes: Any) ->
         problems.append(f"{bad_rows.size} file(s) have NaN/inf attributes, e.g. {examples}")
     _raise("task 2 submission", problems)
     values = np.clip(values, ATTRIBUTE_MIN, ATTRIBUTE_MAX)
+    return _write_numeric_rows(path, TASK2_HEADER, names, values)
+
+
+def _write_numeric_rows(path: str | Path, header: Sequence[str], names: list[str], values: np.ndarray) -> Path:
+    """One row per file, sorted by FileName, its numbers written exactly (``repr``), atomically."""
     order = sorted(range(len(names)), key=names.__getitem__)
     with atomic_open(path, "w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(TASK2_HEADER)
+        writer.writerow(header)
         for i in order:
             writer.writerow([names[i], *(repr(float(v)) for v in values[i])])
     return Path(path)
@@ -112,13 +117,7 @@ def write_task1_probabilities(path: str | Path, file_names: Sequence[str], probs
     problems = _check_names(names, values.shape[0])
     problems += _probability_problems(values, names)
     _raise("task 1 probabilities", problems)
-    order = sorted(range(len(names)), key=names.__getitem__)
-    with atomic_open(path, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(TASK1_PROBS_HEADER)
-        for i in order:
-            writer.writerow([names[i], *(repr(float(v)) for v in values[i])])
-    return Path(path)
+    return _write_numeric_rows(path, TASK1_PROBS_HEADER, names, values)
 
 
 def _probability_problems(values: np.ndarray, names: Sequence[str]) -> list[str]:
