@@ -51,3 +51,15 @@ def good_rows() -> list[list]:
         ["MSP-PODCAST_0004_0001.wav", "S", 2.0, 2.0, 2.0, 4, "Female", "Test1"],
         ["MSP-PODCAST_0004_0002.wav", "O", 4.5, 3.0, 4.0, 4, "Female", "Test1"],
     ]
+
+
+def transcribed_corpus(root: Path) -> Path:
+    """16 tone clips of 4 speakers with a transcript each: 10 train, 3 dev, 3 test (LLM-branch engine tests)."""
+    codes = ["A", "S", "H", "N"]
+    rows, texts = [], {}
+    for i in range(16):
+        split = "Train" if i < 10 else ("Development" if i < 13 else "Test1")
+        name = f"MSP-PODCAST_{i // 4 + 1:04d}_{i:04d}.wav"
+        rows.append([name, codes[i % 4], 4.0 + (i % 3), 3.0, 4.0, i // 4 + 1, "Female", split])
+        texts[name[:-4]] = f"words of clip {i}"
+    return write_corpus(root, rows, transcripts=texts)

@@ -474,16 +474,9 @@ def test_shipped_audio_recipes_parse(registered):
 
 
 def _tiny_corpus(root: Path) -> Path:
-    from tests.corpus_factory import write_corpus
+    from tests.corpus_factory import transcribed_corpus
 
-    codes = ["A", "S", "H", "N"]
-    rows, texts = [], {}
-    for i in range(16):
-        split = "Train" if i < 10 else ("Development" if i < 13 else "Test1")
-        name = f"MSP-PODCAST_{i // 4 + 1:04d}_{i:04d}.wav"
-        rows.append([name, codes[i % 4], 4.0 + (i % 3), 3.0, 4.0, i // 4 + 1, "Female", split])
-        texts[name[:-4]] = f"words of clip {i}"
-    return write_corpus(root, rows, transcripts=texts)
+    return transcribed_corpus(root)
 
 
 def test_short_engine_run_changes_trainable_weights(tmp_path, registered):
