@@ -22,20 +22,22 @@ def _number(kind: type, text: str) -> int | float:
     return value
 
 
+def _at_least(kind: type, text: str, low: int, strict: bool) -> int | float:
+    """``text`` as a ``kind`` number above ``low`` (``strict``: > low, else >= low), or an argparse error."""
+    value = _number(kind, text)
+    if value < low or (strict and value == low):
+        raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}, got {text}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """An integer >= 1 (batch sizes, counts, strides)."""
-    value = _number(int, text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
+    return _at_least(int, text, 1, strict=False)
 
 
 def non_negative_int(text: str) -> int:
     """An integer >= 0 (seeds)."""
-    value = _number(int, text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+    return _at_least(int, text, 0, strict=False)
 
 
 def seed(text: str) -> int:
@@ -48,15 +50,9 @@ def seed(text: str) -> int:
 
 def positive_float(text: str) -> float:
     """A finite number > 0 (seconds, sizes)."""
-    value = _number(float, text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+    return _at_least(float, text, 0, strict=True)
 
 
 def non_negative_float(text: str) -> float:
     """A finite number >= 0."""
-    value = _number(float, text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+    return _at_least(float, text, 0, strict=False)
