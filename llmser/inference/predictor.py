@@ -129,7 +129,7 @@ class Predictor:
         found = {k: clean_text(v) if isinstance(v, str) else v for k, v in found.items()}  # no NUL etc. in prompts
         todo = [p for p in paths if not (found[p.name] or "").strip()]
         if todo and self.needs_transcripts:
-            from llmser.inference.transcribe import transcribe
+            from llmser.models.whisper.asr import transcribe
             from llmser.models.whisper.loading import load_whisper_for_transcription
 
             logger.info("transcribing %d file(s) without a transcript with Whisper (%s)", len(todo), self.asr)
