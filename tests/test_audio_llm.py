@@ -525,3 +525,50 @@ def _check_every_variant_is_calibrated_on_dev(trainer, setup, best_dir):
     mean = torch.as_tensor(raw.mean(1), dtype=torch.float32)  # (K, 8)
     torch.testing.assert_close(model.calibration.log_prior.softmax(-1), mean / mean.sum(-1, keepdim=True),
                                atol=1e-4, rtol=1e-3)
+
+
+def test_stage_one_trains_only_the_speech_front_end_and_lowers_its_loss(tmp_path, registered):
+    """speech_warmup_steps: the Q-Former side and the speech heads learn alone (LoRA, the LLM and the encoders
+    do not move), every LLM parameter keeps requires_grad for stage 2, and the stage-1 loss falls."""
+    from accelerate import Accelerator
+
+    from llmser.data.msp_podcast import MSPPodcast
+    from llmser.models.audio_llm.branch import prepare
+    from llmser.models.registry import branch_config, load_recipe
+    from llmser.training.warmup import warm_up
+
+    corpus_dir = _tiny_corpus(tmp_path / "corpus")
+    recipe = load_recipe(ROOT / "adapters" / "audio_tiny.yaml",
+                         [f"data.corpus={corpus_dir}", f"train.output_dir={tmp_path / 'run'}", "data.batch_size=4",
+                          f"data.cache_dir={tmp_path / 'cache'}", "model.speech_warmup_steps=30",
+                          "model.speech_warmup_lr=0.01", "model.dropout=0.0"])
+    torch.manual_seed(0)
+    setup = prepare(recipe, branch_config(recipe), MSPPodcast.from_folder(corpus_dir), Accelerator(cpu=True))
+    assert setup.warmup_steps == 30
+    model = setup.model
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def stage_one_loss() -> float:
+        from llmser.training.losses import MultiTaskLoss
+
+        batch = setup.collate_fn([setup.train_set[i] for i in range(len(setup.train_set))])
+        model.eval()
+        with torch.no_grad():
+            out = model.warmup_outputs(**batch)
+        return float(MultiTaskLoss(recipe.loss, setup.class_counts)(out.class_logits, out.attributes, batch)["loss"])
+
+    first = stage_one_loss()
+    result = warm_up(setup, recipe, progress=False)
+    assert result["warmup_seconds"] > 0 and stage_one_loss() < first
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert any(n.startswith("speech.qformer.") for n in changed)
+    assert any(n.startswith("attribute_head.") for n in changed) and any(n.startswith("speech_class_head.") for n in changed)
+    assert not any("lora_" in n or n.startswith(("encoders.", "llm.", "calibration.")) for n in changed), changed
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable
+
+
+def test_stage_one_needs_a_speech_head():
+    with pytest.raises(ValueError, match="speech_warmup_steps"):
+        AudioLLMBranchConfig(llm="tiny", whisper="tiny", speech_warmup_steps=10, attribute_head=False,
+                             speech_class_head=False)

@@ -48,6 +48,10 @@ class BranchSetup:
     test_utterances: list
     class_counts: list[int] | None = None
     train_labels: list[int] | None = None
+    # Stage 1, run by the engine before training when > 0: the model's ``warmup_parameters()`` learn from
+    # ``warmup_outputs(**batch)`` (an EmotionOutput) on the train set, nothing else moves.
+    warmup_steps: int = 0
+    warmup_lr: float = 1.0e-3
 
 
 @runtime_checkable

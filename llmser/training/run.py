@@ -50,11 +50,16 @@ def run(recipe_path: str | Path, overrides: list[str] | None = None, resume: str
                               kwargs_handlers=ddp_kwargs(recipe))
     spec = get_branch(recipe.branch)
     setup = spec.prepare_fn(recipe, model_config, corpus, accelerator)
+    warmup = {}
+    if setup.warmup_steps and resume is None:  # a resumed run's checkpoint already holds the stage-1 weights
+        from llmser.training.warmup import warm_up
+
+        warmup = warm_up(setup, recipe, accelerator.device, progress=accelerator.is_main_process)
     trainer = Trainer(recipe, setup.model, setup.train_set, setup.eval_set, setup.collate_fn,
                       class_counts=setup.class_counts, train_labels=setup.train_labels, accelerator=accelerator)
     state = trainer.fit(resume=resume)
     result: dict[str, Any] = {"step": state["step"], "best_step": state.get("best_step"),
-                              "dev": state.get("best_metrics", {}), "train_seconds": state.get("train_seconds")}
+                              "dev": state.get("best_metrics", {}), "train_seconds": state.get("train_seconds"), **warmup}
     if recipe.train.predict_test and setup.test_set is not None:
         result["test"] = predict_test(trainer, spec, setup)
     _finish(accelerator, trainer)

@@ -64,7 +64,8 @@ def prepare(recipe: Recipe, config: AudioLLMBranchConfig, corpus: Any, accelerat
                        test_set=dataset(test_utts, False) if test_utts else None,
                        collate_fn=SpeechPromptCollator(model.tokenizer), test_utterances=test_utts,
                        class_counts=class_counts(train_utts),
-                       train_labels=class_labels(train_utts))
+                       train_labels=class_labels(train_utts),
+                       warmup_steps=config.speech_warmup_steps, warmup_lr=config.speech_warmup_lr)
 
 
 @torch.no_grad()

@@ -60,6 +60,11 @@ class AudioLLMBranchConfig(LLMConfig):
     # the Q-Former a direct emotion signal instead of only the one that comes back through all LLM layers
     # (speech-only on the demo: 60 steps without it predicted one class). Predictions stay the LLM's answers.
     speech_class_head: bool = field(default=True, metadata={"help": "train an auxiliary class head on the speech tokens (loss.auxiliary_class_weight)"})
+    # Stage 1 (before any LLM step): the Q-Former and the speech heads learn the emotion task on the cached encoder
+    # frames alone - no LLM forward, ~0.1-0.2 s a step on CPU against ~5 s for a step through SmolLM2 - so the speech
+    # tokens the LLM first sees already carry emotion (as SALMONN aligns its connector before instruction tuning).
+    speech_warmup_steps: int = field(default=0, metadata={"help": "stage 1: steps training the Q-Former and the speech heads alone on cached frames before the LLM (0 = none; needs attribute_head or speech_class_head)", "min": 0})
+    speech_warmup_lr: float = field(default=1.0e-3, metadata={"help": "learning rate of stage 1 (AdamW, constant)", "gt": 0, "max": 10})
     # After training, fit each answer's prior on the dev split and divide it out at inference (AnswerCalibration).
     calibrate: bool = field(default=True, metadata={"help": "fit each prompt variant's answer prior on the dev split after training and divide it out"})
     head_hidden_size: int = field(default=128, metadata={"help": "hidden size of the attribute and auxiliary heads", "min": 1})
@@ -76,6 +81,9 @@ class AudioLLMBranchConfig(LLMConfig):
             issues.append(f"speech_attention must be 'causal' or 'isolated', got {self.speech_attention!r}")
         if self.answer_scoring not in ("whole", "first_token"):
             issues.append(f"answer_scoring must be 'whole' or 'first_token', got {self.answer_scoring!r}")
+        if self.speech_warmup_steps and not (self.attribute_head or self.speech_class_head):
+            issues.append("speech_warmup_steps > 0 trains the speech heads, but attribute_head and speech_class_head are "
+                          "both off; turn one on or set speech_warmup_steps=0")
         if issues:
             raise ValueError("\n".join(issues))
 

@@ -329,6 +329,20 @@ class AudioLLMEmotionModel(nn.Module):
         modules["calibration"] = self.calibration
         return nn.ModuleDict(modules)
 
+    def warmup_parameters(self) -> list[nn.Parameter]:
+        """What stage 1 trains (``speech_warmup_steps``): the Q-Former side and the speech heads, not LoRA."""
+        return [p for name, module in self.speech_modules().items() if name != "calibration"
+                for p in module.parameters() if p.requires_grad]
+
+    def warmup_outputs(self, speech_frames: torch.Tensor, frame_mask: torch.Tensor, **_: object) -> EmotionOutput:
+        """Stage 1's outputs, with no LLM forward: the auxiliary class head's logits stand as the class logits
+        and the attribute head's predictions as the attributes, both read from the mean Q-Former state."""
+        _, token_mask, states = self.speech(speech_frames, frame_mask)
+        attributes, pooled = self.attribute_head(states, token_mask) if self.attribute_head is not None else \
+            (None, _masked_mean(states, token_mask))
+        logits = self.speech_class_head(pooled)[0] if self.speech_class_head is not None else None
+        return EmotionOutput(class_logits=logits, attributes=attributes, embedding=pooled)
+
     def train(self, mode: bool = True) -> AudioLLMEmotionModel:
         if mode:
             self.prefix_cache.clear()  # the weights may change from here on: cached instruction states go stale
