@@ -22,6 +22,8 @@
 #   bash scripts/demo.sh --drop-transcripts 0.3  # a copy of the corpus without 30% of the test transcripts: Whisper
 #                                                # tiny.en makes them (cached, never written into the corpus)
 #   bash scripts/demo.sh --seeds 3             # the training stages with seeds 0, 1, 2: mean ± std per system
+#                                              # (a seed folder whose run finished with the same options is
+#                                              # reused: an interrupted --seeds run resumes where it stopped)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -137,6 +139,15 @@ summarise() {  # summarise RUN_DIR...: one row per system over the runs (mean ±
   done
 }
 
+# What a finished run was made from (written last, as demo_done.txt): a --seeds run reuses a seed folder only when
+# it matches, and the default run's folder can be copied in as seed0 (cp -al runs/demo runs/demo_seeds/seed0).
+run_key() {  # run_key TRAIN_SEED
+  local corpus_id
+  corpus_id=$(cat "$CORPUS/demo_corpus.json" 2>/dev/null | tr -d ' \n' | cut -c1-200 || true)
+  echo "seed=$1 corpus=$(basename "$CORPUS"):$corpus_id split=$SPLIT quick=$QUICK sft=$SFT audio=$AUDIO_INPUTS" \
+       "asr=$([ -n "$DROP_TRANSCRIPTS" ] || [ "$ASR_INTERNAL" = 1 ] && echo yes || echo no) commit=$(git rev-parse --short HEAD 2>/dev/null || echo none)"
+}
+
 if [ "$SEEDS" -gt 1 ]; then  # each seed is a full run in its own folder; the corpus (and its ASR copy) is shared
   RUNS=()
   for ((s = 0; s < SEEDS; s++)); do
@@ -146,7 +157,11 @@ if [ "$SEEDS" -gt 1 ]; then  # each seed is a full run in its own folder; the co
     [ "$QUICK" = 1 ] && FLAGS+=(--quick)
     [ "$SFT" = 1 ] && FLAGS+=(--sft)
     [ -n "$DROP_TRANSCRIPTS" ] && FLAGS+=(--asr-transcripts)
-    bash "$0" "${FLAGS[@]}"
+    if [ -f "$OUT/seed$s/demo_done.txt" ] && [ "$(cat "$OUT/seed$s/demo_done.txt")" = "$(run_key "$s")" ]; then
+      echo "== seed $s: reusing the finished run in $OUT/seed$s"
+    else
+      bash "$0" "${FLAGS[@]}"
+    fi
     RUNS+=("$OUT/seed$s")
   done
   summarise "${RUNS[@]}"
@@ -223,6 +238,7 @@ rm -rf "$OUT/system_predictions"  # a rebuilt system predicts afresh (predict re
 "${LLMSER[@]}" evaluate --predictions "$OUT/system_predictions/predictions.csv" --corpus "$CORPUS" \
   --split "$SPLIT" --out "$OUT/system_predictions"
 
+run_key "$TRAIN_SEED" > "$OUT/demo_done.txt"
 if [ "$SUMMARY" = 1 ]; then summarise "$OUT"; fi
 if [ -n "$TRANSCRIPTS_NOTE" ]; then echo "note: transcripts: $TRANSCRIPTS_NOTE (the rest as given)"; fi
 echo "== done: reports under $OUT"

@@ -52,3 +52,12 @@ def test_a_runs_metrics_json_gives_its_dev_scores():
                                    "ccc_mean": 0.3, "combined": 0.3}, "test": {"metrics": {"macro_f1": 0.9}}}
     row = aggregate_reports("text_head", [metrics])
     assert row["macro_f1"] == 0.3 and row["ccc_arousal"] == 0.5 and row["ccc_mean"] == 0.3
+
+
+def test_a_runs_shipped_dev_scores_win_over_its_training_checkpoints():
+    """An LLM branch's metrics.json carries ``dev_final`` (calibrated answers, the recipe's vote, on dev): the dev
+    table reads that, not the uncalibrated scores its checkpoints were compared by."""
+    metrics = {"dev": {"macro_f1": 0.04, "ccc_arousal": 0.5, "ccc_valence": 0.1, "ccc_dominance": 0.3, "ccc_mean": 0.3},
+               "dev_final": {"macro_f1": 0.21, "ccc_arousal": 0.6, "ccc_valence": 0.0, "ccc_dominance": 0.3}}
+    row = aggregate_reports("audio_speech", [metrics])
+    assert row["macro_f1"] == 0.21 and row["ccc_arousal"] == 0.6 and abs(row["ccc_mean"] - 0.3) < 1e-12

@@ -123,6 +123,7 @@ def test_text_run_reports_each_variant_and_the_vote_and_collects_the_vote(tmp_pa
     names = ["vote", "text_plain", "text_definitions", "text_shuffled", "text_annotator", "text_short"]
     assert [r["variant"] for r in table["dev"]] == names and [r["variant"] for r in table["test"]] == names
     assert table["test"][0]["macro_f1"] == pytest.approx(result["test"]["metrics"]["macro_f1"])
+    assert result["dev_final"]["macro_f1"] == pytest.approx(table["dev"][0]["macro_f1"])  # the vote's dev scores
     assert "On dev the vote" in (out / "test" / "voting.md").read_text()
     assert (out / "test" / "single" / "report.json").is_file()
     header = (out / "test_predictions.csv").read_text().splitlines()[0]
@@ -198,3 +199,20 @@ def test_shipped_text_prompts_put_the_instruction_before_the_transcript():
     for template in load_prompts(inputs="transcript"):
         assert template.user.index("{transcript}") > len(template.user) // 2, template.name
         assert "{labels}" not in template.user.split("{transcript}")[1], template.name
+
+
+def test_a_run_without_a_test_split_still_scores_its_shipped_vote_on_dev(tmp_path):
+    """data.test_split= (a dev-only comparison): metrics.json still gets the vote's dev scores (dev_final) and
+    one dev row per variant, and nothing is predicted on test."""
+    from llmser.training.run import run
+
+    corpus = _tiny_corpus(tmp_path / "corpus")
+    out = tmp_path / "run"
+    result = run(ROOT / "adapters/text_tiny.yaml", [f"data.corpus={corpus}", f"train.output_dir={out}",
+                                                     "train.max_steps=2", "train.eval_every=2", "train.save_every=2",
+                                                     "data.batch_size=4", "data.test_split="])
+    saved = json.loads((out / "metrics.json").read_text())
+    assert "test" not in saved and not (out / "test").exists()
+    assert [r["variant"] for r in saved["dev_voting"]][0] == "vote" and len(saved["dev_voting"]) == 6
+    assert saved["dev_final"]["macro_f1"] == pytest.approx(saved["dev_voting"][0]["macro_f1"])
+    assert result["dev_final"] == saved["dev_final"]

@@ -20,16 +20,19 @@ METRICS: tuple[str, ...] = ("macro_f1", "macro_f1_8", "ccc_arousal", "ccc_valenc
 
 
 def as_report(data: dict[str, Any]) -> dict[str, Any]:
-    """A report dict from either a report.json or a training run's metrics.json (its best ``dev`` scores).
+    """A report dict from either a report.json or a training run's metrics.json: its ``dev_final`` scores (what
+    the run ships - an LLM branch's calibrated answers and prompt vote - on dev) where it has them, else the best
+    checkpoint's ``dev`` scores from training.
 
     So ``llmser compare NAME=runs/x/metrics.json`` tabulates dev, the split every choice is made on.
     """
     if "task1" in data or "task2" in data or "dev" not in data:
         return data
-    dev = data["dev"] or {}
+    dev = data.get("dev_final") or data["dev"] or {}
     ccc = {name: dev[f"ccc_{name}"] for name in ("arousal", "valence", "dominance") if f"ccc_{name}" in dev}
+    ccc_mean = dev.get("ccc_mean", float(np.mean(list(ccc.values()))) if len(ccc) == 3 else None)
     return {"task1": {"macro_f1": dev.get("macro_f1")} if "macro_f1" in dev else {},
-            "task2": {"ccc": ccc, "ccc_mean": dev.get("ccc_mean")} if ccc else {}}
+            "task2": {"ccc": ccc, "ccc_mean": ccc_mean} if ccc else {}}
 
 
 def aggregate_reports(system: str, reports: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -62,6 +62,12 @@ def run(recipe_path: str | Path, overrides: list[str] | None = None, resume: str
                               "dev": state.get("best_metrics", {}), "train_seconds": state.get("train_seconds"), **warmup}
     if recipe.train.predict_test and setup.test_set is not None:
         result["test"] = predict_test(trainer, spec, setup)
+        dev_votes = (result["test"].get("voting") or {}).get("dev")
+    else:
+        dev_votes = score_dev_by_vote(trainer, spec, setup)
+    if dev_votes:  # what the run ships (calibrated answers, the recipe's vote) on dev: what choices compare
+        result["dev_final"] = {k: v for k, v in dev_votes[0].items() if k not in ("variant", "n") and v is not None}
+        result["dev_voting"] = dev_votes
     _finish(accelerator, trainer)
     if accelerator.is_main_process:
         from llmser.utils.io import atomic_write_json
@@ -98,13 +104,24 @@ def _run_sft(recipe: Any, model_config: Any, corpus: Any, resume: str | None) ->
     return result
 
 
-def predict_test(trainer: Any, spec: Any, setup: Any) -> dict[str, Any]:
-    """Score the test split with the best model; the main process writes predictions and the report."""
-    from llmser.evaluation.predictions import Predictions
-    from llmser.evaluation.report import evaluate
+def score_dev_by_vote(trainer: Any, spec: Any, setup: Any) -> list[dict[str, Any]] | None:
+    """Without a test split, an LLM branch's shipped form (best checkpoint, answer priors fitted on dev without
+    labels, the recipe's vote) is still scored on dev: one row for the vote, one per variant (main process)."""
+    from llmser.models.llm.votes import collect_votes, scores, votes
 
-    output_dir = Path(trainer.recipe.train.output_dir)
-    best_dir = output_dir / "best"
+    if setup.eval_set is None or not votes(trainer.accelerator.unwrap_model(trainer.model), setup.eval_set):
+        return None
+    model = load_best(trainer, spec, setup)
+    if not trainer.is_main:
+        return None
+    dev = collect_votes(model, setup.eval_set, setup.collate_fn, batch_size=trainer.recipe.data.eval_batch_size,
+                        desc="voting on dev")
+    return scores(dev, setup.eval_set.utterances)
+
+
+def load_best(trainer: Any, spec: Any, setup: Any) -> Any:
+    """The unwrapped model with the best checkpoint's weights, its answer priors fitted on dev (LLM branches)."""
+    best_dir = Path(trainer.recipe.train.output_dir) / "best"
     trainer.accelerator.wait_for_everyone()
     if trainer.is_main:
         from llmser.utils.io import recover_dir
@@ -118,7 +135,17 @@ def predict_test(trainer: Any, spec: Any, setup: Any) -> dict[str, Any]:
         else:
             model.load_state_dict(spec.model_cls.from_pretrained(best_dir).state_dict())
     calibrate_on_dev(trainer, model, setup, best_dir)
+    return model
+
+
+def predict_test(trainer: Any, spec: Any, setup: Any) -> dict[str, Any]:
+    """Score the test split with the best model; the main process writes predictions and the report."""
+    from llmser.evaluation.predictions import Predictions
+    from llmser.evaluation.report import evaluate
     from llmser.models.llm.votes import votes
+
+    output_dir = Path(trainer.recipe.train.output_dir)
+    model = load_best(trainer, spec, setup)
 
     if votes(model, setup.test_set):  # LLM branches: the recipe's prompt vote (model.voting)
         return predict_test_by_vote(trainer, model, setup)
