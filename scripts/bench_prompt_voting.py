@@ -21,7 +21,7 @@ Per clip, it times:
 
 The last two lines are machine-readable, for the ``smol`` preset (Whisper tiny.en + SmolLM2-135M;
 random Q-Former/LoRA unless ``--model`` names a trained folder, which does not change the cost):
-``voting_shared_ratio: X`` (5 shared / 1 variant) and ``voting_naive_ratio: Y`` (5 naive / 1 variant).
+``voting_naive_ratio: Y`` (5 naive / 1 variant) and, last, ``voting_shared_ratio: X`` (5 shared / 1 variant).
 Audio is synthetic (3-s tone plus noise); the cost does not depend on what is said.
 """
 
@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{preset:<6} {times[0]:>12.4f} {times[1]:>12.4f} {times[2]:>12.4f} {ratios[preset][0]:>9.2f} "
               f"{ratios[preset][1]:>8.2f}", flush=True)
     final = ratios.get("smol", next(iter(ratios.values())))
-    print(f"voting_shared_ratio: {final[0]:.3f}")
     print(f"voting_naive_ratio: {final[1]:.3f}")
+    print(f"voting_shared_ratio: {final[0]:.3f}")  # the target ratio, last
     return 0
 
 

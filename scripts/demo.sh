@@ -6,7 +6,8 @@
 #   4. the speech branch (Whisper tiny.en's pretrained encoder, frozen and cached; layer weights, pooling, heads),
 #   5. the text branch on transcripts with SmolLM2-135M-Instruct: zero-shot prompt voting and LoRA + head
 #      (the training engine); with --sft also LoRA instruction tuning (trl SFT) with prompt voting (+~10 min),
-#   6. the SALMONN-style audio-LLM (Whisper tiny.en -> window-level Q-Former -> SmolLM2 + LoRA) from speech only
+#   6. the SALMONN-style audio-LLM (Whisper tiny.en -> window-level Q-Former -> SmolLM2 + LoRA) from speech only;
+#      stage 1 trains the Q-Former and its speech heads alone on the cached frames, then the LLM trains
 #      (--audio-inputs speech+transcript: it also reads the words),
 #   7. the fusion adapter (and its concatenation baseline) on the branches' cached outputs, the ensembles
 #      (plurality vote, averaging, RandomForest stacking), and the whole system on raw audio (build-system + predict),
@@ -55,7 +56,7 @@ while [ $# -gt 0 ]; do
     --train-seed) TRAIN_SEED="$2"; shift 2 ;;   # internal: one seed of --seeds
     --no-summary) SUMMARY=0; shift ;;          # internal: --seeds writes one table over all seeds
     --asr-transcripts) ASR_INTERNAL=1; shift ;; # internal: the corpus is already the --drop-transcripts copy
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "demo.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
