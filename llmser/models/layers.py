@@ -68,9 +68,10 @@ class FeatureStandardizer(nn.BatchNorm1d):
     """Per-feature standardisation of an embedding, with running statistics (BatchNorm1d).
 
     An LLM's hidden states carry a few "massive activation" features that are orders of magnitude
-    larger than the rest; a LayerNorm does not tame them, and an MLP head fed raw states needs far more
-    steps than a small demo corpus gives it (measured on SmolLM2-135M last-token states of the demo
-    corpus: 80 steps at batch 8 reach test macro-F1 0.08-0.27 raw, 0.34-0.49 standardised).
+    larger than the rest (SmolLM2-135M-Instruct, last-token final states of eight short emotion prompts: the
+    largest feature's mean |value| is 39.2, 64 times the median feature's 0.61); a LayerNorm does not tame
+    them, and an MLP head fed raw states spends its few demo-sized steps on those features. Standardising
+    each feature puts them on one scale before the first step.
     A batch of one in training (the last item of an epoch) is normalised with the running statistics.
     """
 
