@@ -42,7 +42,8 @@ def warm_up(setup: Any, recipe: Any, device: torch.device | str = "cpu", progres
                          f"and data.batch_size is {recipe.data.batch_size}; lower the batch size")
     criterion = MultiTaskLoss(recipe.loss, setup.class_counts).to(device)
     optimizer = torch.optim.AdamW(params, lr=setup.warmup_lr, weight_decay=recipe.optim.weight_decay)
-    frozen = [p for p in model.parameters() if p.requires_grad and all(p is not q for q in params)]
+    moving = {id(p) for p in params}
+    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in moving]
     for p in frozen:  # nothing but the front end moves, and no gradient is kept for the rest
         p.requires_grad_(False)
     model.train()

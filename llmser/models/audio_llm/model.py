@@ -329,6 +329,15 @@ class AudioLLMEmotionModel(nn.Module):
         modules["calibration"] = self.calibration
         return nn.ModuleDict(modules)
 
+    def speech_heads(self, states: torch.Tensor, token_mask: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor,
+                                                                                    torch.Tensor | None]:
+        """What the Q-Former states give without the LLM: the attribute head's predictions, the pooled state
+        (mean over real speech tokens; fusion's embedding) and the auxiliary class head's logits."""
+        attributes, pooled = self.attribute_head(states, token_mask) if self.attribute_head is not None else \
+            (None, _masked_mean(states, token_mask))
+        logits = self.speech_class_head(pooled)[0] if self.speech_class_head is not None else None
+        return attributes, pooled, logits
+
     def warmup_parameters(self) -> list[nn.Parameter]:
         """What stage 1 trains (``speech_warmup_steps``): the Q-Former side and the speech heads, not LoRA."""
         return [p for name, module in self.speech_modules().items() if name != "calibration"
@@ -338,9 +347,7 @@ class AudioLLMEmotionModel(nn.Module):
         """Stage 1's outputs, with no LLM forward: the auxiliary class head's logits stand as the class logits
         and the attribute head's predictions as the attributes, both read from the mean Q-Former state."""
         _, token_mask, states = self.speech(speech_frames, frame_mask)
-        attributes, pooled = self.attribute_head(states, token_mask) if self.attribute_head is not None else \
-            (None, _masked_mean(states, token_mask))
-        logits = self.speech_class_head(pooled)[0] if self.speech_class_head is not None else None
+        attributes, pooled, logits = self.speech_heads(states, token_mask)
         return EmotionOutput(class_logits=logits, attributes=attributes, embedding=pooled)
 
     def train(self, mode: bool = True) -> AudioLLMEmotionModel:
@@ -403,9 +410,7 @@ class AudioLLMEmotionModel(nn.Module):
                     *self.splice_with_segments(tokens, token_mask, *pieces)).gather(1, candidate_index)
         if not self.training and variant_index is not None and self.calibration.fitted:
             class_logits = self.calibration.apply(class_logits, variant_index)
-        attributes, pooled = self.attribute_head(states, token_mask) if self.attribute_head is not None else \
-            (None, _masked_mean(states, token_mask))
-        auxiliary = self.speech_class_head(pooled)[0] if self.speech_class_head is not None else None
+        attributes, pooled, auxiliary = self.speech_heads(states, token_mask)
         return EmotionOutput(class_logits=class_logits, attributes=attributes, embedding=pooled,
                              auxiliary_class_logits=auxiliary)
 
@@ -561,8 +566,7 @@ class AudioLLMEmotionModel(nn.Module):
         templates = [next(t for t in self.templates if t.name == name) for name in names]
         tokens, token_mask, states = self.speech(speech_frames, frame_mask)  # once per clip
         probs = self.variant_probabilities(tokens, token_mask, templates, transcripts)  # (K, B, 8)
-        attributes, pooled = self.attribute_head(states, token_mask) if self.attribute_head is not None else \
-            (None, _masked_mean(states, token_mask))
+        attributes, pooled, _ = self.speech_heads(states, token_mask)
         return voted_output(probs, names, self.config.voting.rule, attributes, pooled)
 
     def vote(self, speech_frames: torch.Tensor, frame_mask: torch.Tensor,
