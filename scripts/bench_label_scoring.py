@@ -6,12 +6,15 @@
 
 Both ways answer the same rendered prompts (transcripts of a corpus split, or built-in sentences)
 with the same model. Scoring (``LabelScorer.variant_probabilities``, what prompt voting runs): each
-variant's instruction - the text before ``{transcript}`` - is computed once for the whole run, and each
-batch of files goes through every variant in one forward, all eight labels packed behind a 4-D mask;
-always a valid label. Generation: greedy ``generate`` of up to ``--max-new-tokens`` tokens per prompt,
-parsed with ``parse_label``; an answer naming no label is unparseable. Ends with machine-readable
-lines ``unparseable_generation_share: Y``, ``scoring_seconds_per_file: S`` (all variants) and, last,
-``scoring_speedup: X`` (generation time / scoring time).
+variant's instruction - the text before ``{transcript}`` - is computed once for the whole run (timed
+apart: the run's one-off cost), and each batch of files goes through every variant in one forward,
+with ``--answer-scoring full`` all eight labels' tokens packed behind a 4-D mask, with ``first_token``
+only each label's first token read after the prompt; always a valid label. Generation: greedy
+``generate`` of up to ``--max-new-tokens`` tokens per prompt, parsed with ``parse_label``; an answer
+naming no label is unparseable. Ends with machine-readable lines ``unparseable_generation_share: Y``,
+``scoring_speedup_with_instructions: Z`` (the one-off instruction cost counted), ``scoring_seconds_per_file: S``
+(all variants) and, last, ``scoring_speedup: X`` (generation time / scoring time, per file once the run's
+instructions are cached).
 """
 
 from __future__ import annotations
@@ -56,10 +59,14 @@ def main() -> None:
     parser.add_argument("--prompts", default=",".join(DEFAULT_TEXT_PROMPTS))
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--answer-scoring", choices=("full", "first_token"), default="first_token",
+                        help="what llmser predict-prompts scores (default: its default, first_token)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="all variants x 8 transcripts")
     parser.add_argument("--check-naive", action="store_true", help="also check scores against the naive way")
     args = parser.parse_args()
+    if args.check_naive and args.answer_scoring != "full":
+        parser.error("--check-naive compares whole-answer scores: use it with --answer-scoring full")
     names = args.prompts.split(",")
     n = 8 if args.quick else args.n
     torch.set_grad_enabled(False)
@@ -73,9 +80,12 @@ def main() -> None:
     warm = templates[0].render(tok, texts[0])
     LabelScorer(model, tok).log_likelihoods([warm], templates[0].candidates)
     generate_answers(model, tok, [warm], max_new_tokens=2, batch_size=1)
-    scorer = LabelScorer(model, tok, batch_size=args.batch_size)
-    # Scoring as llmser runs it: every variant's instruction cached once for the run, each batch of files
-    # through all variants in one forward (the cache is built inside the timed call: it is part of the cost).
+    scorer = LabelScorer(model, tok, batch_size=args.batch_size, answer_scoring=args.answer_scoring)
+    # Scoring as llmser runs it: every variant's instruction computed once for the run (timed apart, with
+    # the first file), then each batch of files through all variants in one forward.
+    start = time.perf_counter()
+    scorer.variant_probabilities(templates, texts[:1])
+    instructions_s = time.perf_counter() - start
     start = time.perf_counter()
     probs = scorer.variant_probabilities(templates, texts)  # (K, N, C)
     scoring_s = time.perf_counter() - start
@@ -101,11 +111,13 @@ def main() -> None:
             diff = np.abs(np.log(probs[k, :4]) - (naive - naive.max(1, keepdims=True))
                           + np.log(np.exp(naive - naive.max(1, keepdims=True)).sum(1, keepdims=True))).max()
             print(f"    max |log p fast - log p naive| = {diff:.2e}")
-    print(f"scoring: {scoring_s:.2f}s, {1000 * scoring_s / total:.1f} ms per prompt; "
+    print(f"scoring ({args.answer_scoring}): instructions and first file {instructions_s:.2f}s (once per run), then "
+          f"{scoring_s:.2f}s, {1000 * scoring_s / total:.1f} ms per prompt; "
           f"generation: {generation_s:.2f}s, {1000 * generation_s / total:.1f} ms per prompt")
     print(f"generation and scoring name the same label on {agree}/{total} prompts")
     print(f"unparseable_scored_answers: 0 (scoring picks one of the {len(templates[0].candidates)} labels)")
     print(f"unparseable_generation_share: {unparseable / total:.3f}")
+    print(f"scoring_speedup_with_instructions: {generation_s / (scoring_s + instructions_s):.2f}")
     print(f"scoring_seconds_per_file: {scoring_s / len(texts):.4f} (8 labels x {len(templates)} variants)")
     print(f"scoring_speedup: {generation_s / scoring_s:.2f}")
 

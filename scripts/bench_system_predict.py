@@ -14,8 +14,9 @@ first predicts one file, which computes each variant's instruction (the one-off 
 separately and in ``predict_voting_ratio_with_instructions``), then the files. Transcripts are given,
 so Whisper's ASR is not timed. Audio is synthetic (tone plus noise, 2-4 s).
 
-Prints files per second of both runs and, last, ``predict_voting_ratio: X`` (5 variants / 1 variant,
-per-file cost once the run's instructions are cached).
+Prints files per second of both runs, each member's share of the time (its batched forward: where the
+extra variants' cost lies) and, last, ``predict_voting_ratio: X`` (5 variants / 1 variant, per-file cost
+once the run's instructions are cached).
 """
 
 from __future__ import annotations
@@ -118,6 +119,22 @@ def set_variants(predictor, count: int) -> list[str]:
     return used
 
 
+def timed_predictor_class():
+    """``Predictor`` that adds up the seconds of each member's batched forward (``member_seconds``)."""
+    from llmser.inference.predictor import Predictor
+
+    class TimedPredictor(Predictor):
+        member_seconds: dict[str, float] = {}
+
+        def _forward(self, member, batch):
+            start = time.perf_counter()
+            out = super()._forward(member, batch)
+            self.member_seconds[member.name] = self.member_seconds.get(member.name, 0.0) + time.perf_counter() - start
+            return out
+
+    return TimedPredictor
+
+
 def timed(predictor, paths: list[Path], texts: dict[str, str], batch_size: int) -> tuple[float, object]:
     start = time.perf_counter()
     result = predictor(paths, texts, batch_size=batch_size, progress=False)
@@ -134,32 +151,35 @@ def main() -> None:
     args = parser.parse_args()
     files = 4 if args.quick else args.files
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    from llmser.inference.predictor import Predictor
-
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         paths, texts = write_audio(root / "audio", files)
         start = time.perf_counter()
         system = build(root / "runs", args.speech_attention)
-        predictor = Predictor.from_pretrained(system)
+        predictor = timed_predictor_class().from_pretrained(system)
         print(f"system built and loaded in {time.perf_counter() - start:.1f}s: members "
               f"{', '.join(m.name for m in predictor.members)} + fusion; {files} files, batch {args.batch_size}")
         audio = next(m.model for m in predictor.members if m.branch == "audio_llm")
         print(f"audio-LLM speech attention: {audio.config.speech_attention}")
         set_variants(predictor, 1)
         timed(predictor, paths[:1], texts, 1)  # warm-up: lazy imports and first-call allocations, not timed
-        times, once = {}, {}
+        times, once, shares = {}, {}, {}
         for count in (5, 1):
             used = set_variants(predictor, count)
             # The run's one-off cost: each variant's instruction (key/value states) computed on first use.
             once[count], _ = timed(predictor, paths[:1], texts, 1)
+            predictor.member_seconds = {}
             seconds, result = timed(predictor, paths, texts, args.batch_size)
+            shares[count] = dict(predictor.member_seconds, rest=seconds - sum(predictor.member_seconds.values()))
             times[count] = seconds
             columns = [k for k in result.predictions.extras
                        if any(k.startswith(f"vote_{m.name}_") for m in predictor.members)]
             print(f"{count} variant(s) ({'; '.join(used)}): first file (instructions computed) {once[count]:.2f}s; "
                   f"then {files} files {seconds:.2f}s, {files / seconds:.3f} files/s, "
                   f"{len(columns)} per-variant vote columns")
+    for name in shares[1]:
+        print(f"  {name:<10} 1 variant {shares[1][name]:.3f}s  5 variants {shares[5][name]:.3f}s  "
+              f"(+{shares[5][name] - shares[1][name]:.3f}s)")
     print(f"predict_voting_ratio_with_instructions: {(times[5] + once[5]) / (times[1] + once[1]):.3f} "
           f"(the one-off instruction cost included, {files + 1} files)")
     print(f"files_per_second_1_variant: {files / times[1]:.3f}")

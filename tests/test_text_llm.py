@@ -103,6 +103,32 @@ def test_prefix_cache_scoring_equals_naive_scoring(tiny):
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
 
 
+def test_first_token_scoring_reads_each_answers_first_token_after_the_prompt(tiny):
+    """first_token: every variant's instruction cached, no answer token run, same as the next-token
+    distribution of each whole prompt at the answers' first tokens."""
+    tok, model = tiny.tokenizer, tiny.model
+    templates = load_prompts(["text_plain", "text_definitions"])
+    texts = ["i cannot believe you did that again", "we won"]
+    scorer = LabelScorer(model, tok, batch_size=2, answer_scoring="first_token")
+    fast = scorer.variant_log_likelihoods(templates, texts)  # (K, N, 8)
+    for k, template in enumerate(templates):
+        first = [ids[0] for ids in candidate_token_ids(tok, template.candidates, end_of_answer=False)]
+        for i, text in enumerate(texts):
+            ids = torch.tensor([tok(template.render(tok, text), add_special_tokens=False)["input_ids"]])
+            logp = model(input_ids=ids).logits[0, -1].float().log_softmax(-1)
+            np.testing.assert_allclose(fast[k, i], logp[first].detach().numpy(), atol=1e-4)
+    full = LabelScorer(model, tok, batch_size=2).variant_log_likelihoods(templates, texts)
+    assert not np.allclose(full, fast)  # whole answers score the later tokens too
+
+
+def test_first_token_scoring_refuses_answers_that_share_their_first_token(tiny):
+    scorer = LabelScorer(tiny.model, tiny.tokenizer, answer_scoring="first_token")
+    with pytest.raises(ValueError, match="start with the same token"):
+        scorer.log_likelihoods(["which emotion?"], ["sad", "sad day"])
+    with pytest.raises(ValueError, match="answer_scoring"):
+        LabelScorer(tiny.model, tiny.tokenizer, answer_scoring="last")
+
+
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 def test_cached_prefix_packed_answer_scoring_equals_whole_prompt_scoring(tiny, reduction):
     """Prefixes from the cache, left-padded suffixes, two answer sets packed in one forward: same scores."""

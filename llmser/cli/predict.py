@@ -295,6 +295,9 @@ def add_predict_prompts(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibrate", action="store_true",
                    help="contextual calibration: divide each variant's probabilities by its answer to content-free "
                         "transcripts (removes a variant's constant label bias)")
+    p.add_argument("--answer-scoring", choices=("first_token", "full"), default=None,
+                   help="score only each label's first token (no answer token runs) or its whole answer (default: "
+                        "the --adapter's recipe setting, else first_token, chosen on dev)")
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--limit", type=positive_int, default=None, help="only the first N files (quick looks)")
     p.add_argument("--out", required=True, help="predictions CSV to write; the report goes beside it")
@@ -314,7 +317,7 @@ def run_predict_prompts(args: argparse.Namespace) -> int:
                                                    batch_size=args.batch_size, limit=args.limit,
                                                    calibrate=args.calibrate,
                                                    missing_transcripts=args.missing_transcripts, asr=args.asr,
-                                                   cache_dir=args.cache_dir)
+                                                   cache_dir=args.cache_dir, answer_scoring=args.answer_scoring)
     out = Path(args.out)
     predictions.write_csv(out)
     evaluate(predictions, utterances, out.parent, title=f"prompt voting ({args.adapter or args.llm})")

@@ -82,11 +82,12 @@ def predict_with_prompts(model: Any, tokenizer: Any, file_names: Sequence[str], 
                          class_templates: Sequence[PromptTemplate],
                          rating_templates: Sequence[PromptTemplate] = (), *, batch_size: int = 8,
                          max_transcript_tokens: int = 128, progress: bool = True,
-                         calibrate: bool = False, rule: str = "plurality") -> tuple[Predictions, VoteResult]:
+                         calibrate: bool = False, rule: str = "plurality",
+                         answer_scoring: str = "first_token") -> tuple[Predictions, VoteResult]:
     """Predictions over transcripts: the class by the variants' vote under ``rule`` (``vote_<variant>``
     columns kept), the attributes averaged over the rating variants (none when there are none);
-    ``calibrate``: see above."""
-    scorer = LabelScorer(model, tokenizer, batch_size=batch_size)
+    ``calibrate``: see above; ``answer_scoring``: whole answers or their first tokens (``LabelScorer``)."""
+    scorer = LabelScorer(model, tokenizer, batch_size=batch_size, answer_scoring=answer_scoring)
     texts = [truncate_transcript(tokenizer, t or "", max_transcript_tokens) for t in transcripts]
     per_variant = variant_class_probabilities(scorer, texts, class_templates, progress, calibrate)
     vote = vote_rule(per_variant, [t.name for t in class_templates], rule)
@@ -124,11 +125,19 @@ def load_prompting_model(llm: str = "smol", adapter: str | None = None, *, revis
     return load_lora(loaded.model, adapter, config.llm), tokenizer, list(config.prompts)
 
 
+def _trained_answer_scoring(adapter: str, revision: str | None) -> str:
+    from llmser.models.text_llm.config import TextLLMBranchConfig
+    from llmser.utils.hub import resolve_pretrained
+
+    return TextLLMBranchConfig.load(str(resolve_pretrained(adapter, revision))).answer_scoring
+
+
 def predict_corpus_split(corpus_dir: str, split: str, *, llm: str = "smol", adapter: str | None = None,
                          revision: str | None = None, prompts: list[str] | None = None, ratings: bool = True, batch_size: int = 8,
                          max_transcript_tokens: int = 128, limit: int | None = None,
                          calibrate: bool = False, missing_transcripts: str = "error", asr: str = "smol",
-                         cache_dir: str = ".cache/llmser/features") -> tuple[Predictions, list]:
+                         cache_dir: str = ".cache/llmser/features", answer_scoring: str | None = None
+                         ) -> tuple[Predictions, list]:
     """Prompt-vote predictions for every file of a corpus split (and the utterances); files without a
     transcript stop the run naming them, or (``missing_transcripts="asr"``) get one from Whisper ``asr``."""
     from llmser.data.msp_podcast import MSPPodcast
@@ -140,11 +149,13 @@ def predict_corpus_split(corpus_dir: str, split: str, *, llm: str = "smol", adap
     utterances = corpus.utterances(corpus.resolve_split(split), task="all")[:limit]
     utterances = resolve_transcripts(utterances, split, policy=missing_transcripts, asr=asr, cache_dir=cache_dir)
     model, tokenizer, trained_prompts = load_prompting_model(llm, adapter, revision=revision)
+    if answer_scoring is None:  # an SFT adapter's recipe says how it is scored; zero-shot: first tokens (dev)
+        answer_scoring = _trained_answer_scoring(adapter, revision) if adapter else "first_token"
     names = prompts or trained_prompts or list(DEFAULT_TEXT_PROMPTS)
     class_templates = load_prompts(names, task="class", inputs="transcript")
     rating_templates = load_prompts(task="attributes", inputs="transcript") if ratings else []
     predictions, _ = predict_with_prompts(model, tokenizer, [u.file_name for u in utterances],
                                           [u.transcript for u in utterances], class_templates, rating_templates,
                                           batch_size=batch_size, max_transcript_tokens=max_transcript_tokens,
-                                          calibrate=calibrate)
+                                          calibrate=calibrate, answer_scoring=answer_scoring)
     return predictions, utterances

@@ -141,7 +141,8 @@ def predict_split(model: Any, tokenizer: Any, utterances: list, config: TextLLMB
     predictions, _ = predict_with_prompts(model, tokenizer, [u.file_name for u in utterances],
                                           [u.transcript for u in utterances], templates, ratings,
                                           batch_size=batch_size, max_transcript_tokens=config.max_transcript_tokens,
-                                          calibrate=config.calibrate, rule=config.voting.rule)
+                                          calibrate=config.calibrate, rule=config.voting.rule,
+                                          answer_scoring=config.answer_scoring)
     predictions.write_csv(output_dir / "test_predictions.csv")
     from llmser.evaluation.report import summary_row
 
