@@ -8,7 +8,7 @@ Both ways answer the same rendered prompts (transcripts of a corpus split, or bu
 with the same model. Scoring (``LabelScorer.variant_probabilities``, what prompt voting runs): each
 variant's instruction - the text before ``{transcript}`` - is computed once for the whole run (timed
 apart: the run's one-off cost), and each batch of files goes through every variant in one forward,
-with ``--answer-scoring full`` all eight labels' tokens packed behind a 4-D mask, with ``first_token``
+with ``--answer-scoring whole`` all eight labels' tokens packed behind a 4-D mask, with ``first_token``
 only each label's first token read after the prompt; always a valid label. Generation: greedy
 ``generate`` of up to ``--max-new-tokens`` tokens per prompt, parsed with ``parse_label``; an answer
 naming no label is unparseable. Ends with machine-readable lines ``unparseable_generation_share: Y``,
@@ -59,14 +59,14 @@ def main() -> None:
     parser.add_argument("--prompts", default=",".join(DEFAULT_TEXT_PROMPTS))
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=8)
-    parser.add_argument("--answer-scoring", choices=("full", "first_token"), default="first_token",
+    parser.add_argument("--answer-scoring", choices=("whole", "first_token"), default="first_token",
                         help="what llmser predict-prompts scores (default: its default, first_token)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="all variants x 8 transcripts")
     parser.add_argument("--check-naive", action="store_true", help="also check scores against the naive way")
     args = parser.parse_args()
-    if args.check_naive and args.answer_scoring != "full":
-        parser.error("--check-naive compares whole-answer scores: use it with --answer-scoring full")
+    if args.check_naive and args.answer_scoring != "whole":
+        parser.error("--check-naive compares whole-answer scores: use it with --answer-scoring whole")
     names = args.prompts.split(",")
     n = 8 if args.quick else args.n
     torch.set_grad_enabled(False)

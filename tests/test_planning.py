@@ -7,6 +7,7 @@ torch's saved-tensor hooks see in tiny real models (LLaMA, WavLM, a 4-bit QLoRA 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import math
 import resource
@@ -18,7 +19,7 @@ import torch
 
 from llmser.cli.plan import plan_main
 from llmser.config import ConfigError
-from llmser.planning import PRESETS, fits_on, format_params, resolve_specs, spec_from_recipe
+from llmser.planning import PRESETS, fits_on, format_params, format_plan, resolve_specs, spec_from_recipe
 from llmser.planning.full_configs import FULL_CONFIGS, get_full_config, resolve_config
 from llmser.planning.memory import (
     GIB,
@@ -429,6 +430,35 @@ def test_shipped_wavlm_recipes_plan(tmp_path):
     if tiny.is_file():
         plan = build_plan(spec_from_recipe(tiny))
         assert plan.components[0].counts["full"].total < 1e6  # the random 'tiny' preset
+
+
+def test_shipped_recipes_plan_as_they_train():
+    """Every shipped recipe on a real model plans: presets read as the branches read them (smol is SmolLM2
+    as an LLM, Whisper tiny.en as an encoder), no second encoder unless the recipe names one, the Q-Former
+    at the branch's default width, Whisper's window cropped with max_audio_seconds."""
+    from pathlib import Path
+
+    if not Path("adapters/audio_smol.yaml").is_file():
+        pytest.skip("recipes not present")
+    plans = {name: build_plan(spec_from_recipe(Path(f"adapters/{name}.yaml")))
+             for name in ("text_smol", "text_smol_sft", "audio_smol", "wavlm_smol", "audio_llama3_8b",
+                          "text_llama3_8b", "wavlm_large")}
+    audio = plans["audio_smol"]
+    assert [c.name.split(" (")[0] for c in audio.components] == [
+        "Whisper encoder", "window Q-Former", "projection 384 -> 576", "LLM"]
+    assert audio.workload["encoder_frames"] == 400  # max_audio_seconds: 8 crops the 30-s window
+    assert "WavLM" not in " ".join(c.name for c in plans["audio_llama3_8b"].components)
+    speech = plans["wavlm_smol"]
+    assert speech.spec.methods == ["frozen"] and speech.spec.wavlm == "openai/whisper-tiny.en"
+    assert speech.components[0].name == "Whisper encoder (whisper-tiny.en)"
+    assert 8e6 < speech.components[0].counts["frozen"].total < 8.5e6  # tiny.en's encoder: 8.2 M
+    assert speech.workload["encoder_frames"] == 1500
+    assert "no LoRA" in format_plan(speech)
+    assert plans["text_smol"].components[0].model_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    with pytest.raises(ConfigError, match="random test model"):
+        spec_from_recipe(Path("adapters/audio_tiny.yaml"))
+    with pytest.raises(ConfigError, match="used frozen"):
+        dataclasses.replace(speech.spec, method="full")
 
 
 def test_bad_recipes_and_targets_are_reported(tmp_path, capsys):

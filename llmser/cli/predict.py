@@ -295,7 +295,7 @@ def add_predict_prompts(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibrate", action="store_true",
                    help="contextual calibration: divide each variant's probabilities by its answer to content-free "
                         "transcripts (removes a variant's constant label bias)")
-    p.add_argument("--answer-scoring", choices=("first_token", "full"), default=None,
+    p.add_argument("--answer-scoring", choices=("first_token", "whole"), default=None,
                    help="score only each label's first token (no answer token runs) or its whole answer (default: "
                         "the --adapter's recipe setting, else first_token, chosen on dev)")
     p.add_argument("--batch-size", type=positive_int, default=8)

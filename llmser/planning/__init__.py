@@ -88,23 +88,37 @@ def spec_from_recipe(path: str | Path) -> Any:
     base = PRESETS[presets[branch]]()
     changes: dict[str, Any] = {"name": str(path)}
     if branch == "wavlm":
-        changes["wavlm"] = model.get("encoder", base.wavlm)
+        changes["wavlm"] = _speech_encoder_id(str(model.get("encoder", base.wavlm)), path)
         mode = model.get("encoder_mode", "frozen")
         changes["method"] = {"finetune": "full", "frozen": "frozen", "lora": "lora"}.get(mode, mode)
         for key in ("freeze_feature_extractor", "layer_weighting", "pooling_attention_size", "head_hidden_size"):
             if key in model:
                 changes[key] = model[key]
+        if model.get("window_seconds") is not None:
+            changes["encoder_window_seconds"] = float(model["window_seconds"])
     else:
-        changes["llm"] = _first(model, ("base_model", "llm", "llm_model", "model_name"), base.llm)
+        llm = str(_first(model, ("base_model", "llm", "llm_model", "model_name"), base.llm))
+        changes["llm"] = _preset_id(llm, "llm", path)
         changes["method"] = _llm_method(model, base.method)
         if branch == "audio_llm":
             encoder = model.get("encoder")
-            changes["whisper"] = _first(model, ("whisper", "whisper_encoder", "speech_encoder"),
-                                        encoder if encoder and "wavlm" not in str(encoder).lower() else base.whisper)
-            wavlm = model.get("wavlm", model.get("use_wavlm", base.wavlm))
+            whisper = _first(model, ("whisper", "whisper_encoder", "speech_encoder"),
+                             encoder if encoder and "wavlm" not in str(encoder).lower() else base.whisper)
+            changes["whisper"] = _preset_id(str(whisper), "whisper", path)
+            # llmser's recipes name the optional second encoder second_encoder (default none); wavlm /
+            # use_wavlm are read too, for recipes written for other SALMONN-style code
+            wavlm = _first(model, ("second_encoder", "wavlm", "use_wavlm"), None)
             changes["wavlm"] = WAVLM_LARGE if wavlm is True else (wavlm or None)
+            if changes["wavlm"] == "wavlm-tiny":
+                changes["wavlm"] = "tiny"  # the random test WavLM, as the speech branch names it
+            if _first(model, ("qformer_hidden_size", "qformer_hidden"), None) is None:
+                from llmser.planning.full_configs import resolve_config
+
+                changes["qformer_hidden_size"] = resolve_config(changes["whisper"]).d_model  # the branch's default
+            if model.get("max_audio_seconds") is not None:  # below 30 s the branch crops Whisper's window too
+                changes["encoder_window_seconds"] = float(model["max_audio_seconds"])
             for key, names in (("qformer_layers", ("qformer_layers", "qformer_num_layers")),
-                               ("qformer_hidden_size", ("qformer_hidden_size",)),
+                               ("qformer_hidden_size", ("qformer_hidden_size", "qformer_hidden")),
                                ("window_seconds", ("window_seconds", "second_per_window")),
                                ("queries_per_window", ("queries_per_window", "num_query_tokens")),
                                ("trim_audio_padding", ("trim_audio_padding",))):
@@ -132,6 +146,28 @@ def spec_from_recipe(path: str | Path) -> Any:
     if gc is not None:
         changes["gradient_checkpointing"] = bool(gc)
     return dataclasses.replace(base, **changes)
+
+
+def _preset_id(name: str, kind: str, path: Path) -> str:
+    """The Hub id an llmser preset name stands for (``smol`` is SmolLM2 as an LLM, Whisper tiny.en as an
+    encoder), so recipes written for training plan as they are; other names are returned unchanged."""
+    from llmser.models.llm.identity import LLM_PRESETS
+    from llmser.models.whisper.loading import WHISPER_PRESETS
+
+    hub_id = (LLM_PRESETS if kind == "llm" else WHISPER_PRESETS).get(name, name)
+    if hub_id == "tiny":
+        raise ConfigError(f"{path}: {kind} 'tiny' is a random test model; the planner sizes real ones - name a "
+                          f"preset (smol, {'llama3-8b' if kind == 'llm' else 'large-v3'}) or a Hub id in model.{kind}")
+    return hub_id
+
+
+def _speech_encoder_id(name: str, path: Path) -> str:
+    """The speech branch's encoder as the planner resolves it: its Whisper presets by Hub id."""
+    from llmser.models.wavlm.config import WHISPER_ENCODER_PRESETS
+
+    if name in WHISPER_ENCODER_PRESETS:
+        return _preset_id(WHISPER_ENCODER_PRESETS[name], "whisper", path)
+    return name
 
 
 def _first(section: dict[str, Any], keys: tuple[str, ...], default: Any) -> Any:
@@ -206,8 +242,9 @@ def format_plan(plan: Any) -> str:
     mark = {m: METHODS[m].label + ("*" if m == spec.method else "") for m in methods}
     lines = [f"== {spec.name}: {spec.branch} branch (* = the recipe's method)"]
     lines.append(f"   per process: {_workload_line(plan)}")
-    lines.append(f"   LoRA: r={spec.lora_r}, alpha={spec.lora_alpha}, targets={_targets(spec.lora_target_modules)}; "
-                 f"{plan.parallel.describe()}")
+    lora = ("no LoRA (frozen encoder)" if spec.whisper_speech_encoder else
+            f"LoRA: r={spec.lora_r}, alpha={spec.lora_alpha}, targets={_targets(spec.lora_target_modules)}")
+    lines.append(f"   {lora}; {plan.parallel.describe()}")
     roles = {"body": "", "frozen": " (frozen)", "trained": " (always trained)"}
     names = [c.name + roles[c.role] for c in plan.components]
     name_width = max(len("component"), *(len(n) for n in names)) + 2
@@ -242,9 +279,12 @@ def _workload_line(plan: Any) -> str:
     w, spec = plan.workload, plan.spec
     if spec.branch == "text_llm":
         return f"batch {spec.batch_size} x {spec.seq_len} text tokens, bf16"
+    if spec.branch == "wavlm" and spec.whisper_speech_encoder:
+        return (f"batch {spec.batch_size} x {spec.audio_seconds:g} s of audio (padded to Whisper's "
+                f"{w['encoder_window_seconds']:g}-s window) = {w['encoder_frames']} encoder frames, bf16")
     if spec.branch == "wavlm":
         return f"batch {spec.batch_size} x {spec.audio_seconds:g} s of audio = {w['encoder_frames']} WavLM frames, bf16"
-    padded = "" if spec.trim_audio_padding else f" (padded to {w['whisper_chunks'] * 30} s)"
+    padded = "" if spec.trim_audio_padding else f" (padded to {w['whisper_chunks'] * w['chunk_seconds']:g} s)"
     return (f"batch {spec.batch_size} x {spec.audio_seconds:g} s of audio{padded} -> {w['encoder_frames']} encoder "
             f"frames -> {w['windows']} windows of {w['frames_per_window']} frames -> {w['speech_tokens']} speech "
             f"tokens + {w['text_tokens']} text tokens = {w['llm_tokens']} LLM tokens, bf16")

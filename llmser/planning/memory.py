@@ -605,6 +605,7 @@ class PlanSpec:
     queries_per_window: int = 1
     trim_audio_padding: bool = False  # False: windows cover Whisper's whole 30-s padded input (SALMONN)
     freeze_feature_extractor: bool = True  # wavlm full fine-tuning keeps the CNN front end frozen
+    encoder_window_seconds: float | None = None  # Whisper's input window when cropped below 30 s (None: 30 s)
     layer_weighting: bool = True
     pooling_attention_size: int = 128
     head_hidden_size: int = 256
@@ -622,6 +623,9 @@ class PlanSpec:
         elif self.branch == "wavlm" and self.method in ("qlora", "lora-8bit"):
             issues.append("the WavLM branch cannot be quantised: WavLM's attention reads its projection "
                           "weights directly; use encoder_mode finetune, lora or frozen")
+        elif self.whisper_speech_encoder and self.method != "frozen":
+            issues.append("a Whisper encoder in the speech branch is used frozen (its features are cached); "
+                          "use encoder_mode: frozen")
         needs = {"text_llm": ("llm",), "audio_llm": ("llm", "whisper"), "wavlm": ("wavlm",)}.get(self.branch, ())
         issues += [f"branch {self.branch} needs a {key} model" for key in needs if not getattr(self, key)]
         for key in ("batch_size", "lora_r", "qformer_layers", "queries_per_window"):
@@ -633,7 +637,16 @@ class PlanSpec:
             raise ConfigError(f"plan {self.name!r}: " + "; ".join(issues))
 
     @property
+    def whisper_speech_encoder(self) -> bool:
+        """The speech branch on a Whisper encoder (the CPU preset's tiny.en, or large-v3) instead of WavLM."""
+        from llmser.models.wavlm.config import is_whisper_encoder
+
+        return self.branch == "wavlm" and bool(self.wavlm) and is_whisper_encoder(str(self.wavlm))
+
+    @property
     def methods(self) -> list[str]:
+        if self.whisper_speech_encoder:
+            return ["frozen"]
         methods = list(BRANCH_METHODS[self.branch])
         if self.method not in methods:
             methods.append(self.method)
@@ -812,9 +825,12 @@ def _audio_llm_branch(spec: PlanSpec, assumptions: Assumptions):
                                          "nn.Linear", proj))
     components.append(body)
 
-    # seconds of audio -> Whisper frames (50/s, every input padded to 30 s) -> windows -> speech tokens
+    # seconds of audio -> Whisper frames (50/s, every input padded to 30 s, or to a cropped window) -> windows
     chunk_s = whisper_chunk_seconds(whisper_cfg)
     frames_per_chunk = whisper_frames_per_chunk(whisper_cfg)
+    if spec.encoder_window_seconds is not None and spec.encoder_window_seconds < chunk_s:
+        frames_per_chunk = int(round(frames_per_chunk * spec.encoder_window_seconds / chunk_s))
+        chunk_s = spec.encoder_window_seconds
     chunks = max(1, ceil_div(spec.audio_seconds, chunk_s))
     kernel = max(1, round(frames_per_chunk * spec.window_seconds / chunk_s))
     if spec.trim_audio_padding:
@@ -826,6 +842,7 @@ def _audio_llm_branch(spec: PlanSpec, assumptions: Assumptions):
     llm_tokens = speech_tokens + spec.seq_len
     frames = chunks * frames_per_chunk
     workload = {"batch_size": spec.batch_size, "audio_seconds": spec.audio_seconds, "whisper_chunks": chunks,
+                "chunk_seconds": chunk_s,
                 "encoder_frames": frames, "frames_per_window": kernel, "windows": windows,
                 "speech_tokens": speech_tokens, "text_tokens": spec.seq_len, "llm_tokens": llm_tokens}
 
@@ -842,11 +859,50 @@ def _audio_llm_branch(spec: PlanSpec, assumptions: Assumptions):
     return components, activations, workload, unit
 
 
-def _wavlm_branch(spec: PlanSpec, assumptions: Assumptions):
+def _speech_heads_component(spec: PlanSpec, hidden: int, layers: int) -> Component:
+    """The speech branch's trained part: layer weights, attentive statistics pooling, heads."""
+    import torch
+
     from llmser.models.layers import AttentiveStatisticsPooling, EmotionHeads, LayerWeightedSum
+
+    with torch.device("meta"):
+        heads = [LayerWeightedSum(layers + 1)] if spec.layer_weighting else []
+        pooling = AttentiveStatisticsPooling(hidden, spec.pooling_attention_size)
+        heads += [pooling, EmotionHeads(pooling.output_size, spec.head_hidden_size)]
+    return _trained_component("layer weights + pooling + heads", "llmser.models.layers",
+                              sum(p.numel() for m in heads for p in m.parameters()))
+
+
+def _whisper_speech_branch(spec: PlanSpec, config: Any):
+    """The speech branch on a frozen Whisper encoder: it runs once per file without autograd (features
+    cached), over its padded input window; the layer weights, pooling and heads train on its hidden states."""
+    from llmser.models.whisper.loading import FRAMES_PER_SECOND
+
+    encoder = build_meta("whisper_encoder", config)
+    components = [_frozen_component(f"Whisper encoder ({_short(spec.wavlm)})", spec.wavlm, encoder),
+                  _speech_heads_component(spec, config.d_model, config.encoder_layers)]
+    window = spec.encoder_window_seconds or 30.0
+    frames = int(round(window * FRAMES_PER_SECOND))
+    workload = {"batch_size": spec.batch_size, "audio_seconds": spec.audio_seconds, "encoder_window_seconds": window,
+                "encoder_frames": frames}
+    unit = {"frozen": sum(p.numel() for p in encoder.layers[0].parameters()) * BF16}
+
+    def activations(method: str, gc: bool) -> dict[str, float]:
+        n = spec.batch_size * frames
+        hidden_states = (config.encoder_layers + 1) * BF16 * config.d_model * n  # all layers, for the weighting
+        stack = hidden_states if spec.layer_weighting else 0
+        return {"encoder hidden states": hidden_states,
+                "layer weighting + pooling": stack + n * (3 * BF16 * config.d_model + 2 * BF16 * spec.pooling_attention_size)}
+
+    return components, activations, workload, unit
+
+
+def _wavlm_branch(spec: PlanSpec, assumptions: Assumptions):
     from llmser.planning.full_configs import resolve_config
 
     config = resolve_config(spec.wavlm)
+    if spec.whisper_speech_encoder:
+        return _whisper_speech_branch(spec, config)
     counts: dict[str, ParamCount] = {}
     lora_inputs: dict[str, list[int]] = {}
     unit: dict[str, float] = {}
@@ -863,16 +919,8 @@ def _wavlm_branch(spec: PlanSpec, assumptions: Assumptions):
         counts[name] = count_parameters(model)
         unit[name] = sum(p.numel() for p in decoder_layers(model)[0].parameters()) * BF16
     components = [Component(f"WavLM encoder ({_short(spec.wavlm)})", spec.wavlm, "body", counts)]
-
-    import torch
-
     hidden, layers = config.hidden_size, config.num_hidden_layers
-    with torch.device("meta"):
-        heads = [LayerWeightedSum(layers + 1)] if spec.layer_weighting else []
-        pooling = AttentiveStatisticsPooling(hidden, spec.pooling_attention_size)
-        heads += [pooling, EmotionHeads(pooling.output_size, spec.head_hidden_size)]
-    components.append(_trained_component("layer weights + pooling + heads", "llmser.models.layers",
-                                         sum(p.numel() for m in heads for p in m.parameters())))
+    components.append(_speech_heads_component(spec, hidden, layers))
 
     samples = int(round(spec.audio_seconds * 16000))
     frames = conv_frames(samples, list(config.conv_kernel), list(config.conv_stride))[-1]

@@ -26,7 +26,7 @@ import torch
 from llmser.models.llm.prefix_cache import PrefixCache, cache_of
 
 Reduction = Literal["sum", "mean"]
-AnswerScoring = Literal["full", "first_token"]
+AnswerScoring = Literal["whole", "first_token"]
 
 
 def candidate_token_ids(tokenizer: Any, candidates: Sequence[str], end_of_answer: bool = True) -> list[list[int]]:
@@ -50,7 +50,7 @@ def first_tokens(tokenizer: Any, candidates: Sequence[str]) -> list[list[int]]:
     for text, (token,) in zip(candidates, ids):
         if token in seen:
             raise ValueError(f"answers {seen[token]!r} and {text!r} start with the same token ({token}): score "
-                             "whole answers (answer_scoring: full) or reword one of them")
+                             "whole answers (answer_scoring: whole) or reword one of them")
         seen[token] = text
     return ids
 
@@ -212,16 +212,16 @@ def score_naive(model: Any, tokenizer: Any, prompts: Sequence[str], candidates: 
 class LabelScorer:
     """Scores fixed answer sets after rendered prompts, in batches, with the prefix cache.
 
-    ``answer_scoring="full"`` sums the log-probabilities of every token of an answer, end of turn
+    ``answer_scoring="whole"`` sums the log-probabilities of every token of an answer, end of turn
     included; ``"first_token"`` reads only each answer's first token from the prompt's last position,
     so no answer token runs through the model (with SmolLM2's 2-5-token answers, a (file, variant) row
     shrinks from ~41 tokens to the ~16 after the instruction).
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 8, reduction: Reduction = "sum",
-                 end_of_answer: bool = True, answer_scoring: AnswerScoring = "full"):
-        if answer_scoring not in ("full", "first_token"):
-            raise ValueError(f"answer_scoring must be 'full' or 'first_token', not {answer_scoring!r}")
+                 end_of_answer: bool = True, answer_scoring: AnswerScoring = "whole"):
+        if answer_scoring not in ("whole", "first_token"):
+            raise ValueError(f"answer_scoring must be 'whole' or 'first_token', not {answer_scoring!r}")
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size

@@ -29,7 +29,7 @@ class TextLLMBranchConfig(LLMConfig):
     max_transcript_tokens: int = field(default=128, metadata={"help": "longer transcripts are cut (the prompt itself is never cut)", "min": 1})
     cache_lower_layers: bool = field(default=True, metadata={"help": "head mode with lora_top_layers: cache the states entering the first tuned layer once per (file, prompt variant) and train the top layers on them"})
     calibrate: bool = field(default=False, metadata={"help": "sft: contextual calibration of each variant's votes (llmser.inference.prompting)"})
-    answer_scoring: Literal["first_token", "full"] = field(default="first_token", metadata={"help": "sft: score each label's first token (no answer token runs) or its whole answer (LabelScorer)"})
+    answer_scoring: Literal["first_token", "whole"] = field(default="first_token", metadata={"help": "sft: score each label's first token (no answer token runs) or its whole answer (LabelScorer)"})
     head_hidden_size: int = field(default=256, metadata={"help": "hidden size of the heads", "min": 1})
     head_standardize: bool = field(default=True, metadata={"help": "per-feature running standardisation of the LLM state (see FeatureStandardizer)"})
     dropout: float = field(default=0.1, metadata={"help": "dropout of the heads", "min": 0, "lt": 1})
