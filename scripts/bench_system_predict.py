@@ -124,7 +124,9 @@ def timed_predictor_class():
     from llmser.inference.predictor import Predictor
 
     class TimedPredictor(Predictor):
-        member_seconds: dict[str, float] = {}
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.member_seconds: dict[str, float] = {}
 
         def _forward(self, member, batch):
             start = time.perf_counter()

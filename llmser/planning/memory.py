@@ -567,6 +567,15 @@ def whisper_chunk_seconds(config: Any) -> float:
     return config.max_source_positions * 2 * 0.01
 
 
+def whisper_window(config: Any, window_seconds: float | None = None) -> tuple[float, int]:
+    """(seconds, encoder frames) of one Whisper input: its 30-s padded window, or the shorter window it is
+    cropped to (``window_seconds``, as llmser's branches do with max_audio_seconds / window_seconds)."""
+    seconds, frames = whisper_chunk_seconds(config), whisper_frames_per_chunk(config)
+    if window_seconds is not None and window_seconds < seconds:
+        return window_seconds, int(round(frames * window_seconds / seconds))
+    return seconds, frames
+
+
 def ceil_div(a: float, b: float) -> int:
     return int(math.ceil(a / b - 1e-9))
 
@@ -826,11 +835,7 @@ def _audio_llm_branch(spec: PlanSpec, assumptions: Assumptions):
     components.append(body)
 
     # seconds of audio -> Whisper frames (50/s, every input padded to 30 s, or to a cropped window) -> windows
-    chunk_s = whisper_chunk_seconds(whisper_cfg)
-    frames_per_chunk = whisper_frames_per_chunk(whisper_cfg)
-    if spec.encoder_window_seconds is not None and spec.encoder_window_seconds < chunk_s:
-        frames_per_chunk = int(round(frames_per_chunk * spec.encoder_window_seconds / chunk_s))
-        chunk_s = spec.encoder_window_seconds
+    chunk_s, frames_per_chunk = whisper_window(whisper_cfg, spec.encoder_window_seconds)
     chunks = max(1, ceil_div(spec.audio_seconds, chunk_s))
     kernel = max(1, round(frames_per_chunk * spec.window_seconds / chunk_s))
     if spec.trim_audio_padding:
@@ -873,16 +878,20 @@ def _speech_heads_component(spec: PlanSpec, hidden: int, layers: int) -> Compone
                               sum(p.numel() for m in heads for p in m.parameters()))
 
 
+def _speech_heads_bytes(spec: PlanSpec, hidden: int, n: int, hidden_states: float) -> float:
+    """Activations of the layer weighting and pooling over ``n`` frames: the stacked copy of the encoder's
+    hidden states the weighted sum keeps, and attentive pooling's tensors."""
+    stack = hidden_states if spec.layer_weighting else 0
+    return stack + n * (3 * BF16 * hidden + 2 * BF16 * spec.pooling_attention_size)
+
+
 def _whisper_speech_branch(spec: PlanSpec, config: Any):
     """The speech branch on a frozen Whisper encoder: it runs once per file without autograd (features
     cached), over its padded input window; the layer weights, pooling and heads train on its hidden states."""
-    from llmser.models.whisper.loading import FRAMES_PER_SECOND
-
     encoder = build_meta("whisper_encoder", config)
     components = [_frozen_component(f"Whisper encoder ({_short(spec.wavlm)})", spec.wavlm, encoder),
                   _speech_heads_component(spec, config.d_model, config.encoder_layers)]
-    window = spec.encoder_window_seconds or 30.0
-    frames = int(round(window * FRAMES_PER_SECOND))
+    window, frames = whisper_window(config, spec.encoder_window_seconds)
     workload = {"batch_size": spec.batch_size, "audio_seconds": spec.audio_seconds, "encoder_window_seconds": window,
                 "encoder_frames": frames}
     unit = {"frozen": sum(p.numel() for p in encoder.layers[0].parameters()) * BF16}
@@ -890,9 +899,8 @@ def _whisper_speech_branch(spec: PlanSpec, config: Any):
     def activations(method: str, gc: bool) -> dict[str, float]:
         n = spec.batch_size * frames
         hidden_states = (config.encoder_layers + 1) * BF16 * config.d_model * n  # all layers, for the weighting
-        stack = hidden_states if spec.layer_weighting else 0
         return {"encoder hidden states": hidden_states,
-                "layer weighting + pooling": stack + n * (3 * BF16 * config.d_model + 2 * BF16 * spec.pooling_attention_size)}
+                "layer weighting + pooling": _speech_heads_bytes(spec, config.d_model, n, hidden_states)}
 
     return components, activations, workload, unit
 
@@ -946,9 +954,7 @@ def _wavlm_branch(spec: PlanSpec, assumptions: Assumptions):
                 parts["CNN front end"] = conv_extractor_bytes(config, samples) * b
         else:
             parts["encoder hidden states"] = hidden_states  # frozen: run without autograd, outputs kept
-        # the stacked copy the weighted sum keeps, and attentive pooling's tensors
-        stack = hidden_states if spec.layer_weighting else 0
-        parts["layer weighting + pooling"] = stack + n * (3 * BF16 * hidden + 2 * BF16 * spec.pooling_attention_size)
+        parts["layer weighting + pooling"] = _speech_heads_bytes(spec, hidden, n, hidden_states)
         return parts
 
     return components, activations, workload, unit
