@@ -255,7 +255,7 @@ stacking: {folds: 1, n_estimator: 5}
 def test_run_ensemble_from_csvs_and_branch_outputs(data, tmp_path):
     import torch
 
-    from llmser.models.fusion.data import save_branch_outputs
+    from llmser.data.branch_outputs import save_branch_outputs
 
     (dev, dev_refs), (test, _) = data
     for split, members in (("dev", dev), ("test", test)):
@@ -291,7 +291,7 @@ stacking: {{n_estimators: 10, attributes: mean}}
 def test_stacking_is_refused_in_sample(data, tmp_path):
     import torch
 
-    from llmser.models.fusion.data import save_branch_outputs
+    from llmser.data.branch_outputs import save_branch_outputs
 
     with pytest.raises(ValueError, match="both 'Development': stacking would be scored on the examples it learned from"):
         EnsembleSpec.from_dict({"members": {"a": "a_{split}.csv", "b": "b_{split}.csv"}, "fit_split": "dev",

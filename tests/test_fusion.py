@@ -10,16 +10,9 @@ import pytest
 import torch
 
 from llmser.config import ConfigError
-from llmser.models.fusion import (
-    FusionBranchConfig,
-    FusionEmotionModel,
-    collate_fusion,
-    collect_branch_outputs,
-    load_branch_outputs,
-    save_branch_outputs,
-    wavlm_sequence,
-)
-from llmser.models.fusion.data import pool_frames
+from llmser.data.branch_outputs import load_branch_outputs, pool_frames, save_branch_outputs
+from llmser.inference.collect import collect_branch_outputs, wavlm_sequence
+from llmser.models.fusion import FusionBranchConfig, FusionEmotionModel, collate_fusion
 from llmser.schema import CLASS_CODES
 from tests.corpus_factory import write_corpus
 
@@ -325,7 +318,7 @@ def test_collect_run_outputs_from_a_trained_branch_folder(tmp_path):
     from llmser.config import save_config
     from llmser.data.examples import AudioExampleDataset, collate_waveforms
     from llmser.data.msp_podcast import MSPPodcast
-    from llmser.models.fusion.data import collect_run_outputs
+    from llmser.inference.collect import collect_run_outputs
     from llmser.models.registry import load_recipe
     from llmser.models.wavlm import WavLMBranchConfig, WavLMEmotionModel
 

@@ -111,7 +111,8 @@ def test_audio_vote_batch_encodes_once_and_equals_vote_probabilities(monkeypatch
 
 
 def test_text_run_reports_each_variant_and_the_vote_and_collects_the_vote(tmp_path):
-    from llmser.models.fusion.data import collect_run_outputs, load_branch_outputs
+    from llmser.data.branch_outputs import load_branch_outputs
+    from llmser.inference.collect import collect_run_outputs
     from llmser.training.run import run
 
     corpus = _tiny_corpus(tmp_path / "corpus")

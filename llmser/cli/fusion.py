@@ -27,7 +27,7 @@ def add_collect_outputs(sub: argparse._SubParsersAction) -> None:
 
 
 def run_collect_outputs(args: argparse.Namespace) -> int:
-    from llmser.models.fusion.data import collect_run_outputs, wavlm_sequence
+    from llmser.inference.collect import collect_run_outputs, wavlm_sequence
 
     overrides = [f"data.corpus={args.corpus}"] if args.corpus else []
     splits = [s for s in args.splits.split(",") if s and not (args.cross_fit and s.lower() == "train")]

@@ -34,7 +34,7 @@ class MemberSpec:
     """Where one member's predictions come from: prediction CSVs, or cached branch outputs."""
 
     predictions: str | dict[str, str] | None = None  # a path with {split}, or split -> path
-    outputs: str | None = None  # a branch-outputs folder (llmser.models.fusion.data)
+    outputs: str | None = None  # a branch-outputs folder (llmser.data.branch_outputs)
     branch: str | None = None  # the branch folder inside ``outputs``; None = the member's name
     weight: float = 1.0  # its weight in ``average``
 
@@ -174,8 +174,8 @@ def load_member_predictions(spec: EnsembleSpec, split: str, for_fitting: bool = 
     ``for_fitting``: the split a meta-model learns from; a member whose cached outputs on it are in-sample
     (its model trained on those files) is refused, as fusion refuses them.
     """
+    from llmser.data.branch_outputs import load_branch_outputs
     from llmser.evaluation.predictions import Predictions, PredictionsError
-    from llmser.models.fusion.data import load_branch_outputs
 
     loaded: dict[str, Predictions] = {}
     problems = []

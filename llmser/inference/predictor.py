@@ -285,7 +285,8 @@ class Predictor:
         if out.attributes is not None:
             result["attributes"] = out.attributes.float()
         if wants_frames:
-            from llmser.models.fusion.data import pool_frames, wavlm_sequence
+            from llmser.data.branch_outputs import pool_frames
+            from llmser.inference.collect import wavlm_sequence
 
             frames, mask = wavlm_sequence(member.model, batch)
             frames, mask = pool_frames(frames, mask, self.fusion_frame_stride)
@@ -316,7 +317,8 @@ class Predictor:
         return Predictions(names, None, np.mean(list(with_probs.values()), axis=0), attributes, votes)
 
     def _fusion_batch(self, outputs: dict[str, dict[str, Any]]) -> dict[str, torch.Tensor]:
-        from llmser.models.fusion.data import embedding_key, mask_key, pad_sequences, sequence_key
+        from llmser.data.branch_outputs import pad_sequences
+        from llmser.models.fusion.model import embedding_key, mask_key, sequence_key
 
         batch: dict[str, torch.Tensor] = {}
         for stream in self.fusion.config.streams:

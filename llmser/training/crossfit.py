@@ -19,12 +19,8 @@ from pathlib import Path
 
 import torch
 
-from llmser.models.fusion.data import (
-    SequenceFn,
-    collect_run_outputs,
-    load_branch_outputs,
-    save_branch_outputs,
-)
+from llmser.data.branch_outputs import load_branch_outputs, save_branch_outputs
+from llmser.inference.collect import SequenceFn, collect_run_outputs
 from llmser.models.registry import load_recipe
 from llmser.utils.logging import get_logger
 
@@ -68,7 +64,7 @@ def cross_fit_outputs(run_dir: str | Path, outputs_dir: str | Path, folds: int =
 
 def _join(parts: list) -> tuple[list[str], dict[str, torch.Tensor]]:
     """Concatenate fold outputs row-wise (sequences padded to the longest)."""
-    from llmser.models.fusion.data import pad_sequences
+    from llmser.data.branch_outputs import pad_sequences
 
     names = [n for part in parts for n in part.file_names]
     tensors: dict[str, torch.Tensor] = {}

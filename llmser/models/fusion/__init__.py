@@ -1,15 +1,14 @@
 """Fusion adapter: combines the branches' cached outputs (WavLM, text LLM, audio LLM) into one model.
 
+The outputs' store is :mod:`llmser.data.branch_outputs`; the collectors are in :mod:`llmser.inference.collect`.
+
 Names are imported lazily (PEP 562) so that ``llmser --help`` does not import torch.
 """
 
 from importlib import import_module
 
-_EXPORTS = {
-    "FusionBranchConfig": "config", "FusionEmotionModel": "model", "BranchOutputs": "data", "FusionDataset": "data",
-    "collate_fusion": "data", "collect_branch_outputs": "data", "load_branch_outputs": "data",
-    "save_branch_outputs": "data", "wavlm_sequence": "data",
-}
+_EXPORTS = {"FusionBranchConfig": "config", "FusionEmotionModel": "model", "FusionDataset": "data",
+            "collate_fusion": "data"}
 __all__ = sorted(_EXPORTS)
 
 

@@ -12,16 +12,11 @@ from dataclasses import replace
 from typing import Any
 
 from llmser.config import ConfigError
+from llmser.data.branch_outputs import BranchOutputs, load_branch_outputs, missing_files
 from llmser.data.examples import class_counts, class_labels
 from llmser.models.branch import BranchSetup
 from llmser.models.fusion.config import FusionBranchConfig
-from llmser.models.fusion.data import (
-    BranchOutputs,
-    FusionDataset,
-    collate_fusion,
-    load_branch_outputs,
-    missing_files,
-)
+from llmser.models.fusion.data import FusionDataset, collate_fusion
 from llmser.models.fusion.model import FusionEmotionModel
 from llmser.recipe import Recipe
 from llmser.utils.logging import get_logger

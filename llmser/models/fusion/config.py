@@ -1,7 +1,7 @@
 """Config of the fusion adapter: which cached branch outputs it combines, and how.
 
 The adapter never runs a branch itself: it reads the branches' cached outputs (see
-:mod:`llmser.models.fusion.data`), so ``outputs_dir`` names the folder ``collect_branch_outputs``
+:mod:`llmser.data.branch_outputs`), so ``outputs_dir`` names the folder ``collect_branch_outputs``
 wrote. The input sizes (``stream_sizes``, ``sequence_sizes``) are read from that folder when
 training starts and saved beside the weights, so ``FusionEmotionModel.from_pretrained`` can rebuild the
 model without the data.
