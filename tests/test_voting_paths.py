@@ -217,3 +217,49 @@ def test_a_run_without_a_test_split_still_scores_its_shipped_vote_on_dev(tmp_pat
     assert [r["variant"] for r in saved["dev_voting"]][0] == "vote" and len(saved["dev_voting"]) == 6
     assert saved["dev_final"]["macro_f1"] == pytest.approx(saved["dev_voting"][0]["macro_f1"])
     assert result["dev_final"] == saved["dev_final"]
+
+
+# ---------------------------------------------------------------------- the configured rule decides everywhere
+
+
+def _disagreeing_llm_output():
+    """Variants H,S,S,H,S on one file (plurality S) whose mean probabilities favour H: the case where
+    the argmax of the mean and the plurality vote part ways."""
+    from llmser.schema import CODE_TO_INDEX
+
+    h, s = CODE_TO_INDEX["H"], CODE_TO_INDEX["S"]
+    variant_probs = np.full((1, 5, 8), 0.01)
+    for k, (winner, p) in enumerate([(h, 0.9), (s, 0.4), (s, 0.4), (h, 0.9), (s, 0.4)]):
+        variant_probs[0, k, winner] = p
+        variant_probs[0, k, s if winner == h else h] = 0.3
+    names = [f"v{k}" for k in range(5)]
+    result = vote(variant_probs.transpose(1, 0, 2), names, "plurality")
+    assert result.labels.tolist() == [s] and result.probs.argmax(1).tolist() == [h]
+    return {"probs": torch.from_numpy(result.probs).float(), "labels": torch.from_numpy(result.labels),
+            "variant_probs": torch.from_numpy(variant_probs).float(), "variant_names": [names],
+            "embedding": torch.zeros(1, 4)}
+
+
+@pytest.mark.parametrize("method", ["average", "plurality"])
+def test_predictor_ships_the_members_plurality_vote_not_the_argmax_of_its_mean(method):
+    from llmser.inference.predictor import Predictor
+
+    out = _disagreeing_llm_output()
+    predictions = Predictor([], method)._combine(["a.wav"], {"text_llm": out})
+    assert predictions.classes == ["S"] == predictions.extras["vote_text_llm"]
+    # and across members: the LLM member casts S (not H), one member S, one H -> S
+    other = {"probs": torch.eye(8)[[2]].float(), "embedding": torch.zeros(1, 4)}  # H
+    speech_s = {"probs": torch.eye(8)[[1]].float() * 0.6 + 0.05, "embedding": torch.zeros(1, 4)}  # S
+    three = Predictor([], "plurality")._combine(["a.wav"], {"text_llm": out, "speech": speech_s, "other": other})
+    assert three.classes == ["S"]
+
+
+def test_ensemble_plurality_counts_each_members_own_class():
+    from llmser.ensemble.methods import plurality_vote
+    from llmser.evaluation.predictions import Predictions
+
+    out = _disagreeing_llm_output()
+    llm = Predictions(["a.wav"], ["S"], out["probs"].double().numpy(), None, {})  # its vote S, mean argmax H
+    h_member = Predictions.from_probs(["a.wav"], np.eye(8)[[2]] * 0.5 + 0.05)  # H
+    s_member = Predictions.from_probs(["a.wav"], np.eye(8)[[1]] * 0.5 + 0.05)  # S
+    assert plurality_vote({"llm": llm, "h": h_member, "s": s_member}).classes == ["S"]

@@ -114,10 +114,16 @@ def _class_members(members: Mapping[str, Predictions]) -> dict[str, np.ndarray]:
 
 
 def plurality_vote(members: Mapping[str, Predictions]) -> Predictions:
-    """Class by plurality across members, ties by summed probability; attributes averaged."""
+    """Class by plurality across members, ties by summed probability; attributes averaged.
+
+    Each member casts its own class (``EmoClass``): an LLM member's is the vote of its prompt variants under
+    its rule, which need not be the argmax of the probabilities it reports (their mean).
+    """
     names, aligned = align_members(members)
     voters = _class_members(aligned)
-    result = majority_vote(list(voters.values()), list(voters))
+    labels = [[CODE_TO_INDEX[c] for c in aligned[n].classes] if aligned[n].classes is not None else v.argmax(1)
+              for n, v in voters.items()]
+    result = majority_vote(list(voters.values()), list(voters), labels)
     classes = [CLASS_CODES[i] for i in result.labels]
     return Predictions(names, classes, result.probs, mean_attributes(aligned), vote_columns(aligned))
 
@@ -130,7 +136,32 @@ def average(members: Mapping[str, Predictions], weights: Mapping[str, float] | N
     w = _weights(list(voters), {k: v for k, v in (weights or {}).items() if k in voters})
     probs = np.tensordot(w / w.sum(), np.stack(list(voters.values())), axes=1)  # (N, 8)
     attrs = mean_attributes(aligned, weights)
+    if len(voters) == 1:  # nothing to average: the member's own class (an LLM member's prompt vote) stands
+        only = aligned[next(iter(voters))]
+        return Predictions(names, only.classes, probs, attrs, vote_columns(aligned))
     return Predictions.from_probs(names, probs, attributes=attrs, extras=vote_columns(aligned))
+
+
+COMBINE_METHODS = ("member", "plurality", "average", "stacking")
+
+
+def combine(method: str, members: Mapping[str, Predictions], *, weights: Mapping[str, float] | None = None,
+            member: str | None = None, stacker: StackingEnsemble | None = None) -> Predictions:
+    """The members' predictions combined by ``method``: one ``member`` alone, ``plurality``, (weighted)
+    ``average`` or a fitted ``stacker`` (``fusion`` reads embeddings, not predictions: the predictor runs it)."""
+    if method == "member":
+        if member not in members:
+            raise ValueError(f"method 'member' names member {member!r}, which is not one of {sorted(members)}")
+        return members[member]
+    if method == "plurality":
+        return plurality_vote(members)
+    if method == "average":
+        return average(members, weights)
+    if method == "stacking":
+        if stacker is None:
+            raise ValueError("method 'stacking' needs a fitted StackingEnsemble (the system's stacking/ folder)")
+        return stacker.predict(members)
+    raise ValueError(f"unknown method {method!r}; choose one of {', '.join(COMBINE_METHODS)} (or fusion)")
 
 
 # ---------------------------------------------------------------------- stacking

@@ -80,12 +80,16 @@ class Predictor:
     """A loaded system: its members, the optional fusion adapter, and how they combine."""
 
     def __init__(self, members: list[LoadedMember], method: str, fusion: Any = None, fusion_frame_stride: int = 4,
-                 asr: str = "smol", long_audio: Literal["windows", "crop", "error"] = "windows"):
+                 asr: str = "smol", long_audio: Literal["windows", "crop", "error"] = "windows",
+                 combine_settings: dict[str, Any] | None = None):
         if long_audio not in LONG_AUDIO_MODES:
             raise ValueError(f"long_audio must be one of {', '.join(LONG_AUDIO_MODES)}, got {long_audio!r}")
         self.long_audio = long_audio
         self.members = members
         self.method = method
+        # what the method needs besides the members' outputs: ``weights`` (average), ``member`` (one member
+        # alone), ``stacker`` (a fitted StackingEnsemble)
+        self.combine_settings = dict(combine_settings or {})
         self.fusion = fusion
         self.fusion_frame_stride = fusion_frame_stride
         self.asr = asr
@@ -112,7 +116,13 @@ class Predictor:
             else:
                 members.append(LoadedMember(member.name, member.kind, model, recipe, spec))
         method = ensemble.get("method", "fusion" if fusion is not None else "average")
-        return cls(members, method, fusion, int(ensemble.get("fusion_frame_stride", 4)), asr, long_audio)
+        settings: dict[str, Any] = {"weights": ensemble.get("weights"), "member": ensemble.get("member")}
+        if method == "stacking":
+            from llmser.ensemble.methods import StackingEnsemble
+
+            settings["stacker"] = StackingEnsemble.load(folder / ensemble.get("stacking", "stacking"))
+        return cls(members, method, fusion, int(ensemble.get("fusion_frame_stride", 4)), asr, long_audio,
+                   {k: v for k, v in settings.items() if v is not None})
 
     # ------------------------------------------------------------------ transcripts
 
@@ -294,27 +304,24 @@ class Predictor:
         return result
 
     def _combine(self, names: list[str], outputs: dict[str, dict[str, Any]]) -> Predictions:
-        from llmser.models.voting import majority_vote
+        """The system's predictions from its members' outputs, by the manifest's method.
 
-        with_probs = {n: o["probs"].numpy() for n, o in outputs.items() if "probs" in o}
-        votes = {f"vote_{n}": [CLASS_CODES[i] for i in (o["labels"].numpy() if "labels" in o else o["probs"].argmax(1))]
-                 for n, o in outputs.items() if "probs" in o}
-        for n, o in outputs.items():  # each prompt variant's vote of an LLM member
-            for k, variant in enumerate(o.get("variant_names", [[]])[0]):
-                votes[f"vote_{n}_{variant}"] = [CLASS_CODES[i] for i in o["variant_probs"][:, k].argmax(-1).tolist()]
+        A member that votes over prompt variants casts the class its rule chose (``labels``); the methods are
+        the ensemble module's own (``llmser.ensemble.methods.combine``), so ``llmser predict`` and
+        ``llmser ensemble`` decide alike.
+        """
+        from llmser.ensemble.methods import combine
+
+        columns = _vote_columns(outputs)
         if self.method == "fusion":
             out = self.fusion(**self._fusion_batch(outputs))
             probs = torch.softmax(out.class_logits.float(), -1).numpy() if out.class_logits is not None else None
             attrs = out.attributes.float().numpy() if out.attributes is not None else None
-            return Predictions(names, None, probs, attrs, votes)
-        attrs = [o["attributes"].numpy() for o in outputs.values() if "attributes" in o]
-        attributes = np.mean(attrs, axis=0) if attrs else None
-        if not with_probs:
-            return Predictions(names, None, None, attributes, votes)
-        if self.method == "plurality":
-            vote = majority_vote(list(with_probs.values()), list(with_probs))
-            return Predictions(names, [CLASS_CODES[i] for i in vote.labels], vote.probs, attributes, votes)
-        return Predictions(names, None, np.mean(list(with_probs.values()), axis=0), attributes, votes)
+            return Predictions(names, None, probs, attrs, columns)
+        members = {n: _member_predictions(names, o) for n, o in outputs.items()}
+        result = combine(self.method, members, **self.combine_settings)
+        result.extras = columns
+        return result
 
     def _fusion_batch(self, outputs: dict[str, dict[str, Any]]) -> dict[str, torch.Tensor]:
         from llmser.data.branch_outputs import pad_sequences
@@ -351,6 +358,28 @@ class Predictor:
         for name, why in skipped.items():
             logger.warning("skipped %s: %s", name, why)
         return PredictResult(concat_predictions(parts), skipped)
+
+
+def _vote_columns(outputs: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """``vote_<member>`` (the member's class: its prompt vote for an LLM member) and ``vote_<member>_<variant>``."""
+    columns = {f"vote_{n}": [CLASS_CODES[i] for i in (o["labels"].numpy() if "labels" in o else o["probs"].argmax(1))]
+               for n, o in outputs.items() if "probs" in o}
+    for n, o in outputs.items():  # each prompt variant's vote of an LLM member
+        for k, variant in enumerate(o.get("variant_names", [[]])[0]):
+            columns[f"vote_{n}_{variant}"] = [CLASS_CODES[i] for i in o["variant_probs"][:, k].argmax(-1).tolist()]
+    return columns
+
+
+def _member_predictions(names: list[str], output: dict[str, Any]) -> Predictions:
+    """One member's rows as ``Predictions``: its class is its own decision (an LLM member's vote), not the
+    argmax of the mean probabilities it also reports."""
+    probs = output["probs"].numpy().astype(np.float64) if "probs" in output else None
+    attrs = output["attributes"].numpy().astype(np.float64) if "attributes" in output else None
+    classes = None
+    if probs is not None:
+        labels = output["labels"].numpy() if "labels" in output else probs.argmax(1)
+        classes = [CLASS_CODES[int(i)] for i in labels]
+    return Predictions(list(names), classes, probs, attrs, {})
 
 
 def _voted(out: Any) -> dict[str, Any]:

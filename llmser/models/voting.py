@@ -28,13 +28,21 @@ class VoteResult:
         return {f"{prefix}{name}": [codes[i] for i in self.votes[:, k]] for k, name in enumerate(self.voter_names)}
 
 
-def majority_vote(voter_probs: np.ndarray | Sequence[np.ndarray], voter_names: Sequence[str]) -> VoteResult:
-    """Plurality vote over K voters' (N, C) probability arrays, ties broken by summed probability."""
+def majority_vote(voter_probs: np.ndarray | Sequence[np.ndarray], voter_names: Sequence[str],
+                  voter_labels: np.ndarray | Sequence[np.ndarray] | None = None) -> VoteResult:
+    """Plurality vote over K voters' (N, C) probability arrays, ties broken by summed probability.
+
+    Each voter names its argmax class unless ``voter_labels`` (K, N) give its own decision: a member that
+    is itself a vote (an LLM over prompt variants) casts the class its rule chose, not the argmax of its
+    mean probabilities, which can differ.
+    """
     probs = np.asarray(voter_probs, dtype=np.float64)  # (K, N, C)
     if probs.ndim != 3 or probs.shape[0] != len(voter_names):
         raise ValueError(f"expected (K={len(voter_names)}, N, C) probabilities, got shape {probs.shape}")
     num_classes = probs.shape[2]
-    votes = probs.argmax(axis=2).T  # (N, K)
+    votes = probs.argmax(axis=2).T if voter_labels is None else np.asarray(voter_labels, dtype=int).T  # (N, K)
+    if votes.shape != probs.shape[1::-1]:
+        raise ValueError(f"expected (K={probs.shape[0]}, N={probs.shape[1]}) voter labels, got {votes.T.shape}")
     counts = np.stack([np.bincount(row, minlength=num_classes) for row in votes]) if len(votes) else \
         np.zeros((0, num_classes), dtype=int)
     summed = probs.sum(axis=0)  # (N, C)
