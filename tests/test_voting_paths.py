@@ -119,7 +119,7 @@ def test_text_run_reports_each_variant_and_the_vote_and_collects_the_vote(tmp_pa
     out = tmp_path / "run"
     result = run(ROOT / "adapters/text_tiny.yaml", [f"data.corpus={corpus}", f"train.output_dir={out}",
                                                      "train.max_steps=2", "train.eval_every=2", "train.save_every=2",
-                                                     "data.batch_size=4"])
+                                                     "data.batch_size=4", "model.voting.variants=all"])
     table = json.loads((out / "test" / "voting.json").read_text())
     names = ["vote", "text_plain", "text_definitions", "text_shuffled", "text_annotator", "text_short"]
     assert [r["variant"] for r in table["dev"]] == names and [r["variant"] for r in table["test"]] == names
@@ -263,3 +263,72 @@ def test_ensemble_plurality_counts_each_members_own_class():
     h_member = Predictions.from_probs(["a.wav"], np.eye(8)[[2]] * 0.5 + 0.05)  # H
     s_member = Predictions.from_probs(["a.wav"], np.eye(8)[[1]] * 0.5 + 0.05)  # S
     assert plurality_vote({"llm": llm, "h": h_member, "s": s_member}).classes == ["S"]
+
+
+# ---------------------------------------------------------------------- which variants vote, chosen on dev
+
+
+def _dev_votes(correct_by_variant, n=12, seed=0):
+    """Votes of K variants on n files whose true classes are 0..7 cycling; variant k is right on the files
+    ``correct_by_variant[k]`` marks and confidently wrong elsewhere."""
+    from llmser.data.msp_podcast import Utterance
+    from llmser.models.llm.votes import Votes
+    from llmser.schema import CLASS_CODES
+
+    truth = np.arange(n) % 8
+    k = len(correct_by_variant)
+    variant_probs = np.full((n, k, 8), 0.02)
+    for j, right in enumerate(correct_by_variant):
+        for i in range(n):
+            variant_probs[i, j, truth[i] if right[i] else (truth[i] + 1 + j) % 8] = 0.86
+    names = [f"v{j}" for j in range(k)]
+    refs = [Utterance(file_name=f"f{i}.wav", audio_path=Path(f"f{i}.wav"), split="dev", emo_class=CLASS_CODES[t],
+                      arousal=4.0, valence=4.0, dominance=4.0, speaker="s", gender="Female") for i, t in enumerate(truth)]
+    mean = variant_probs.mean(1)
+    return Votes([r.file_name for r in refs], names, variant_probs, mean, mean.argmax(1), None,
+                 np.zeros((n, 2)), "plurality"), refs
+
+
+def test_choose_voting_never_loses_to_the_best_single_variant_and_drops_the_bad_ones():
+    from llmser.models.llm.votes import choose_voting, scores
+
+    good = [True] * 10 + [False] * 2
+    bad = [i % 4 == 0 for i in range(12)]
+    dev, refs = _dev_votes([bad, good, bad, bad, bad])
+    variants, rule, table = choose_voting(dev, refs)
+    best_single = max(r["macro_f1"] for r in scores(dev, refs)[1:])
+    chosen = scores(dev.subset(variants, rule), refs)[0]["macro_f1"]
+    assert chosen >= best_single and variants[0] == "v1"
+    all_five = scores(dev, refs)[0]["macro_f1"]
+    assert all_five < best_single  # the plain vote of all five would lose to v1 alone here
+    assert len(table) == 1 + 2 * 4 and {r["rule"] for r in table} == {"plurality", "mean"}
+    # three good, complementary variants: the vote of several beats each alone and is chosen
+    a = [i % 3 != 0 for i in range(12)]
+    b = [i % 3 != 1 for i in range(12)]
+    c = [i % 3 != 2 for i in range(12)]
+    dev, refs = _dev_votes([a, b, c, bad])
+    variants, rule, _ = choose_voting(dev, refs)
+    assert {"v0", "v1", "v2"} <= set(variants) and rule == "plurality"  # ties go to the wider vote
+    assert scores(dev.subset(variants, rule), refs)[0]["macro_f1"] == 1.0 > max(r["macro_f1"] for r in scores(dev, refs)[1:])
+
+
+def test_auto_voting_is_chosen_on_dev_saved_with_the_weights_and_read_by_collect_outputs(tmp_path):
+    from llmser.data.branch_outputs import load_branch_outputs
+    from llmser.inference.collect import collect_run_outputs
+    from llmser.models.text_llm.config import TextLLMBranchConfig
+    from llmser.training.run import run
+
+    corpus = _tiny_corpus(tmp_path / "corpus")
+    out = tmp_path / "run"
+    result = run(ROOT / "adapters/text_tiny.yaml", [f"data.corpus={corpus}", f"train.output_dir={out}",
+                                                     "train.max_steps=2", "train.eval_every=2", "train.save_every=2",
+                                                     "data.batch_size=4", "model.voting.variants=auto"])
+    choice = result["voting_choice"]
+    saved = TextLLMBranchConfig.load(out / "best").voting
+    assert saved.variants == choice["variants"] and saved.rule == choice["rule"] and saved.variants != "auto"
+    dev_rows = result["test"]["voting"]["dev"]
+    assert len(dev_rows) == 6  # the vote, then every variant, voting or not
+    assert dev_rows[0]["macro_f1"] >= max(r["macro_f1"] for r in dev_rows[1:]) - 1e-9
+    assert result["dev_final"]["macro_f1"] == pytest.approx(dev_rows[0]["macro_f1"])
+    collect_run_outputs(out, tmp_path / "outputs", ("dev",), progress=False)
+    assert load_branch_outputs(tmp_path / "outputs", "text_llm", "dev").variant_names == choice["variants"]

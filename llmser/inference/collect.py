@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from llmser.data.branch_outputs import pad_sequences, pool_frames, save_branch_outputs
-from llmser.models.llm.votes import collect_votes, votes
+from llmser.models.llm.votes import adopt_saved_voting, collect_votes, votes
 
 SequenceFn = Callable[[Any, dict], "tuple[torch.Tensor, torch.Tensor]"]
 
@@ -137,5 +137,6 @@ def _load_best(spec: Any, model: Any, best: Path) -> Any:
     """The trained weights in ``best/`` put into the model ``prepare`` built (as llmser.training.run.predict_test)."""
     if hasattr(model, "load_trained_weights"):  # LLM branches: reload the adapter, not the base
         model.load_trained_weights(best)
+        adopt_saved_voting(model, best)  # the vote chosen on dev (voting.variants: auto), not the recipe's
         return model
     return spec.model_cls.from_pretrained(best)

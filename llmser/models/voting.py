@@ -64,8 +64,10 @@ class VotingConfig:
     same vote the report scores.
     """
 
-    variants: Literal["all"] | list[str] = field(
-        default="all", metadata={"help": "all: every prompt variant of the model votes; or a list of variant names"})
+    variants: Literal["all", "auto"] | list[str] = field(
+        default="auto", metadata={"help": "all: every prompt variant of the model votes; auto: after training, the "
+                                         "variant subset (the k best on dev) and rule that score best on dev, saved "
+                                         "with the weights; or a list of variant names"})
     rule: Literal["plurality", "mean"] = field(
         default="plurality", metadata={"help": "plurality: most variants' argmax wins, ties by summed probability; "
                                                "mean: argmax of the mean probabilities"})
@@ -73,12 +75,19 @@ class VotingConfig:
     def __post_init__(self) -> None:
         if self.rule not in VOTING_RULES:
             raise ValueError(f"voting.rule must be one of {', '.join(VOTING_RULES)}, got {self.rule!r}")
-        if self.variants != "all" and (isinstance(self.variants, str) or not self.variants):
-            raise ValueError(f"voting.variants must be 'all' or a non-empty list of variant names, got {self.variants!r}")
+        if self.variants not in ("all", "auto") and (isinstance(self.variants, str) or not self.variants):
+            raise ValueError(f"voting.variants must be 'all', 'auto' or a non-empty list of variant names, "
+                             f"got {self.variants!r}")
+
+    @property
+    def chosen_on_dev(self) -> bool:
+        """Whether the variants and rule are still to be chosen on dev (``variants: auto``, before training ends)."""
+        return self.variants == "auto"
 
     def select(self, available: Sequence[str]) -> list[str]:
-        """The voting variants among a model's ``available`` ones (in the model's order for ``all``)."""
-        if self.variants == "all":
+        """The voting variants among a model's ``available`` ones (in the model's order for ``all``; every one
+        while ``auto`` is not yet chosen)."""
+        if self.variants in ("all", "auto"):
             return list(available)
         missing = [v for v in self.variants if v not in available]
         if missing:

@@ -68,6 +68,11 @@ def run(recipe_path: str | Path, overrides: list[str] | None = None, resume: str
     if dev_votes:  # what the run ships (calibrated answers, the recipe's vote) on dev: what choices compare
         result["dev_final"] = {k: v for k, v in dev_votes[0].items() if k not in ("variant", "n") and v is not None}
         result["dev_voting"] = dev_votes
+    choice = Path(recipe.train.output_dir) / "best" / VOTING_CHOICE
+    if choice.is_file():
+        import json
+
+        result["voting_choice"] = json.loads(choice.read_text(encoding="utf-8"))
     _finish(accelerator, trainer)
     if accelerator.is_main_process:
         from llmser.utils.io import atomic_write_json
@@ -107,16 +112,16 @@ def _run_sft(recipe: Any, model_config: Any, corpus: Any, resume: str | None) ->
 def score_dev_by_vote(trainer: Any, spec: Any, setup: Any) -> list[dict[str, Any]] | None:
     """Without a test split, an LLM branch's shipped form (best checkpoint, answer priors fitted on dev without
     labels, the recipe's vote) is still scored on dev: one row for the vote, one per variant (main process)."""
-    from llmser.models.llm.votes import collect_votes, scores, votes
+    from llmser.models.llm.votes import report_rows, vote_with_every_variant, votes
 
     if setup.eval_set is None or not votes(trainer.accelerator.unwrap_model(trainer.model), setup.eval_set):
         return None
     model = load_best(trainer, spec, setup)
     if not trainer.is_main:
         return None
-    dev = collect_votes(model, setup.eval_set, setup.collate_fn, batch_size=trainer.recipe.data.eval_batch_size,
-                        desc="voting on dev")
-    return scores(dev, setup.eval_set.utterances)
+    every, dev = vote_with_every_variant(model, setup.eval_set, setup.collate_fn,
+                                         batch_size=trainer.recipe.data.eval_batch_size, desc="voting on dev")
+    return report_rows(every, dev, setup.eval_set.utterances)
 
 
 def load_best(trainer: Any, spec: Any, setup: Any) -> Any:
@@ -135,7 +140,38 @@ def load_best(trainer: Any, spec: Any, setup: Any) -> Any:
         else:
             model.load_state_dict(spec.model_cls.from_pretrained(best_dir).state_dict())
     calibrate_on_dev(trainer, model, setup, best_dir)
+    choose_voting_on_dev(trainer, model, setup, best_dir)
     return model
+
+
+VOTING_CHOICE = "voting_choice.json"
+
+
+def choose_voting_on_dev(trainer: Any, model: Any, setup: Any, best_dir: Path) -> None:
+    """``model.voting.variants: auto``: which prompt variants vote, and by which rule, is chosen on dev once
+    the best checkpoint is known (``llmser.models.llm.votes.choose_voting``: the k best variants, plurality
+    or mean) and saved with the best model, so every consumer of the run votes the same way. The
+    candidates' dev table goes to ``best/voting_choice.json`` and the run's ``metrics.json``."""
+    from llmser.models.llm.votes import adopt_saved_voting, choose_voting, collect_votes, votes
+    from llmser.models.voting import VotingConfig
+    from llmser.utils.io import atomic_write_json
+
+    voting = getattr(model.config, "voting", None)
+    if voting is None or not voting.chosen_on_dev or setup.eval_set is None or not votes(model, setup.eval_set):
+        return
+    if trainer.is_main:
+        dev = collect_votes(model, setup.eval_set, setup.collate_fn, batch_size=trainer.recipe.data.eval_batch_size,
+                            desc="choosing the vote on dev")
+        variants, rule, table = choose_voting(dev, setup.eval_set.utterances)
+        model.config.voting = VotingConfig(variants=variants, rule=rule)
+        logger.info("vote chosen on dev: %s of %s (%d candidates, macro-F1 %s)", rule, ", ".join(variants),
+                    len(table), next((round(r["macro_f1"], 4) for r in table
+                                      if r["variants"] == variants and r["rule"] == rule), None))
+        if best_dir.is_dir():
+            model.save_pretrained(best_dir)
+            atomic_write_json(best_dir / VOTING_CHOICE, {"variants": variants, "rule": rule, "candidates": table})
+    trainer.accelerator.wait_for_everyone()
+    adopt_saved_voting(model, best_dir)
 
 
 def predict_test(trainer: Any, spec: Any, setup: Any) -> dict[str, Any]:
@@ -172,7 +208,13 @@ def predict_test_by_vote(trainer: Any, model: Any, setup: Any) -> dict[str, Any]
     for the vote, on dev and test, with a sentence on whether the vote beat the best variant on dev.
     """
     from llmser.evaluation.report import evaluate
-    from llmser.models.llm.votes import best_single, collect_votes, scores, verdict, voting_markdown
+    from llmser.models.llm.votes import (
+        best_single,
+        report_rows,
+        verdict,
+        vote_with_every_variant,
+        voting_markdown,
+    )
     from llmser.utils.io import atomic_write_json, atomic_write_text
 
     if not trainer.is_main:
@@ -181,16 +223,18 @@ def predict_test_by_vote(trainer: Any, model: Any, setup: Any) -> dict[str, Any]
     batch_size, rule = trainer.recipe.data.eval_batch_size, model.config.voting.rule
     tables = {}
     if setup.eval_set is not None:
-        dev = collect_votes(model, setup.eval_set, setup.collate_fn, batch_size=batch_size, desc="voting on dev")
-        tables["dev"] = scores(dev, setup.eval_set.utterances)
-    test = collect_votes(model, setup.test_set, setup.collate_fn, batch_size=batch_size, desc="voting on test")
-    tables["test"] = scores(test, setup.test_utterances)
-    single = best_single(tables["dev"])["variant"] if "dev" in tables else test.variant_names[0]
+        every_dev, dev = vote_with_every_variant(model, setup.eval_set, setup.collate_fn, batch_size=batch_size,
+                                                 desc="voting on dev")
+        tables["dev"] = report_rows(every_dev, dev, setup.eval_set.utterances)
+    every, test = vote_with_every_variant(model, setup.test_set, setup.collate_fn, batch_size=batch_size,
+                                          desc="voting on test")
+    tables["test"] = report_rows(every, test, setup.test_utterances)
+    single = best_single(tables["dev"])["variant"] if "dev" in tables else every.variant_names[0]
     predictions = test.predictions()
     predictions.write_csv(output_dir / "test_predictions.csv")
     title = f"{trainer.recipe.branch} branch, test split, {rule} vote of {len(test.variant_names)} prompt variants"
     report = evaluate(predictions, setup.test_utterances, output_dir / "test", title=title)
-    evaluate(test.variant_predictions(single), setup.test_utterances, output_dir / "test" / "single",
+    evaluate(every.variant_predictions(single), setup.test_utterances, output_dir / "test" / "single",
              title=f"{trainer.recipe.branch} branch, test split, prompt variant {single} alone (best on dev)",
              plots=False)
     atomic_write_json(output_dir / "test" / "voting.json", {"rule": rule, "single": single, **tables})

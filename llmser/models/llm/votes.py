@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,19 @@ class Votes:
         return Predictions(list(self.file_names), [CLASS_CODES[i] for i in self.labels], self.probs, self.attributes,
                            self.vote_columns())
 
+    def subset(self, names: Sequence[str], rule: str) -> Votes:
+        """The vote of the variants ``names`` alone under ``rule`` (attributes: those variants' mean where each
+        variant has its own), from the probabilities already collected: no model runs."""
+        from llmser.models.voting import vote
+
+        picks = [self.variant_names.index(n) for n in names]
+        probs = self.variant_probs[:, picks]  # (N, k, 8)
+        result = vote(probs.transpose(1, 0, 2), list(names), rule)
+        per_variant = None if self.variant_attributes is None else self.variant_attributes[:, picks]
+        attributes = self.attributes if per_variant is None else per_variant.mean(axis=1)
+        return Votes(list(self.file_names), list(names), probs, result.probs, result.labels, attributes,
+                     self.embedding, rule, per_variant)
+
     def variant_predictions(self, name: str) -> Any:
         """One variant alone as ``Predictions`` (the same attributes: they do not vote)."""
         from llmser.evaluation.predictions import Predictions
@@ -74,6 +88,26 @@ def collect_votes(model: Any, dataset: Any, collate_fn: Callable, *, batch_size:
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate_fn(examples).items()}
         parts.append(model.vote_batch(**batch))
     return join_votes(names, parts, model.config.voting.rule)
+
+
+def vote_with_every_variant(model: Any, dataset: Any, collate_fn: Callable, **kwargs: Any) -> tuple[Votes, Votes]:
+    """The model's configured vote and every prompt variant alone, from one pass: (every variant's votes, the
+    configured vote). Reports keep a row per variant even when only some of them vote."""
+    from llmser.models.voting import VotingConfig
+
+    configured = model.config.voting
+    chosen = model.voting_variants
+    model.config.voting = VotingConfig(variants="all", rule=configured.rule)
+    try:
+        every = collect_votes(model, dataset, collate_fn, **kwargs)
+    finally:
+        model.config.voting = configured
+    return every, every.subset(chosen, configured.rule)
+
+
+def report_rows(every: Votes, chosen: Votes, utterances: Sequence) -> list[dict[str, Any]]:
+    """The configured vote's row, then one per prompt variant (every variant, voting or not)."""
+    return scores(chosen, utterances)[:1] + scores(every, utterances)[1:]
 
 
 def join_votes(names: list[str], parts: list[Any], rule: str) -> Votes:
@@ -115,6 +149,36 @@ def scores(votes_: Votes, utterances: Sequence) -> list[dict[str, Any]]:
             row[f"ccc_{attribute}"] = ccc(values[known], attrs[known, a]) if attrs is not None and known.any() else None
         rows.append(row)
     return rows
+
+
+def choose_voting(dev: Votes, utterances: Sequence) -> tuple[list[str], str, list[dict[str, Any]]]:
+    """The voting variants and rule that score best on dev: the k variants best on dev alone (k = 1..K), each
+    under plurality and mean; the best macro-F1 wins, ties going to more variants (a wider vote is steadier).
+
+    The best single variant is a candidate, so the chosen vote never scores below it on dev. Returns the
+    variants, the rule and the candidates' table (macro-F1 and CCCs on dev).
+    """
+    singles = scores(dev, utterances)[1:]
+    if all(r["macro_f1"] is None for r in singles):  # dev has no class labels: nothing to choose on
+        return list(dev.variant_names), dev.rule, []
+    ranked = [r["variant"] for r in sorted(singles, key=lambda r: -r["macro_f1"])]  # stable: model order on ties
+    table = []
+    for k in range(1, len(ranked) + 1):
+        for rule in ("plurality", "mean") if k > 1 else (dev.rule,):
+            row = scores(dev.subset(ranked[:k], rule), utterances)[0]
+            table.append({"variants": ranked[:k], "rule": rule, **{key: v for key, v in row.items() if key != "variant"}})
+    best = max(table, key=lambda r: (r["macro_f1"], len(r["variants"]), r["rule"] == dev.rule))
+    return list(best["variants"]), best["rule"], table
+
+
+def adopt_saved_voting(model: Any, directory: str | Path) -> None:
+    """Put the vote saved with a model's weights (chosen on dev when training ended) in place of the recipe's
+    (``voting.variants: auto`` in a recipe means "whatever dev chose", and only the saved config knows it)."""
+    if not hasattr(getattr(model, "config", None), "voting") or not (Path(directory) / "llmser_config.json").is_file():
+        return
+    saved = type(model.config).load(directory).voting
+    if saved != model.config.voting:
+        model.config.voting = saved
 
 
 def best_single(rows: list[dict[str, Any]]) -> dict[str, Any]:
