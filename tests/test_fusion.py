@@ -125,6 +125,36 @@ def test_only_fusion_parameters_exist_and_all_train(mode):
         assert torch.equal(batch[key], value)
 
 
+def _with_member_outputs(batch, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    b = batch["text_llm_embedding"].shape[0]
+    for s in ("text_llm", "wavlm"):
+        batch[f"{s}_probs"] = torch.softmax(torch.randn(b, 8, generator=g), -1)
+        batch[f"{s}_attributes"] = 1 + 6 * torch.rand(b, 3, generator=g)
+    return batch
+
+
+@pytest.mark.parametrize("mode", ["attention", "concat"])
+def test_residual_fusion_starts_as_the_average_of_its_streams_and_learns_a_correction(mode):
+    torch.manual_seed(0)
+    model = FusionEmotionModel(_config(mode=mode, residual=True))
+    batch = _with_member_outputs(_batch())
+    out = model.eval()(**batch)
+    mean_probs = (batch["text_llm_probs"] + batch["wavlm_probs"]) / 2
+    torch.testing.assert_close(torch.softmax(out.class_logits, -1), mean_probs)
+    torch.testing.assert_close(out.attributes, (batch["text_llm_attributes"] + batch["wavlm_attributes"]) / 2)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    out = model.train()(**batch)
+    loss = torch.nn.functional.cross_entropy(out.class_logits, torch.arange(4)) + (out.attributes - 4).pow(2).mean()
+    loss.backward()
+    optimizer.step()
+    for name in ("stream_class_weights", "stream_attribute_weights", "heads.class_head.4.weight"):
+        assert not torch.equal(dict(model.named_parameters())[name].detach(), before[name]), name
+    with pytest.raises(KeyError, match="wavlm_probs"):
+        model(**{k: v for k, v in batch.items() if k != "wavlm_probs"})
+
+
 @pytest.mark.parametrize("mode", ["attention", "concat"])
 def test_save_load_round_trip_is_identical(mode, tmp_path):
     torch.manual_seed(1)

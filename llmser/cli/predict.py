@@ -25,9 +25,21 @@ def add_build_system(sub: argparse._SubParsersAction) -> None:
                                    "manifest and a model card: what llmser predict and llmser push take.")
     p.add_argument("--member", action="append", required=True, metavar="NAME=RUN_DIR",
                    help="a member and its run folder (repeat); NAME must match the fusion adapter's streams")
-    p.add_argument("--fusion", default=None, help="run folder of a trained fusion adapter")
-    p.add_argument("--method", default=None, choices=("fusion", "average", "plurality"),
-                   help="how members combine (default: fusion when given, else average)")
+    p.add_argument("--fusion", action="append", default=None, metavar="[NAME=]RUN_DIR",
+                   help="run folder of a trained fusion adapter (repeat with --method auto: each is a candidate)")
+    p.add_argument("--method", default=None, choices=("auto", "fusion", "average", "plurality"),
+                   help="how members combine; auto (the default when --outputs is given): every candidate - each "
+                        "member alone, plurality, average, weighted average, stacking, each fusion adapter - is "
+                        "scored on out-of-sample dev predictions and the best is shipped (default without "
+                        "--outputs: fusion when given, else average)")
+    p.add_argument("--outputs", default=None, help="with auto: the members' cached outputs (llmser collect-outputs), "
+                                                    "one folder per member name, holding the dev split")
+    p.add_argument("--corpus", default=None, help="with auto: the corpus whose dev labels score the candidates")
+    p.add_argument("--dev-split", default="dev", help="with auto: the split candidates are chosen on (default dev)")
+    p.add_argument("--folds", type=positive_int, default=5,
+                   help="with auto: speaker-disjoint dev folds for what learns on dev (default 5)")
+    p.add_argument("--select-by", default="combined", choices=("combined", "macro_f1", "ccc_mean"),
+                   help="with auto: the dev score that decides (combined = mean of macro-F1 and mean CCC)")
     p.add_argument("--frame-stride", type=positive_int, default=4, help="the --frame-stride the fusion inputs were collected with")
     p.add_argument("--report", default=None, help="report.json whose scores go into the model card")
     p.add_argument("--out", required=True, help="system folder to write")
@@ -35,6 +47,7 @@ def add_build_system(sub: argparse._SubParsersAction) -> None:
 
 
 def run_build_system(args: argparse.Namespace) -> int:
+    from llmser.config import ConfigError
     from llmser.inference.system import build_system
 
     members = {}
@@ -43,11 +56,44 @@ def run_build_system(args: argparse.Namespace) -> int:
         if not sep or not name or not run:
             raise FileNotFoundError(f"--member {item!r}: write it as NAME=RUN_DIR")
         members[name] = run
-    method = args.method or ("fusion" if args.fusion else "average")
-    out = build_system(args.out, members, fusion=args.fusion, method=method,
+    fusions = _named_runs(args.fusion or [], "--fusion")
+    method = args.method or ("auto" if args.outputs else "fusion" if fusions else "average")
+    if method == "auto":
+        from llmser.inference.system import select_and_build
+
+        if not args.outputs or not args.corpus:
+            raise ConfigError("--method auto needs --outputs DIR (the members' cached dev outputs, llmser "
+                             "collect-outputs) and --corpus DIR (the dev labels)")
+        out, _, chosen = select_and_build(args.out, members, outputs_dir=args.outputs, corpus=args.corpus,
+                                          fusions=fusions, dev_split=args.dev_split, folds=args.folds,
+                                          metric=args.select_by, fusion_frame_stride=args.frame_stride,
+                                          report=args.report)
+        print(f"system written to {out}: {chosen.name} ({chosen.method}), chosen on {args.dev_split} by "
+              f"{args.select_by} = {chosen.scores[args.select_by]:.4f}; the candidates are in its README.md")
+        return 0
+    if len(fusions) > 1:
+        raise ConfigError(f"--method {method} ships one fusion adapter; {len(fusions)} were given (use --method auto "
+                         "to choose between them on dev)")
+    out = build_system(args.out, members, fusion=next(iter(fusions.values()), None), method=method,
                        fusion_frame_stride=args.frame_stride, report=args.report)
     print(f"system written to {out} ({method} of {', '.join(members)})")
     return 0
+
+
+def _named_runs(items: list[str], flag: str) -> dict[str, str]:
+    """``NAME=RUN_DIR`` (or a bare ``RUN_DIR``, named after its folder) -> {name: run}."""
+    from llmser.config import ConfigError
+
+    runs: dict[str, str] = {}
+    for item in items:
+        name, sep, run = item.partition("=")
+        name, run = (name, run) if sep else (Path(item).name, item)
+        if not name or not run:
+            raise FileNotFoundError(f"{flag} {item!r}: write it as NAME=RUN_DIR or RUN_DIR")
+        if name in runs:
+            raise ConfigError(f"{flag}: the name {name!r} is given twice; name them NAME=RUN_DIR")
+        runs[name] = run
+    return runs
 
 
 def add_predict(sub: argparse._SubParsersAction) -> None:
@@ -148,8 +194,8 @@ def _guarded_output(args: argparse.Namespace, out: Path, files: list[Path], writ
 
 
 def _predict_into(args, state, out, files, transcripts) -> int:
-    from llmser.evaluation.predictions import Predictions
-    from llmser.inference.predictor import Predictor, concat_predictions
+    from llmser.evaluation.predictions import Predictions, concat_predictions
+    from llmser.inference.predictor import Predictor
 
     done = Predictions.read_csv(out) if out.is_file() else None
     finished = set(done.file_names) if done is not None else set()
@@ -195,7 +241,7 @@ def _inputs(args: argparse.Namespace) -> tuple[list[Path], dict[str, str]]:
 
 
 def _gather(state, parts):
-    from llmser.inference.predictor import concat_predictions
+    from llmser.evaluation.predictions import concat_predictions
 
     if state.num_processes == 1:
         return concat_predictions(parts)

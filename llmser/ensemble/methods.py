@@ -225,8 +225,10 @@ class StackingEnsemble:
 
     # -------------------------------------------------------------- fit
 
-    def fit(self, members: Mapping[str, Predictions], references: Sequence[Any]) -> StackingEnsemble:
-        """Cross-validate (stratified K-fold; out-of-fold scores in ``self.cv``), then fit on all references."""
+    def fit(self, members: Mapping[str, Predictions], references: Sequence[Any],
+            cross_validate: bool = True) -> StackingEnsemble:
+        """Cross-validate (stratified K-fold; out-of-fold scores in ``self.cv``), then fit on all references.
+        ``cross_validate=False`` skips the report (a caller that scores the model out of fold itself)."""
         names, labels, targets = _reference_targets(references)
         _, aligned = align_members(members, names)
         self.members = list(_class_members(aligned))
@@ -239,7 +241,7 @@ class StackingEnsemble:
         x_attr = self.attribute_features(aligned) if self.attribute_members else np.zeros((len(names), 0))
         self._inputs = {"x_class": x_class[keep], "y_class": labels[keep],
                         "x_attr": x_attr[has_attrs], "y_attr": targets[has_attrs]}
-        self.cv = self._cross_validate(aligned, keep, has_attrs)
+        self.cv = self._cross_validate(aligned, keep, has_attrs) if cross_validate else {}
         self._fit_models()
         return self
 

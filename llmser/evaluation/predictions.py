@@ -282,3 +282,18 @@ def _floats(
 
 
 __all__ = ["ATTR_COLUMNS", "PROB_COLUMNS", "Predictions", "PredictionsError"]
+
+
+def concat_predictions(parts: Sequence[Predictions]) -> Predictions:
+    """Row-wise concatenation of predictions with the same columns (empty parts are dropped)."""
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return Predictions([], None, None, None, {})
+    first = parts[0]
+    return Predictions(
+        [n for p in parts for n in p.file_names],
+        [c for p in parts for c in p.classes] if first.classes is not None else None,
+        np.concatenate([p.probs for p in parts]) if first.probs is not None else None,
+        np.concatenate([p.attributes for p in parts]) if first.attributes is not None else None,
+        {k: [v for p in parts for v in p.extras[k]] for k in first.extras},
+    )

@@ -133,6 +133,7 @@ def _body(manifest: SystemManifest, report: dict[str, Any] | None, repo_id: str,
                              "the MSP-Podcast challenge: eight emotion classes (task 1, macro-F1) and arousal, "
                              "valence and dominance on a 1-7 scale (task 2, CCC)."), ""]
     lines += _members_section(manifest)
+    lines += _selection_section(manifest)
     lines += _voting_section(manifest)
     lines += _usage_section(repo_id)
     lines += _evaluation_section(report, split)
@@ -148,11 +149,25 @@ def _members_section(manifest: SystemManifest) -> list[str]:
                             for role, ref in m.base_models.items()) or "–"
         lines.append(f"| {m.name} | {m.kind} | `{m.subfolder}/` | {bases} | {', '.join(m.prompts) or '–'} |")
     lines.append("")
-    if manifest.ensemble:
-        lines += ["Ensemble:", "", "```json", json.dumps(manifest.ensemble, indent=2), "```", ""]
+    shown = {k: v for k, v in (manifest.ensemble or {}).items() if k != "selection"}  # its own section
+    if shown:
+        lines += ["Ensemble:", "", "```json", json.dumps(shown, indent=2), "```", ""]
     lines += ["LLM members are standard PEFT adapters (`adapter_config.json` + `adapter_model.safetensors`) that "
               "load with `peft.PeftModel.from_pretrained` onto their base model; all weights are safetensors.", ""]
     return lines
+
+
+def _selection_section(manifest: SystemManifest) -> list[str]:
+    """How the shipped method was chosen (``build-system --method auto``): every candidate's out-of-sample dev
+    scores, the same folds for all."""
+    selection = (manifest.ensemble or {}).get("selection") or {}
+    if not selection:
+        return []
+    return ["## How this system was chosen (dev split)", "",
+            f"Every candidate was scored on out-of-sample predictions of the `{selection['split']}` split (members "
+            f"trained on train; what learns from their outputs fitted on {selection['folds']} speaker-disjoint "
+            "folds and scored on the held-out one), and the best one was shipped, fitted on all of dev.", "",
+            selection["markdown"]]
 
 
 def _voting_section(manifest: SystemManifest) -> list[str]:

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from llmser.evaluation.predictions import Predictions
+from llmser.evaluation.predictions import Predictions, concat_predictions
 from llmser.models.llm.votes import votes
 from llmser.schema import CLASS_CODES
 from llmser.utils.logging import get_logger
@@ -325,7 +325,13 @@ class Predictor:
 
     def _fusion_batch(self, outputs: dict[str, dict[str, Any]]) -> dict[str, torch.Tensor]:
         from llmser.data.branch_outputs import pad_sequences
-        from llmser.models.fusion.model import embedding_key, mask_key, sequence_key
+        from llmser.models.fusion.model import (
+            attributes_key,
+            embedding_key,
+            mask_key,
+            probs_key,
+            sequence_key,
+        )
 
         batch: dict[str, torch.Tensor] = {}
         for stream in self.fusion.config.streams:
@@ -333,6 +339,9 @@ class Predictor:
                 raise KeyError(f"the fusion adapter reads stream {stream!r}, which no member of this system "
                                f"produces (members: {', '.join(outputs)})")
             batch[embedding_key(stream)] = outputs[stream]["embedding"]
+            for name, key in (("probs", probs_key), ("attributes", attributes_key)):  # residual fusion averages them
+                if name in outputs[stream]:
+                    batch[key(stream)] = outputs[stream][name]
             if self.fusion.config.sequences and "sequence" in outputs[stream]:
                 batch[sequence_key(stream)], batch[mask_key(stream)] = pad_sequences(outputs[stream]["sequence"])
         return batch
@@ -390,21 +399,6 @@ def _voted(out: Any) -> dict[str, Any]:
     if out.attributes is not None:
         result["attributes"] = out.attributes.float()
     return result
-
-
-def concat_predictions(parts: Sequence[Predictions]) -> Predictions:
-    """Row-wise concatenation of predictions with the same columns (empty parts are dropped)."""
-    parts = [p for p in parts if len(p)]
-    if not parts:
-        return Predictions([], None, None, None, {})
-    first = parts[0]
-    return Predictions(
-        [n for p in parts for n in p.file_names],
-        [c for p in parts for c in p.classes] if first.classes is not None else None,
-        np.concatenate([p.probs for p in parts]) if first.probs is not None else None,
-        np.concatenate([p.attributes for p in parts]) if first.attributes is not None else None,
-        {k: [v for p in parts for v in p.extras[k]] for k in first.extras},
-    )
 
 
 def _concat_outputs(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -18,7 +18,8 @@ from llmser.utils.logging import get_logger
 
 logger = get_logger(__name__)
 
-METHODS = ("fusion", "average", "plurality")
+METHODS = ("fusion", "average", "plurality", "stacking", "member")
+SELECTION_FILE = "selection.json"
 _SKIP = ("*.tmp", "*.partial", "optimizer*", "scheduler*", "rng_state*", "*.bin", "*.pt", "*.pth", "*.pkl")
 
 
@@ -68,18 +69,24 @@ def _voting_entry(best: Path) -> dict[str, Any]:
 
 
 def build_system(out_dir: str | Path, members: dict[str, str | Path], *, fusion: str | Path | None = None,
-                 method: str | None = None, fusion_frame_stride: int = 4, report: str | Path | None = None) -> Path:
+                 method: str | None = None, fusion_frame_stride: int = 4, report: str | Path | None = None,
+                 settings: dict[str, Any] | None = None, stacker: Any = None,
+                 selection: dict[str, Any] | None = None) -> Path:
     """Copy the runs' best models into ``out_dir`` and write ``llmser.json`` and a model card (with the
-    scores of ``report``). ``method`` defaults to fusion when a fusion run is given, else average."""
+    scores of ``report``). ``method`` defaults to fusion when a fusion run is given, else average;
+    ``settings`` are what it needs (``weights`` of average, the ``member`` that stands alone), ``stacker`` a
+    fitted ``StackingEnsemble`` (method stacking), ``selection`` the dev table it was chosen from (``auto``)."""
     from llmser.hub.manifest import SystemManifest
     from llmser.utils.io import replace_dir
     from llmser.utils.weights import check_no_outside_links
 
     method = method or ("fusion" if fusion is not None else "average")
     if method not in METHODS:
-        raise ValueError(f"method {method!r} is not one of {', '.join(METHODS)}")
+        raise ValueError(f"method {method!r} is not one of {', '.join(METHODS)} (or auto, with --outputs)")
     if method == "fusion" and fusion is None:
         raise ValueError("method fusion needs --fusion RUN_DIR (a trained fusion adapter)")
+    if method == "stacking" and stacker is None:
+        raise ValueError("method stacking needs a fitted StackingEnsemble (build-system --method auto fits one on dev)")
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -95,7 +102,15 @@ def build_system(out_dir: str | Path, members: dict[str, str | Path], *, fusion:
         if member.kind in ("text_llm", "audio_llm"):
             voting[name] = _voting_entry(best)
     ensemble = {"method": method, "members": list(members), "fusion_frame_stride": fusion_frame_stride,
-                **({"voting": voting} if voting else {})}
+                **(settings or {}), **({"voting": voting} if voting else {})}
+    if stacker is not None:
+        stacker.save(tmp / "stacking")
+        ensemble["stacking"] = "stacking"
+    if selection:
+        from llmser.utils.io import atomic_write_json
+
+        ensemble["selection"] = selection
+        atomic_write_json(tmp / SELECTION_FILE, {"dev": selection["chosen_scores"], **selection})
     manifest = SystemManifest.create(entries, prompts=prompts, ensemble=ensemble)
     manifest.save(tmp)
     from llmser.hub.card import write_card
@@ -104,3 +119,45 @@ def build_system(out_dir: str | Path, members: dict[str, str | Path], *, fusion:
     replace_dir(tmp, out_dir)
     logger.info("system with members %s (%s) written to %s", ", ".join(members), method, out_dir)
     return out_dir
+
+
+def select_and_build(out_dir: str | Path, members: dict[str, str | Path], *, outputs_dir: str | Path,
+                     corpus: str | Path, fusions: dict[str, str | Path] | None = None, dev_split: str = "dev",
+                     folds: int = 5, metric: str = "combined", seed: int = 0, fusion_frame_stride: int = 4,
+                     report: str | Path | None = None) -> tuple[Path, list[Any], Any]:
+    """``build-system --method auto``: score every candidate on out-of-sample dev predictions (each member alone
+    from its cached dev outputs in ``outputs_dir``, plurality, average, weighted average, stacking, and each
+    fusion run by K-fold training on dev; ``llmser.ensemble.selection``), then build the best one, fitted on
+    all of dev, with only the members it reads. Returns the folder, the candidates and the chosen one."""
+    from llmser.data.branch_outputs import load_branch_outputs
+    from llmser.data.msp_podcast import MSPPodcast, ReaderConfig
+    from llmser.ensemble.selection import choose, score_candidates, selection_markdown, shipped_settings
+    from llmser.models.fusion.config import FusionBranchConfig
+    from llmser.training.crossfit import cross_fit_dev
+
+    reader = MSPPodcast.from_folder(corpus, ReaderConfig(labels_only=True))
+    dev = reader.resolve_split(dev_split)
+    references = reader.utterances(dev, task="all")
+    predictions = {name: load_branch_outputs(outputs_dir, name, dev).predictions() for name in members}
+    fusions = dict(fusions or {})
+    oof = {name: cross_fit_dev(run, folds, split=dev) for name, run in fusions.items()}
+    candidates = score_candidates(predictions, references, fusion=oof, folds=folds, seed=seed, metric=metric)
+    chosen = choose(candidates, metric)
+    logger.info("chosen on dev by %s:\n%s", metric, selection_markdown(candidates, chosen, metric))
+    settings, stacker = shipped_settings(chosen, predictions, references, metric, seed)
+    fusion = None
+    if chosen.method == "member":
+        shipped = {settings["member"]: members[settings["member"]]}
+    elif chosen.method == "fusion":
+        fusion = fusions[settings.pop("fusion")]
+        streams = FusionBranchConfig.load(_best_folder(fusion)).streams
+        shipped = {name: run for name, run in members.items() if name in streams}
+    else:
+        weights = settings.get("weights")
+        shipped = {name: run for name, run in members.items() if weights is None or name in weights}
+    selection = {"metric": metric, "folds": folds, "split": dev, "chosen": chosen.name,
+                 "chosen_scores": chosen.scores, "candidates": [c.row() for c in candidates],
+                 "markdown": selection_markdown(candidates, chosen, metric)}
+    folder = build_system(out_dir, shipped, fusion=fusion, method=chosen.method, settings=settings, stacker=stacker,
+                          fusion_frame_stride=fusion_frame_stride, report=report, selection=selection)
+    return folder, candidates, chosen

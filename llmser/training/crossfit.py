@@ -16,6 +16,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,6 +26,9 @@ from llmser.models.registry import load_recipe
 from llmser.utils.logging import get_logger
 
 logger = get_logger(__name__)
+
+if TYPE_CHECKING:
+    from llmser.evaluation.predictions import Predictions
 
 
 def cross_fit_outputs(run_dir: str | Path, outputs_dir: str | Path, folds: int = 5, *, name: str | None = None,
@@ -76,3 +80,40 @@ def _join(parts: list) -> tuple[list[str], dict[str, torch.Tensor]]:
         elif key != "sequence_mask":
             tensors[key] = torch.cat([part.tensors[key] for part in parts])
     return names, tensors
+
+
+def cross_fit_dev(run_dir: str | Path, folds: int = 5, *, split: str | None = None,
+                  overrides: Sequence[str] = ()) -> Predictions:
+    """Out-of-fold dev predictions of a model that learns on dev (the fusion adapter): for each ``k`` the run's
+    recipe trains on ``dev[^k/K]`` for the run's best step count (no early stopping: the held-out fold is
+    what gets scored) and predicts ``dev[k/K]``. Returns ``Predictions`` for every dev file, so that it can be
+    compared with other candidates on the same files and folds (``llmser.ensemble.selection``). Fold runs
+    live in ``RUN/devcv/fold<k>/`` and are reused when they finished with the same settings."""
+    import json
+
+    from llmser.data.folds import parse_split
+    from llmser.evaluation.predictions import Predictions, concat_predictions
+    from llmser.training.run import run
+
+    run_dir = Path(run_dir)
+    recipe_path = run_dir / "best" / "recipe.yaml"
+    if not recipe_path.is_file():
+        raise FileNotFoundError(f"{recipe_path} is missing; train the adapter first (llmser train ...)")
+    recipe = load_recipe(recipe_path, list(overrides))
+    split = split or parse_split(recipe.data.eval_split or recipe.data.train_split)[0]
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")) if (run_dir / "metrics.json").is_file() else {}
+    steps = int(metrics.get("best_step") or recipe.train.max_steps)
+    parts = []
+    for fold in range(folds):
+        fold_dir = run_dir / "devcv" / f"fold{fold}"
+        settings = [*overrides, f"data.train_split={split}[^{fold}/{folds}]", "data.eval_split=",
+                    f"data.test_split={split}[{fold}/{folds}]", f"train.max_steps={steps}",
+                    f"train.save_every={steps}", f"train.output_dir={fold_dir}", "train.predict_test=true"]
+        stamp = fold_dir / "devcv.json"
+        if not (stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == settings):
+            logger.info("out-of-fold dev predictions of %s: fold %d/%d trains on %s[^%d/%d] for %d steps",
+                        run_dir.name, fold + 1, folds, split, fold, folds, steps)
+            run(recipe_path, settings)
+            stamp.write_text(json.dumps(settings), encoding="utf-8")
+        parts.append(Predictions.read_csv(fold_dir / "test_predictions.csv"))
+    return concat_predictions(parts)

@@ -39,6 +39,10 @@ class FusionBranchConfig:
     heads: int = field(default=4, metadata={"help": "attention heads of the fusion", "min": 1})
     dropout: float = field(default=0.1, metadata={"help": "dropout of the fusion and heads", "min": 0, "lt": 1})
     head_hidden_size: int = field(default=128, metadata={"help": "hidden size of the class and attribute heads", "min": 1})
+    residual: bool = field(default=False, metadata={"help": "start from the streams' weighted average (their cached "
+                                                              "probabilities and attributes, weights learned) and "
+                                                              "learn a correction from the fused states, zero at "
+                                                              "the start: the adapter begins as the average ensemble"})
     class_head: bool = field(default=True, metadata={"help": "predict the 8 classes (task 1)"})
     attribute_head: bool = field(default=True, metadata={"help": "predict arousal, valence, dominance (task 2)"})
     # Filled from the cached outputs at training time (and saved), not written in a recipe by hand.

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from llmser.data.branch_outputs import BranchOutputs, missing_files, pad_sequences
 from llmser.data.examples import example_targets
-from llmser.models.fusion.model import embedding_key, mask_key, sequence_key
+from llmser.models.fusion.model import attributes_key, embedding_key, mask_key, probs_key, sequence_key
 
 
 class FusionDataset(Dataset):
@@ -39,6 +39,9 @@ class FusionDataset(Dataset):
         for stream, out in self.outputs.items():
             row = self.rows[stream][index]
             example[embedding_key(stream)] = out.tensors["embedding"][row]
+            for name, key in (("probs", probs_key), ("attributes", attributes_key)):  # what residual fusion averages
+                if name in out.tensors:
+                    example[key(stream)] = out.tensors[name][row]
             if self.sequences and out.has_sequence:
                 example[sequence_key(stream)] = out.tensors["sequence"][row][out.tensors["sequence_mask"][row]]
         return example
@@ -53,7 +56,7 @@ def collate_fusion(examples: list[dict]) -> dict[str, torch.Tensor]:
         "index": torch.tensor([e["index"] for e in examples], dtype=torch.long),
     }
     for key in examples[0]:
-        if key.endswith("_embedding"):
+        if key.endswith(("_embedding", "_probs", "_attributes")) and key != "attributes":
             batch[key] = torch.stack([e[key].float() for e in examples])
         elif key.endswith("_sequence"):
             stream = key[: -len("_sequence")]

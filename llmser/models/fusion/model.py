@@ -29,6 +29,7 @@ from torch import nn
 
 from llmser.models.fusion.config import FusionBranchConfig
 from llmser.models.layers import EmotionHeads, EmotionOutput
+from llmser.schema import ATTRIBUTE_MAX, ATTRIBUTE_MIN
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -43,6 +44,14 @@ def sequence_key(stream: str) -> str:
 
 def mask_key(stream: str) -> str:
     return f"{stream}_sequence_mask"
+
+
+def probs_key(stream: str) -> str:
+    return f"{stream}_probs"
+
+
+def attributes_key(stream: str) -> str:
+    return f"{stream}_attributes"
 
 
 class StreamEncoder(nn.Module):
@@ -124,6 +133,14 @@ class FusionEmotionModel(nn.Module):
             head_input = config.hidden * len(config.streams)  # fused query + one summary per key stream
         self.heads = EmotionHeads(head_input, config.head_hidden_size, config.dropout,
                                   classes=config.class_head, attributes=config.attribute_head)
+        if config.residual:
+            # softmax(0) = equal weights; zero last layers = no correction yet: step 0 is the average ensemble
+            self.stream_class_weights = nn.Parameter(torch.zeros(len(config.streams)))
+            self.stream_attribute_weights = nn.Parameter(torch.zeros(len(config.streams)))
+            for head in (self.heads.class_head, self.heads.attribute_head):
+                if head is not None:
+                    nn.init.zeros_(head[-1].weight)
+                    nn.init.zeros_(head[-1].bias)
 
     @property
     def key_streams(self) -> list[str]:
@@ -148,14 +165,32 @@ class FusionEmotionModel(nn.Module):
 
     def forward(self, **batch: torch.Tensor) -> EmotionOutput:
         pooled, _ = self.fuse(batch)
-        logits, attributes = self.heads(pooled)
+        if not self.config.residual:
+            logits, attributes = self.heads(pooled)
+            return EmotionOutput(class_logits=logits, attributes=attributes, embedding=pooled)
+        logits = attributes = None
+        if self.heads.class_head is not None:
+            log_probs = torch.stack([batch[probs_key(s)].float().clamp_min(1e-8).log()
+                                     for s in self.config.streams])  # (S, B, 8)
+            weights = torch.log_softmax(self.stream_class_weights, 0).view(-1, 1, 1)
+            logits = torch.logsumexp(log_probs + weights, 0) + self.heads.class_head(pooled)  # log mean + correction
+        if self.heads.attribute_head is not None:
+            stream_attributes = torch.stack([batch[attributes_key(s)].float() for s in self.config.streams])  # (S, B, 3)
+            weights = torch.softmax(self.stream_attribute_weights, 0).view(-1, 1, 1)
+            average = (weights * stream_attributes).sum(0)  # (B, 3)
+            attributes = (average + self.heads.attribute_head(pooled)).clamp(ATTRIBUTE_MIN, ATTRIBUTE_MAX)
         return EmotionOutput(class_logits=logits, attributes=attributes, embedding=pooled)
 
     def _check_inputs(self, batch: dict) -> None:
         missing = [embedding_key(s) for s in self.config.streams if embedding_key(s) not in batch]
+        if self.config.residual:
+            missing += [key(s) for s in self.config.streams for key, wanted in
+                        ((probs_key, self.config.class_head), (attributes_key, self.config.attribute_head))
+                        if wanted and key(s) not in batch]
         if missing:
             raise KeyError(f"the batch has no {missing}; collate cached outputs with "
-                           "llmser.models.fusion.data.collate_fusion")
+                           "llmser.models.fusion.data.collate_fusion (residual fusion reads each stream's cached "
+                           "probs and attributes: re-collect outputs from branches with both heads)")
 
     # ------------------------------------------------------------------ save / load
 
