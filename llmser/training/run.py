@@ -115,6 +115,7 @@ def score_dev_by_vote(trainer: Any, spec: Any, setup: Any) -> list[dict[str, Any
     if not trainer.is_main:
         return None
     dev = collect_votes(model, setup.eval_set, setup.collate_fn, batch_size=trainer.recipe.data.eval_batch_size,
+                        max_tokens=trainer.recipe.data.eval_max_tokens,
                         desc="voting on dev")
     return scores(dev, setup.eval_set.utterances)
 
@@ -181,9 +182,11 @@ def predict_test_by_vote(trainer: Any, model: Any, setup: Any) -> dict[str, Any]
     batch_size, rule = trainer.recipe.data.eval_batch_size, model.config.voting.rule
     tables = {}
     if setup.eval_set is not None:
-        dev = collect_votes(model, setup.eval_set, setup.collate_fn, batch_size=batch_size, desc="voting on dev")
+        dev = collect_votes(model, setup.eval_set, setup.collate_fn, batch_size=batch_size, desc="voting on dev",
+                            max_tokens=trainer.recipe.data.eval_max_tokens)
         tables["dev"] = scores(dev, setup.eval_set.utterances)
-    test = collect_votes(model, setup.test_set, setup.collate_fn, batch_size=batch_size, desc="voting on test")
+    test = collect_votes(model, setup.test_set, setup.collate_fn, batch_size=batch_size, desc="voting on test",
+                         max_tokens=trainer.recipe.data.eval_max_tokens)
     tables["test"] = scores(test, setup.test_utterances)
     single = best_single(tables["dev"])["variant"] if "dev" in tables else test.variant_names[0]
     predictions = test.predictions()
