@@ -622,6 +622,13 @@ class PlanSpec:
     seq_len: int = 512  # text tokens per example (prompt + answer)
     audio_seconds: float = 15.0  # per example
     gradient_checkpointing: bool | None = None  # None: estimate both
+    # Phases other than the training step (LLM branches): evaluation and prompt voting / label scoring
+    llm_mode: Literal["head", "sft"] = "head"  # head: heads read the last hidden state (no logits); sft: LM loss
+    eval_batch_size: int = 16  # data.eval_batch_size: files per evaluation / voting forward
+    eval_max_tokens: int | None = None  # data.eval_max_tokens: rows x padded tokens of one such forward
+    vote_variants: int = 5  # prompt variants that vote (K rows per file)
+    prefix_tokens: int = 0  # the instruction before the transcript, cached once per variant when voting
+    answer_tokens: int = 0  # packed answer tokens read per row when scoring labels (0: first-token scoring)
 
     def __post_init__(self) -> None:
         issues = []
@@ -681,6 +688,14 @@ class Plan:
     columns: list[tuple[str, bool]]  # (method, gradient checkpointing)
     estimates: dict[tuple[str, bool], MemoryEstimate]
     workload: dict[str, Any]  # derived sizes: speech tokens, frames, LLM tokens...
+    phases: dict[tuple[str, bool], dict[str, float]] = field(default_factory=dict)  # (method, gc) -> phase -> bytes
+
+    def peak_phase(self, method: str, gradient_checkpointing: bool) -> tuple[str, float]:
+        """The phase with the most memory and its bytes (the training step when no other is modelled)."""
+        phases = self.phases.get((method, gradient_checkpointing)) or {
+            "train step": self.estimate(method, gradient_checkpointing).total}
+        name = max(phases, key=phases.get)
+        return name, phases[name]
 
     def estimate(self, method: str, gradient_checkpointing: bool) -> MemoryEstimate:
         return self.estimates[(method, gradient_checkpointing)]
@@ -733,7 +748,13 @@ def build_plan(spec: PlanSpec, parallel: Parallelism | None = None,
         estimate.detail.update({f"activations: {k}": v for k, v in detail.items()})
         estimate.overhead = assumptions.overhead_gib * GIB
         estimates[(method, gc)] = estimate
-    return Plan(spec, parallel, assumptions, components, columns, estimates, workload)
+    plan = Plan(spec, parallel, assumptions, components, columns, estimates, workload)
+    if spec.branch in ("text_llm", "audio_llm"):
+        from llmser.planning.phases import llm_phases
+
+        for method, gc in columns:
+            plan.phases[(method, gc)] = llm_phases(plan, method, gc)
+    return plan
 
 
 # -- branch builders: (components, activations(method, gc) -> {part: bytes}, workload, gathered unit bytes)
@@ -780,6 +801,14 @@ def _llm_activations(spec: PlanSpec, config: Any, lora_inputs: dict[str, list[in
         layers = (dims.layers * residual * dims.hidden + per_layer) * n
     else:
         layers = dims.layers * per_layer * n
+    if spec.branch == "text_llm" and spec.llm_mode == "head":
+        # The heads read the last hidden state: no LM head runs. The final norm keeps its fp32 input, and
+        # the backward of the top layer works on the gradient of the residual stream and of the MLP.
+        from llmser.planning.phases import backward_working_bytes
+
+        residual = FP32 if fp32_residual else BF16
+        outside = (FP32 * dims.hidden + FP32 + backward_working_bytes(dims, residual, lora_inputs[method])) * n
+        return {"LLM layers": layers, "LLM final norm + backward working set": outside}
     outside = llama_outside_bytes(dims, base_trainable=m.train_base) * n
     return {"LLM layers": layers, "LLM logits + loss": outside}
 
