@@ -29,6 +29,7 @@ class DataConfig:
     max_seconds: float = field(default=6.0, metadata={"help": "longer clips are cropped; keeps memory bounded", "gt": 0})
     batch_size: int = field(default=8, metadata={"help": "per process; the global batch is batch_size x processes", "min": 1})
     eval_batch_size: int = field(default=16, metadata={"help": "examples per process when scoring", "min": 1})
+    eval_max_tokens: int | None = field(default=None, metadata={"help": "token budget of one evaluation / voting / scoring forward (rows x padded length, K rows per file when voting); a larger batch is split, results unchanged. None: eval_batch_size alone (llmser plan shows each phase's peak)", "min": 1})
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes (0 = load in the training process)", "min": 0})
     balanced_sampler: bool = field(default=False, metadata={"help": "class-balanced batches against MSP-Podcast's imbalance"})
     sampler_power: float = field(default=0.0, metadata={"help": "0 = uniform over classes, 1 = natural frequencies", "min": 0})

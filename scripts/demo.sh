@@ -108,11 +108,14 @@ fi
 AUDIO="audio_${AUDIO_INPUTS//+transcript/_text}"
 systems() {  # systems RUN_DIR test|dev
   local o="$1" role="$2"
-  if [ "$role" = dev ]; then
+  if [ "$role" = dev ]; then  # the ensembles and fusion: out of fold on all of dev (build-system --method auto)
     printf '%s\n' "classical_egemaps=$o/classical/egemaps/dev/report.json" "classical_tfidf=$o/classical/tfidf/dev/report.json" \
       "classical_late_fusion=$o/classical/late_fusion/dev/report.json" "wavlm=$o/wavlm/metrics.json" \
-      "text_head=$o/text_head/metrics.json" "$AUDIO=$o/$AUDIO/metrics.json" "fusion_concat=$o/fusion_concat/metrics.json" \
-      "fusion=$o/fusion/metrics.json"
+      "text_head=$o/text_head/metrics.json" "$AUDIO=$o/$AUDIO/metrics.json" \
+      "fusion_concat=$o/selection/fusion_concat.json" "fusion=$o/selection/fusion.json" \
+      "ensemble_plurality=$o/selection/plurality.json" "ensemble_average=$o/selection/average.json" \
+      "ensemble_weighted_average=$o/selection/weighted_average.json" "ensemble_stacking=$o/selection/stacking.json" \
+      "system_predict=$o/system/selection.json"
     return
   fi
   printf '%s\n' "prior=$o/prior/report.json" "classical_egemaps=$o/classical/egemaps/report.json" \
@@ -229,10 +232,22 @@ echo "== ensembles of the branches (plurality, averaging, RandomForest stacking 
   "members.text_llm.outputs=$OUT/outputs" "members.audio_llm.outputs=$OUT/outputs" "predict_split=$SPLIT" \
   --corpus "$CORPUS" --out "$OUT/ensemble"
 
-echo "== the whole system on raw audio: llmser build-system + llmser predict"
-"${LLMSER[@]}" build-system --member "wavlm=$OUT/wavlm" --member "text_llm=$OUT/text_head" \
-  --member "audio_llm=$OUT/$AUDIO" --fusion "$OUT/fusion" --report "$OUT/fusion/test/report.json" \
-  --out "$OUT/system"
+# What ships is chosen on dev: each branch alone, plurality, average, weighted average, stacking and each fusion
+# adapter, all scored on out-of-sample dev predictions with the same 5 speaker-disjoint folds (the fusion adapters
+# are trained 5 more times, each on 4 folds); the card and llmser.json carry the table.
+echo "== the whole system on raw audio: llmser build-system --method auto (chosen on dev) + llmser predict"
+"${LLMSER[@]}" build-system --method auto --member "wavlm=$OUT/wavlm" --member "text_llm=$OUT/text_head" \
+  --member "audio_llm=$OUT/$AUDIO" --fusion "fusion=$OUT/fusion" --fusion "fusion_concat=$OUT/fusion_concat" \
+  --outputs "$OUT/outputs" --corpus "$CORPUS" --dev-split dev --out "$OUT/system"
+"$VENV/bin/python" - "$OUT/system/selection.json" "$OUT/selection" <<'PY'
+import json, sys
+from pathlib import Path
+selection = json.loads(Path(sys.argv[1]).read_text())
+out = Path(sys.argv[2]); out.mkdir(parents=True, exist_ok=True)
+for row in selection["candidates"]:  # one dev file per candidate, for llmser compare's dev table
+    scores = {k: row[k] for k in ("macro_f1", "ccc_arousal", "ccc_valence", "ccc_dominance", "ccc_mean") if row.get(k) is not None}
+    (out / f"{row['candidate']}.json").write_text(json.dumps({"dev": scores}))
+PY
 rm -rf "$OUT/system_predictions"  # a rebuilt system predicts afresh (predict resumes an existing CSV)
 "${LLMSER[@]}" predict --model "$OUT/system" --corpus "$CORPUS" --split "$SPLIT" \
   --out "$OUT/system_predictions/predictions.csv" --submission

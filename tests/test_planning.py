@@ -404,8 +404,8 @@ def test_audio_llm_speech_tokens_follow_whisper_padding():
 def test_yaml_recipe_maps_onto_a_plan(tmp_path):
     recipe = tmp_path / "text.yaml"
     recipe.write_text(
-        "branch: text_llm\nmodel:\n  base_model: meta-llama/Meta-Llama-3-8B-Instruct\n  quantization: 4bit\n"
-        "  lora_r: 16\n  lora_target_modules: [q_proj, k_proj, v_proj, o_proj]\n  unknown_key: 1\n"
+        "branch: text_llm\nmodel:\n  llm: meta-llama/Meta-Llama-3-8B-Instruct\n  quantization: 4bit\n"
+        "  lora_r: 16\n  lora_target_modules: [q_proj, k_proj, v_proj, o_proj]\n"
         "data:\n  batch_size: 2\n  corpus: somewhere\noptim:\n  lr: 1.0e-4\n", encoding="utf-8")
     spec = spec_from_recipe(recipe)
     assert (spec.branch, spec.method, spec.lora_r, spec.batch_size) == ("text_llm", "qlora", 16, 2)

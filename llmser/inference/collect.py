@@ -72,11 +72,12 @@ def collect_branch_outputs(model: Any, dataset: Dataset, collate_fn: Callable, *
 
 
 def collect_vote_outputs(model: Any, dataset: Dataset, collate_fn: Callable, *, batch_size: int = 8,
-                         progress: bool = True) -> tuple[list[str], dict[str, torch.Tensor], list[str]]:
+                         progress: bool = True, max_tokens: int | None = None
+                         ) -> tuple[list[str], dict[str, torch.Tensor], list[str]]:
     """An LLM branch's prompt vote as branch outputs: ``probs`` (the variants' mean), ``labels`` (the vote
     under ``model.config.voting.rule``), ``variant_probs`` (N, K, 8), attributes and the embedding; plus
     the variant names."""
-    result = collect_votes(model, dataset, collate_fn, batch_size=batch_size, progress=progress)
+    result = collect_votes(model, dataset, collate_fn, batch_size=batch_size, progress=progress, max_tokens=max_tokens)
     tensors = {"embedding": torch.from_numpy(result.embedding).float(), "probs": torch.from_numpy(result.probs).float(),
                "labels": torch.from_numpy(result.labels).long(),
                "variant_probs": torch.from_numpy(result.variant_probs).float()}
@@ -122,7 +123,8 @@ def collect_run_outputs(run_dir: str | Path, outputs_dir: str | Path, splits: Se
             model = _load_best(spec, setup.model, best)
         if votes(model, setup.test_set):  # LLM branches: the recipe's prompt vote, each variant kept
             names, tensors, variants = collect_vote_outputs(model, setup.test_set, setup.collate_fn,
-                                                            batch_size=recipe.data.eval_batch_size, progress=progress)
+                                                            batch_size=recipe.data.eval_batch_size, progress=progress,
+                                                            max_tokens=recipe.data.eval_max_tokens)
         else:
             variants = None
             names, tensors = collect_branch_outputs(model, setup.test_set, setup.collate_fn,

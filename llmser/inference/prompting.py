@@ -83,11 +83,13 @@ def predict_with_prompts(model: Any, tokenizer: Any, file_names: Sequence[str], 
                          rating_templates: Sequence[PromptTemplate] = (), *, batch_size: int = 8,
                          max_transcript_tokens: int = 128, progress: bool = True,
                          calibrate: bool = False, rule: str = "plurality",
-                         answer_scoring: str = "first_token") -> tuple[Predictions, VoteResult]:
+                         answer_scoring: str = "first_token",
+                         max_tokens: int | None = None) -> tuple[Predictions, VoteResult]:
     """Predictions over transcripts: the class by the variants' vote under ``rule`` (``vote_<variant>``
     columns kept), the attributes averaged over the rating variants (none when there are none);
-    ``calibrate``: see above; ``answer_scoring``: whole answers or their first tokens (``LabelScorer``)."""
-    scorer = LabelScorer(model, tokenizer, batch_size=batch_size, answer_scoring=answer_scoring)
+    ``calibrate``: see above; ``answer_scoring``: whole answers or their first tokens (``LabelScorer``);
+    ``max_tokens``: rows x padded tokens of one scoring forward (``data.eval_max_tokens``)."""
+    scorer = LabelScorer(model, tokenizer, batch_size=batch_size, answer_scoring=answer_scoring, max_tokens=max_tokens)
     texts = [truncate_transcript(tokenizer, t or "", max_transcript_tokens) for t in transcripts]
     per_variant = variant_class_probabilities(scorer, texts, class_templates, progress, calibrate)
     vote = vote_rule(per_variant, [t.name for t in class_templates], rule)

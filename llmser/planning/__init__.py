@@ -145,7 +145,33 @@ def spec_from_recipe(path: str | Path) -> Any:
     gc = _first(train, ("gradient_checkpointing",), _first(model, ("gradient_checkpointing",), None))
     if gc is not None:
         changes["gradient_checkpointing"] = bool(gc)
+    if branch in ("text_llm", "audio_llm"):
+        changes.update(_phase_fields(path, branch))
     return dataclasses.replace(base, **changes)
+
+
+#: Tokens of a text prompt around its transcript (system turn, instruction, label list, chat tail): the
+#: shipped text_* variants are 300-550 characters, ~150 LLaMA-3 tokens with the chat template.
+PROMPT_TOKENS = 160
+INSTRUCTION_TOKENS = 140  # of which before the transcript: cached once per variant when voting
+
+
+def _phase_fields(path: Path, branch: str) -> dict[str, Any]:
+    """What the evaluation and voting phases read, from the typed recipe (``load_recipe`` + the branch's
+    config dataclass): eval batch and token budget, mode, voting variants, the text prompt's length."""
+    from llmser.models.registry import branch_config, load_recipe
+
+    recipe = load_recipe(path)
+    config = branch_config(recipe)
+    fields: dict[str, Any] = {"eval_batch_size": recipe.data.eval_batch_size,
+                              "eval_max_tokens": recipe.data.eval_max_tokens,
+                              "vote_variants": len(config.voting.select(list(config.prompts)))}
+    whole = getattr(config, "answer_scoring", "first_token") == "whole"
+    fields["answer_tokens"] = 3 if whole else 0  # packed answer tokens: label words are 2-4 tokens
+    if branch == "text_llm":
+        fields.update(llm_mode=config.mode, seq_len=config.max_transcript_tokens + PROMPT_TOKENS,
+                      prefix_tokens=INSTRUCTION_TOKENS)
+    return fields
 
 
 def _preset_id(name: str, kind: str, path: Path) -> str:
@@ -268,7 +294,29 @@ def format_plan(plan: Any) -> str:
         lines.append(f"  {label:<32}" + "".join(f"{v:>{width}.2f}" for v in values))
     lines.append(f"  {'fits on':<32}" + "".join(f"{fits_on(plan.estimate(m, gc).total):>{width}}" for m, gc in cols))
     lines.append("   " + _fit_summary(plan, labels))
+    lines += _phase_lines(plan, labels, width)
     return "\n".join(lines)
+
+
+def _phase_lines(plan: Any, labels: list[str], width: int) -> list[str]:
+    """Each phase's memory (weights + optimizer + its working set + overhead) and the peak phase."""
+    from llmser.planning.memory import GIB
+
+    if not plan.phases:
+        return []
+    cols = plan.columns
+    names = list(plan.phases[cols[0]])
+    lines = ["", f"{'peak memory per phase (GiB), planned':<34}" + "".join(f"{label:>{width}}" for label in labels)]
+    for name in names:
+        lines.append(f"  {name:<32}" + "".join(f"{plan.phases[c][name] / GIB:>{width}.2f}" for c in cols))
+    spec = plan.spec
+    column = next((c for c in cols if c[0] == spec.method), cols[0])
+    peak, value = plan.peak_phase(*column)
+    lines.append(f"   peak phase ({labels[cols.index(column)]}): {peak}, {value / GIB:.2f} GiB planned "
+                 f"(allocated + {plan.assumptions.overhead_gib:g} GiB context/fragmentation margin) -> fits "
+                 f"{fits_on(value)}; eval {spec.eval_batch_size} files, token budget "
+                 f"{spec.eval_max_tokens or 'none'}, {spec.vote_variants} voting variants")
+    return lines
 
 
 def _targets(targets: Any) -> str:

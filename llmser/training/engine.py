@@ -35,6 +35,7 @@ from llmser.training import checkpoint as ckpt
 from llmser.training.batching import ShuffledBatchSampler
 from llmser.training.losses import MultiTaskLoss
 from llmser.training.optim import build_optimizer, build_scheduler
+from llmser.utils.budget import budget_batches
 from llmser.utils.io import atomic_write_json
 from llmser.utils.logging import get_logger
 
@@ -272,16 +273,11 @@ class Trainer:
         bs = self.recipe.data.eval_batch_size
         rows: list[tuple[int, list | None, list | None, int, list]] = []
         for start in _progress(range(0, len(shard), bs), disable=not self.is_main, desc=desc, leave=False):
-            idx = shard[start:start + bs].tolist()
-            batch = _to_device(self.collate_fn([dataset[i] for i in idx]), acc.device)
-            with acc.autocast():
-                out = model(**batch)
-            probs = torch.softmax(out.class_logits.float(), -1).cpu().tolist() if out.class_logits is not None else None
-            attrs = out.attributes.float().cpu().tolist() if out.attributes is not None else None
-            labels = batch["label"].cpu().tolist()
-            targets = batch["attributes"].float().cpu().tolist()
-            for k, i in enumerate(idx):
-                rows.append((i, probs[k] if probs else None, attrs[k] if attrs else None, labels[k], targets[k]))
+            indexed = [(i, dataset[i]) for i in shard[start:start + bs].tolist()]
+            # data.eval_max_tokens: split a batch whose rows x padded length would exceed the budget
+            for part, batch in budget_batches(indexed, lambda group: self.collate_fn([e for _, e in group]),
+                                              self.recipe.data.eval_max_tokens):
+                rows += self._eval_rows([i for i, _ in part], _to_device(batch, acc.device))
         if acc.num_processes > 1:
             from accelerate.utils import gather_object
 
@@ -296,6 +292,16 @@ class Trainer:
         )
         out.metrics = score(out.labels, out.probs, out.targets, out.attributes)
         return out
+
+    def _eval_rows(self, idx: list[int], batch: dict) -> list[tuple[int, list | None, list | None, int, list]]:
+        with self.accelerator.autocast():
+            out = self.model(**batch)
+        probs = torch.softmax(out.class_logits.float(), -1).cpu().tolist() if out.class_logits is not None else None
+        attrs = out.attributes.float().cpu().tolist() if out.attributes is not None else None
+        labels = batch["label"].cpu().tolist()
+        targets = batch["attributes"].float().cpu().tolist()
+        return [(i, probs[k] if probs else None, attrs[k] if attrs else None, labels[k], targets[k])
+                for k, i in enumerate(idx)]
 
     # ------------------------------------------------------------------ saving
 

@@ -120,7 +120,8 @@ def score_dev_by_vote(trainer: Any, spec: Any, setup: Any) -> list[dict[str, Any
     if not trainer.is_main:
         return None
     every, dev = vote_with_every_variant(model, setup.eval_set, setup.collate_fn,
-                                         batch_size=trainer.recipe.data.eval_batch_size, desc="voting on dev")
+                                         batch_size=trainer.recipe.data.eval_batch_size,
+                                         max_tokens=trainer.recipe.data.eval_max_tokens, desc="voting on dev")
     return report_rows(every, dev, setup.eval_set.utterances)
 
 
@@ -161,7 +162,7 @@ def choose_voting_on_dev(trainer: Any, model: Any, setup: Any, best_dir: Path) -
         return
     if trainer.is_main:
         dev = collect_votes(model, setup.eval_set, setup.collate_fn, batch_size=trainer.recipe.data.eval_batch_size,
-                            desc="choosing the vote on dev")
+                            max_tokens=trainer.recipe.data.eval_max_tokens, desc="choosing the vote on dev")
         variants, rule, table = choose_voting(dev, setup.eval_set.utterances)
         model.config.voting = VotingConfig(variants=variants, rule=rule)
         logger.info("vote chosen on dev: %s of %s (%d candidates, macro-F1 %s)", rule, ", ".join(variants),
@@ -224,10 +225,10 @@ def predict_test_by_vote(trainer: Any, model: Any, setup: Any) -> dict[str, Any]
     tables = {}
     if setup.eval_set is not None:
         every_dev, dev = vote_with_every_variant(model, setup.eval_set, setup.collate_fn, batch_size=batch_size,
-                                                 desc="voting on dev")
+                                                 max_tokens=trainer.recipe.data.eval_max_tokens, desc="voting on dev")
         tables["dev"] = report_rows(every_dev, dev, setup.eval_set.utterances)
     every, test = vote_with_every_variant(model, setup.test_set, setup.collate_fn, batch_size=batch_size,
-                                          desc="voting on test")
+                                          max_tokens=trainer.recipe.data.eval_max_tokens, desc="voting on test")
     tables["test"] = report_rows(every, test, setup.test_utterances)
     single = best_single(tables["dev"])["variant"] if "dev" in tables else every.variant_names[0]
     predictions = test.predictions()

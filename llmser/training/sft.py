@@ -125,12 +125,13 @@ def run_sft(recipe: Recipe, config: TextLLMBranchConfig, corpus: Any, resume: st
     trainer.accelerator.wait_for_everyone()
     if recipe.train.predict_test and test_utts and trainer.accelerator.is_main_process:
         result["test"] = predict_split(trainer.model, loaded.tokenizer, test_utts, config, output_dir,
-                                       batch_size=recipe.data.eval_batch_size)
+                                       batch_size=recipe.data.eval_batch_size, max_tokens=recipe.data.eval_max_tokens)
     return result
 
 
 def predict_split(model: Any, tokenizer: Any, utterances: list, config: TextLLMBranchConfig, output_dir: Path,
-                  *, batch_size: int = 8, title: str = "text_llm (sft) branch, test split") -> dict[str, Any]:
+                  *, batch_size: int = 8, max_tokens: int | None = None,
+                  title: str = "text_llm (sft) branch, test split") -> dict[str, Any]:
     """Vote over the prompt variants on a split, write ``test_predictions.csv`` and the report."""
     from llmser.evaluation.report import evaluate
     from llmser.inference.prompting import predict_with_prompts
@@ -142,7 +143,7 @@ def predict_split(model: Any, tokenizer: Any, utterances: list, config: TextLLMB
                                           [u.transcript for u in utterances], templates, ratings,
                                           batch_size=batch_size, max_transcript_tokens=config.max_transcript_tokens,
                                           calibrate=config.calibrate, rule=config.voting.rule,
-                                          answer_scoring=config.answer_scoring)
+                                          answer_scoring=config.answer_scoring, max_tokens=max_tokens)
     predictions.write_csv(output_dir / "test_predictions.csv")
     from llmser.evaluation.report import summary_row
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from llmser.models.llm.compat import cache_kwargs
 from llmser.models.llm.scoring import additive_mask, gather_answers, packed_answers
 
 BEFORE, INPUT, AFTER = 0, 1, 2  # instruction, speech, the text after it and answers; padding is -1
@@ -104,9 +105,9 @@ def score_isolated_input(model: Any, instructions: Instructions | None,
     embeds = torch.cat([input_embeds, embed(layout.ids).to(dtype)], dim=1)  # (B, Q, H)
     mask = additive_mask(torch.cat([layout.sees_past(past_owner), layout.sees_new()], dim=2), dtype)  # (B,1,Q,P+Q)
     keep = torch.tensor([c for k in range(slots) for c in layout.read[k]], device=device)
-    out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=layout.positions, cache=cache,
-                use_cache=cache is not None, logits_to_keep=keep)
-    logp = out.logits.float().log_softmax(-1)  # (B, read columns, V)
+    out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=layout.positions,
+                use_cache=cache is not None, **cache_kwargs(cache), logits_to_keep=keep)
+    logp = torch.log_softmax(out.logits, -1, dtype=torch.float32)  # (B, read columns, V)
     scores = torch.zeros(rows, slots, len(answer_sets[0]), device=device)
     start = 0
     for k in range(slots):

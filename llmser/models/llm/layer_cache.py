@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from llmser.models.llm.compat import cache_kwargs, mask_cache_kwargs
 from llmser.models.llm.scoring import prefix_positions
 
 
@@ -41,11 +42,11 @@ def run_layers(decoder: nn.Module, hidden: torch.Tensor, attention_mask: torch.T
 
     position_ids = prefix_positions(attention_mask)  # (B, T)
     mask = create_causal_mask(config=decoder.config, inputs_embeds=hidden, attention_mask=attention_mask,
-                              cache=None, position_ids=position_ids)
+                              position_ids=position_ids, **mask_cache_kwargs(None))
     position_embeddings = decoder.rotary_emb(hidden, position_ids=position_ids)  # (cos, sin), each (B, T, d)
     for layer in decoder_layers(decoder)[start:stop]:
         hidden = layer(hidden, attention_mask=mask, position_embeddings=position_embeddings,
-                       position_ids=position_ids, cache=None, use_cache=False)
+                       position_ids=position_ids, use_cache=False, **cache_kwargs(None))
     return decoder.norm(hidden) if final_norm else hidden
 
 

@@ -23,7 +23,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from llmser.models.llm.compat import cache_kwargs
 from llmser.models.llm.prefix_cache import PrefixCache, cache_of
+from llmser.utils.budget import split_to_budget
 
 Reduction = Literal["sum", "mean"]
 AnswerScoring = Literal["whole", "first_token"]
@@ -100,8 +102,8 @@ def _score_rest(model: Any, cache: Any, prefix_mask: torch.Tensor, candidates: l
     mask = torch.cat([prefix_mask.repeat_interleave(num, 0), valid.repeat(batch, 1)], dim=1)
     positions = prefix_mask.sum(-1).repeat_interleave(num)[:, None] + torch.arange(rest, device=device)
     logits = model(input_ids=inputs.repeat(batch, 1), attention_mask=mask, position_ids=positions,
-                   cache=cache, use_cache=True).logits  # (B*C, rest, V)
-    logp = logits.float().log_softmax(-1).gather(-1, targets.repeat(batch, 1)[..., None]).squeeze(-1)
+                   use_cache=True, **cache_kwargs(cache)).logits  # (B*C, rest, V)
+    logp = torch.log_softmax(logits, -1, dtype=torch.float32).gather(-1, targets.repeat(batch, 1)[..., None]).squeeze(-1)
     return (logp * valid.repeat(batch, 1)).sum(-1).view(batch, num)
 
 
@@ -145,9 +147,9 @@ def score_after_prefix(model: Any, prefix_cache: Any, prefix_mask: torch.Tensor 
     start = prefix_mask.sum(-1, keepdim=True)  # (N, 1) real prefix tokens
     positions = torch.cat([start + (suffix_mask.cumsum(-1) - 1).clamp(min=0),
                            start + suffix_mask.sum(-1, keepdim=True) + step], dim=1)
-    out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=prefix_cache,
-                use_cache=prefix_cache is not None, logits_to_keep=packed + 1)
-    logp = out.logits.float().log_softmax(-1)  # (N, 1 + M, V): after the suffix, then after each packed token
+    out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                use_cache=prefix_cache is not None, **cache_kwargs(prefix_cache), logits_to_keep=packed + 1)
+    logp = torch.log_softmax(out.logits, -1, dtype=torch.float32)  # (N, 1 + M, V): after the suffix, then after each packed token
     scores = torch.zeros(rows, len(answer_sets[0]), device=device)
     for g, answers in enumerate(answer_sets):
         members = (row_set == g).nonzero().squeeze(1)
@@ -198,13 +200,14 @@ def score_naive(model: Any, tokenizer: Any, prompts: Sequence[str], candidates: 
     """Reference implementation: one full forward of prompt + answer per (prompt, candidate) pair."""
     cands = candidate_token_ids(tokenizer, candidates, end_of_answer)
     scores = np.zeros((len(prompts), len(cands)))
+    device = next(model.parameters()).device  # every index on the model's device (CUDA refuses a CPU index)
     for i, prompt in enumerate(prompts):
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         for c, ids in enumerate(cands):
-            full = torch.tensor([prompt_ids + ids])
+            full = torch.tensor([prompt_ids + ids], device=device)
             logp = model(input_ids=full).logits[0].float().log_softmax(-1)
-            positions = torch.arange(len(prompt_ids) - 1, len(prompt_ids) + len(ids) - 1)
-            total = logp[positions, torch.tensor(ids)].sum().item()
+            positions = torch.arange(len(prompt_ids) - 1, len(prompt_ids) + len(ids) - 1, device=device)
+            total = logp[positions, torch.tensor(ids, device=device)].sum().item()
             scores[i, c] = total / len(ids) if reduction == "mean" else total
     return scores
 
@@ -219,7 +222,7 @@ class LabelScorer:
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 8, reduction: Reduction = "sum",
-                 end_of_answer: bool = True, answer_scoring: AnswerScoring = "whole"):
+                 end_of_answer: bool = True, answer_scoring: AnswerScoring = "whole", max_tokens: int | None = None):
         if answer_scoring not in ("whole", "first_token"):
             raise ValueError(f"answer_scoring must be 'whole' or 'first_token', not {answer_scoring!r}")
         self.model = model
@@ -228,6 +231,7 @@ class LabelScorer:
         self.reduction = reduction
         self.end_of_answer = end_of_answer
         self.answer_scoring = answer_scoring
+        self.max_tokens = max_tokens  # rows x padded tokens of one forward (data.eval_max_tokens); None: batch_size only
         self.prefix_cache = PrefixCache()  # each variant's instruction, computed once for the scorer's life
 
     @property
@@ -240,14 +244,12 @@ class LabelScorer:
         was_training = self.model.training
         self.model.eval()
         rows = []
+        width = max((len(c) for c in cands), default=1) - 1  # packed answer tokens after each prompt
         for start in range(0, len(prompts), self.batch_size):
-            batch = list(prompts[start:start + self.batch_size])
-            enc = self.tokenizer(batch, add_special_tokens=False, padding=True, padding_side="left",
-                                 return_tensors="pt").to(self.device)
-            embeds = self.model.get_input_embeddings()(enc["input_ids"])
-            scores = score_after_prefix(self.model, None, None, embeds, enc["attention_mask"], [cands],
-                                        reduction=self.reduction)
-            rows.append(scores.cpu().numpy())
+            batch = [self._encode(p) for p in prompts[start:start + self.batch_size]]
+            for part in split_to_budget(batch, lambda rows_: len(rows_) * (max(map(len, rows_)) + width),
+                                        self.max_tokens):
+                rows.append(self._score_rows(None, part, [cands], [0] * len(part)))
             if progress is not None:
                 progress.update(len(batch))
         self.model.train(was_training)
@@ -286,13 +288,14 @@ class LabelScorer:
             for group in (shared, whole):
                 if not group:
                     continue
-                rows = [(k, i) for i in files for k in group]  # all variants of a file side by side
-                suffixes = [self._encode(templates[k].render(self.tokenizer, transcripts[i], attribute)[len(heads[k]):])
-                            for k, i in rows]
-                scores = self._score_rows([head_ids[k] for k, _ in rows] if group is shared else None, suffixes,
-                                          answer_ids, [sets[k] for k, _ in rows])
-                for (k, i), row in zip(rows, scores):
-                    out[k, i] = row
+                rows = [(k, i, self._encode(templates[k].render(self.tokenizer, transcripts[i], attribute)[len(heads[k]):]))
+                        for i in files for k in group]  # all variants of a file side by side
+                for part in split_to_budget(rows, self._row_tokens(head_ids if group is shared else None, answer_ids),
+                                            self.max_tokens):
+                    scores = self._score_rows([head_ids[k] for k, _, _ in part] if group is shared else None,
+                                              [ids for _, _, ids in part], answer_ids, [sets[k] for k, _, _ in part])
+                    for (k, i, _), row in zip(part, scores):
+                        out[k, i] = row
             if progress is not None:
                 progress.update(len(files))
         self.model.train(was_training)
@@ -307,6 +310,17 @@ class LabelScorer:
         if self.answer_scoring == "first_token":
             return first_tokens(self.tokenizer, candidates)
         return candidate_token_ids(self.tokenizer, candidates, self.end_of_answer)
+
+    @staticmethod
+    def _row_tokens(head_ids: list[list[int]] | None, answer_ids: list[list[list[int]]]):
+        """Padded tokens of a group of (variant, file, suffix) rows: cached instruction + suffix + packed answers."""
+        packed = max(len(packed_answers(a)[2]) for a in answer_ids)
+
+        def size(rows: Sequence[tuple[int, int, list[int]]]) -> int:
+            prefix = max((len(head_ids[k]) for k, _, _ in rows), default=0) if head_ids else 0
+            return len(rows) * (prefix + max(len(ids) for _, _, ids in rows) + packed)
+
+        return size
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []

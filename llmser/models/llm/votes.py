@@ -74,9 +74,15 @@ class Votes:
 
 @torch.no_grad()
 def collect_votes(model: Any, dataset: Any, collate_fn: Callable, *, batch_size: int = 8, device: Any = None,
-                  progress: bool = True, indices: Sequence[int] | None = None, desc: str = "voting") -> Votes:
-    """Every file of ``dataset`` through ``model.vote_batch``, batched; files in dataset order."""
+                  progress: bool = True, indices: Sequence[int] | None = None, desc: str = "voting",
+                  max_tokens: int | None = None) -> Votes:
+    """Every file of ``dataset`` through ``model.vote_batch``, batched; files in dataset order.
+
+    ``max_tokens`` (``data.eval_max_tokens``) caps one forward's rows x padded length - K rows per file, one
+    per voting variant: a batch over it is split into fewer files per forward (same votes)."""
     from tqdm.auto import tqdm
+
+    from llmser.utils.budget import budget_batches
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     voting = dataset.with_voting(model.voting_variants)
@@ -84,9 +90,9 @@ def collect_votes(model: Any, dataset: Any, collate_fn: Callable, *, batch_size:
     names, parts = [], []
     for start in tqdm(range(0, len(order), batch_size), disable=not progress, desc=desc, leave=False):
         examples = [voting[i] for i in order[start:start + batch_size]]
-        names += [str(e["file_name"]) for e in examples]
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate_fn(examples).items()}
-        parts.append(model.vote_batch(**batch))
+        for part, batch in budget_batches(examples, collate_fn, max_tokens):
+            names += [str(e["file_name"]) for e in part]
+            parts.append(model.vote_batch(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}))
     return join_votes(names, parts, model.config.voting.rule)
 
 

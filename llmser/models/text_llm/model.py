@@ -28,6 +28,7 @@ from torch import nn
 from llmser.models.layers import EmotionHeads, EmotionOutput
 from llmser.models.llm import layer_cache
 from llmser.models.llm.adapter import attach_lora, load_lora, save_lora
+from llmser.models.llm.compat import cache_kwargs
 from llmser.models.llm.identity import canonical_name
 from llmser.models.llm.loading import load_causal_lm
 from llmser.models.llm.prefix_cache import PrefixCache
@@ -152,7 +153,7 @@ class TextLLMEmotionModel(nn.Module):
         cache, prefix_mask = self.vote_cache.batch(self.llm, prefixes)
         positions = prefix_mask.sum(-1, keepdim=True) + prefix_positions(attention_mask)
         out = self.decoder()(input_ids=input_ids, attention_mask=torch.cat([prefix_mask, attention_mask], dim=1),
-                             position_ids=positions, cache=cache, use_cache=True)
+                             position_ids=positions, use_cache=True, **cache_kwargs(cache))
         return out.last_hidden_state[:, -1].float()
 
     def train(self, mode: bool = True) -> TextLLMEmotionModel:
