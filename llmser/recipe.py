@@ -25,6 +25,7 @@ class DataConfig:
     train_split: str = field(default="train", metadata={"help": "split the model trains on (train, dev, test1 ... or the release's Split_Set names)"})
     eval_split: str = field(default="dev", metadata={"help": "split scored every eval_every steps: picks the best checkpoint and the answer calibration; empty = none"})
     test_split: str = field(default="test", metadata={"help": "split predicted once after training with the best model; empty = none"})
+    allow_test_fit: bool = field(default=False, metadata={"help": "let train_split/eval_split be (or overlap) test: a deliberate final refit, loudly logged and recorded in metrics.json and the model card"})
     task: Literal["class", "attributes", "all"] = field(default="all", metadata={"help": "class: task 1 only (X/O files dropped); attributes: task 2 only; all: both heads"})
     max_seconds: float = field(default=6.0, metadata={"help": "longer clips are cropped; keeps memory bounded", "gt": 0})
     batch_size: int = field(default=8, metadata={"help": "per process; the global batch is batch_size x processes", "min": 1})

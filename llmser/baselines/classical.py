@@ -218,9 +218,11 @@ def late_fusion(members: Sequence[SystemResult]) -> SystemResult:
 
 
 def load_splits(corpus: Any, config: ClassicalConfig, split: str) -> Splits:
+    from llmser.data.splits import splits_overlap
+
     names = {"train": corpus.resolve_split(config.train_split), "dev": corpus.resolve_split(config.dev_split),
              "target": corpus.resolve_split(split)}
-    if names["train"] == names["dev"]:
+    if splits_overlap(names["train"], names["dev"], corpus):
         raise BaselineError(f"--train-split and --dev-split are both {names['train']!r}; choosing regularisation "
                             "on the training data would always pick the weakest; give a separate dev split")
     return Splits(names, {role: corpus.utterances(name, task="all") for role, name in names.items()})
@@ -244,33 +246,38 @@ def fit_systems(splits: Splits, config: ClassicalConfig) -> dict[str, SystemResu
 
 def write_system(folder: Path, result: SystemResult, splits: Splits, corpus_name: str) -> dict[str, Any]:
     """The standard prediction and report files for the target split, and the same under ``dev/``."""
-    from llmser.evaluation.report import evaluate, summary_row
+    from llmser.evaluation.report import evaluate, report_or_submit, summary_row
 
     title = f"classical {result.name} on {corpus_name}"
     result.target.write_csv(folder / "predictions.csv")
-    target = evaluate(result.target, splits.utterances["target"], folder, title=f"{title} / {splits.names['target']}")
+    target = report_or_submit(result.target, splits.utterances["target"], folder,
+                              title=f"{title} / {splits.names['target']}")  # a blind split: submission files
     result.dev.write_csv(folder / "dev" / "predictions.csv")
     dev = evaluate(result.dev, splits.utterances["dev"], folder / "dev", title=f"{title} / {splits.names['dev']}",
                    plots=False)
     atomic_write_json(folder / "selection.json", {**result.selection, "splits": splits.names,
                                                   "dev_scores": summary_row(result.name, dev)})
-    return {"dev": summary_row(result.name, dev), "target": summary_row(result.name, target),
-            "seconds": round(result.seconds, 2)}
+    scored = {"blind": True} if target.get("blind") else summary_row(result.name, target)
+    return {"dev": summary_row(result.name, dev), "target": scored, "seconds": round(result.seconds, 2)}
 
 
 def run_classical(corpus_root: str | Path, split: str, out_dir: str | Path,
                   config: ClassicalConfig | None = None) -> dict[str, Any]:
     """Fit, choose on dev, predict ``split`` and write every system's files under ``out_dir``."""
     from llmser.data.msp_podcast import MSPPodcast
+    from llmser.data.splits import SplitUse, check_split_roles
 
     config = config or ClassicalConfig()
     started = time.perf_counter()
     corpus = MSPPodcast.from_folder(corpus_root)
+    uses = [SplitUse("--train-split", config.train_split, "fit"), SplitUse("--dev-split", config.dev_split, "select"),
+            SplitUse("--split", split, "report")]
+    roles = check_split_roles(uses, corpus, allow_test_fit=config.allow_test_fit)  # before any feature is made
     splits = load_splits(corpus, config, split)
     results = fit_systems(splits, config)
     out = Path(out_dir)
     summary: dict[str, Any] = {"corpus": str(corpus_root), "splits": splits.names, "config": asdict(config),
-                               "systems": {}}
+                               "systems": {}, "roles": roles}
     atomic_write_json(out / "config.json", asdict(config))
     for name, result in results.items():
         summary["systems"][name] = write_system(out / name, result, splits, Path(corpus_root).name)

@@ -37,6 +37,8 @@ class ClassicalConfig:
     cache_dir: str = ".cache/llmser/features"
     max_seconds: float | None = None  # crop long files before eGeMAPS (None: the whole file)
     max_iter: int = 5000
+    #: Let --train-split/--dev-split be (or overlap) test: a deliberate refit, loudly logged, kept in summary.json.
+    allow_test_fit: bool = False
 
     def __post_init__(self) -> None:
         problems = []

@@ -60,6 +60,7 @@ OUTPUTS: dict[str, tuple[str, str]] = {
 USER_ERRORS: dict[str, tuple[str, ...]] = {
     "llmser.config": ("ConfigError",),
     "llmser.data.msp_podcast": ("CorpusError",),
+    "llmser.data.splits": ("SplitRoleError",),
     "llmser.data.audio": ("AudioError",),
     "llmser.data.text": ("TranscriptError",),
     "llmser.utils.outputs": ("OutputError",),

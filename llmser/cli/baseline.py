@@ -53,13 +53,16 @@ def add_baseline(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--asr", default=defaults.asr_model, help="Whisper for --missing-transcripts asr (default: smol)")
     p.add_argument("--cache-dir", default=defaults.cache_dir, help="eGeMAPS feature cache (default: %(default)s)")
     p.add_argument("--max-seconds", type=positive_float, default=None, help="crop audio to this length before eGeMAPS")
+    p.add_argument("--allow-test-fit", action="store_true",
+                   help="let --train-split/--dev-split be test (a deliberate refit; logged and recorded)")
 
 
 def config_from_args(args: argparse.Namespace) -> ClassicalConfig:
     return ClassicalConfig(systems=tuple(s.strip() for s in args.systems.split(",") if s.strip()),
                            train_split=args.train_split, dev_split=args.dev_split, c_grid=tuple(args.c_grid),
                            alpha_grid=tuple(args.alpha_grid), missing_transcripts=args.missing_transcripts,
-                           asr_model=args.asr, cache_dir=args.cache_dir, max_seconds=args.max_seconds)
+                           asr_model=args.asr, cache_dir=args.cache_dir, max_seconds=args.max_seconds,
+                           allow_test_fit=args.allow_test_fit)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"llmser baseline {args.baseline}: error: {exc}", file=sys.stderr)
         return 2
     # Dev chose the regularisation; the predicted split's scores are in each system's report.json.
-    print(f"dev ({summary['splits']['dev']}):")
+    print(f"select split {summary['splits']['dev']} (--dev-split):")
     print(format_summary_table([entry["dev"] for entry in summary["systems"].values()]))
     print(f"wrote {', '.join(summary['systems'])} ({summary['splits']['target']} predicted) under {args.out} "
           f"in {summary['seconds']:.1f} s")

@@ -24,11 +24,16 @@ def run_ensemble_command(args: argparse.Namespace) -> int:
     from llmser.ensemble import EnsembleSpec, run_ensemble
     from llmser.evaluation.report import evaluate, format_summary_table, summary_row
 
+    from llmser.data.splits import check_split_roles
+    from llmser.utils.io import atomic_write_json
+
     spec = EnsembleSpec.load(args.spec, args.overrides)
     corpus = MSPPodcast.from_folder(args.corpus)
+    roles = check_split_roles(spec.split_uses(), corpus, allow_test_fit=spec.allow_test_fit, flag="allow_test_fit=true")
     fit = corpus.utterances(corpus.resolve_split(spec.fit_split), task="all") if "stacking" in spec.methods else None
     out = Path(args.out)
     result = run_ensemble(spec, fit, out)
+    atomic_write_json(out / "ensemble.json", {**roles, "allow_test_fit": spec.allow_test_fit})
     references = corpus.utterances(corpus.resolve_split(spec.predict_split), task="all")
     rows = []
     for method, predictions in result.predictions.items():

@@ -308,15 +308,21 @@ def add_predict_prior(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--corpus", required=True, help="corpus folder in the MSP-Podcast layout")
     p.add_argument("--split", default="test", help="split to predict (default: test)")
     p.add_argument("--train-split", default="train", help="split whose prior is used (default: train)")
+    p.add_argument("--allow-test-fit", action="store_true",
+                   help="let --train-split be test (a deliberate refit; logged and recorded in OUT's .splits.json)")
     p.add_argument("--out", required=True, help="predictions CSV to write")
     p.set_defaults(handler=run_predict_prior)
 
 
 def run_predict_prior(args: argparse.Namespace) -> int:
     from llmser.inference.prior import predict_prior
+    from llmser.utils.io import atomic_write_json
 
-    predictions = predict_prior(args.corpus, split=args.split, train_split=args.train_split)
+    predictions, roles = predict_prior(args.corpus, split=args.split, train_split=args.train_split,
+                                       allow_test_fit=args.allow_test_fit)
     predictions.write_csv(args.out)
+    if roles.get("test_fit"):
+        atomic_write_json(Path(args.out).with_suffix(".splits.json"), roles)
     print(f"wrote {len(predictions)} prior predictions to {args.out}")
     return 0
 

@@ -35,11 +35,18 @@ def run_train(args: argparse.Namespace) -> int:
 
     result = run(args.recipe, args.overrides, args.resume)
     test = result.get("test") or {}
-    if test.get("report"):  # the main process's result (every process runs this under accelerate launch)
-        # Dev is what choices are made on; the test scores are in the report, read once (docs/protocol.md).
+    if test.get("report") or test.get("blind"):  # the main process's result (every process runs this)
+        # The select split is what choices are made on; test scores are in the report, read once (docs/protocol.md).
         dev = result.get("dev") or {}
-        print(f"dev (best step {result.get('best_step')}): " + "  ".join(f"{k} {v:.4f}" for k, v in dev.items()))
-        print(f"test predicted; report: {test['report']}")
+        select = (result.get("splits") or {}).get("data.eval_split", {}).get("split", "none")
+        print(f"select split {select} (data.eval_split), best step {result.get('best_step')}: "
+              + "  ".join(f"{k} {v:.4f}" for k, v in dev.items()))
+        if test.get("blind"):
+            print("report split has no labels (blind): submission files " + ", ".join(test["submission"].values()))
+        else:
+            print(f"report split predicted; report: {test['report']}")
+    if result.get("test_fit"):
+        print("WARNING: test was used for more than a report (data.allow_test_fit): " + "; ".join(result["test_fit"]))
     return 0
 
 

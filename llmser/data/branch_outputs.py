@@ -67,17 +67,11 @@ class BranchOutputs:
     def in_sample_for(self, split: str) -> bool:
         """Whether rows of ``split`` (a resolved name, maybe a fold selector) came from a model that trained
         on them: a meta-model fitted on such rows learns to trust overconfident in-sample outputs."""
-        from llmser.data.folds import parse_split, same_split
+        from llmser.data.splits import splits_overlap
 
         if self.cross_fitted or not self.trained_on:
             return False
-        wanted_base, wanted = parse_split(split)
-        trained_base, trained = parse_split(self.trained_on)
-        if not same_split(wanted_base, trained_base):
-            return False
-        if wanted is None or trained is None:
-            return True
-        return trained.overlaps(wanted)
+        return splits_overlap(split, self.trained_on)
 
     def predictions(self) -> Any:
         """The branch's class probabilities and attributes as llmser ``Predictions`` (for ensembles)."""

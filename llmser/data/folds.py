@@ -60,19 +60,6 @@ def parse_split(name: str) -> tuple[str, FoldSelector | None]:
     return match["base"].strip(), FoldSelector(match["base"].strip(), fold, folds, match["rest"] == "^")
 
 
-#: Other names of the release's splits, lower-cased (``dev`` is Development; ``test`` is Test1, as the reader resolves it).
-_SAME_SPLIT = {"dev": "development", "valid": "development", "validation": "development", "test": "test1"}
-
-
-def same_split(a: str, b: str) -> bool:
-    """Whether two split names mean the same split of a release (``dev`` and ``Development``), without a corpus."""
-    def canonical(name: str) -> str:
-        lowered = name.strip().lower()
-        return _SAME_SPLIT.get(lowered, lowered)
-
-    return canonical(a) == canonical(b)
-
-
 def file_stem(split: str) -> str:
     """A file name for a split's outputs: ``Train[^2/5]`` -> ``Train[^2of5]`` (no path separator)."""
     return split.replace("/", "of")

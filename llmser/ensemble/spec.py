@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from llmser.config import ConfigError, from_dict
-from llmser.data.folds import same_split
+from llmser.data.splits import SplitUse, leaks, splits_overlap
 
 METHODS = ("plurality", "average", "stacking")
 
@@ -104,6 +104,8 @@ class EnsembleSpec:
     fit_split: str = "dev"
     predict_split: str = "test"
     stacking: StackingSpec = field(default_factory=StackingSpec)
+    #: Let stacking fit on test (a deliberate final refit): loudly logged, recorded in ensemble.json.
+    allow_test_fit: bool = False
 
     def __post_init__(self) -> None:
         issues = []
@@ -114,22 +116,23 @@ class EnsembleSpec:
             issues.append(f"methods is empty; choose from {', '.join(METHODS)}")
         if len(set(self.methods)) != len(self.methods):
             issues.append(f"methods repeat: {self.methods}")
-        if "stacking" in self.methods and same_split(self.fit_split, self.predict_split):
-            issues.append(f"fit_split and predict_split are both {self.predict_split!r}: stacking would be scored on the "
-                          "examples it learned from; fit on dev (fit_split: dev) and predict test")
-        needed = [self.predict_split] + ([self.fit_split] if "stacking" in self.methods else [])
+        stacking = "stacking" in self.methods
+        test_fit = [] if self.allow_test_fit else leaks(self.split_uses())
+        issues += [f"{why} (or allow_test_fit=true for a deliberate final refit)" for _, why in test_fit]
+        if stacking and not test_fit and splits_overlap(self.fit_split, self.predict_split):
+            issues.append(f"fit_split {self.fit_split!r} and predict_split {self.predict_split!r} share files: stacking "
+                          "would be scored on the examples it learned from; fit on dev (fit_split: dev) and predict test")
+        needed = list(dict.fromkeys([self.predict_split] + ([self.fit_split] if stacking else [])))
         for name, member in self.members.items():
-            if not isinstance(member, MemberSpec):
-                continue  # already reported by the config loader
-            hint = "write its path with {split} (e.g. runs/x/{split}_predictions.csv) or as a mapping of split to path"
-            if len(set(needed)) > 1 and member.split_agnostic:
-                issues.append(f"member {name!r} has one prediction file for both {self.fit_split!r} (stacking trains "
-                              f"on it) and {self.predict_split!r}; {hint}")
-            for split in needed:
-                if not member.covers(split):
-                    issues.append(f"member {name!r} has no prediction file for split {split!r}; {hint}")
+            if isinstance(member, MemberSpec):  # else already reported by the config loader
+                issues += _member_issues(name, member, needed, self.fit_split, self.predict_split)
         if issues:
-            raise ValueError("; ".join(issues))
+            raise ValueError("\n  - ".join(issues))
+
+    def split_uses(self) -> list[SplitUse]:
+        """The spec's splits by role (``llmser.data.splits``): stacking fits on fit_split, all report predict_split."""
+        fit = [SplitUse("fit_split", self.fit_split, "fit")] if "stacking" in self.methods else []
+        return [*fit, SplitUse("predict_split", self.predict_split, "report")]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> EnsembleSpec:
@@ -166,6 +169,19 @@ class EnsembleSpec:
         if isinstance(data, dict):
             data = apply_overrides(data, overrides or [])
         return cls.from_dict(data, source=str(path))
+
+
+def _member_issues(name: str, member: MemberSpec, needed: list[str], fit_split: str, predict_split: str) -> list[str]:
+    """What is wrong with one member's prediction files for the splits ``needed`` (each named once)."""
+    hint = "write its path with {split} (e.g. runs/x/{split}_predictions.csv) or as a mapping of split to path"
+    issues = []
+    if len(needed) > 1 and member.split_agnostic:
+        issues.append(f"member {name!r} has one prediction file for both {fit_split!r} (stacking trains "
+                      f"on it) and {predict_split!r}; {hint}")
+    missing = [split for split in needed if not member.covers(split)]
+    if missing:
+        issues.append(f"member {name!r} has no prediction file for split(s) {', '.join(map(repr, missing))}; {hint}")
+    return issues
 
 
 def load_member_predictions(spec: EnsembleSpec, split: str, for_fitting: bool = False) -> dict[str, Any]:

@@ -154,9 +154,29 @@ def evaluate_corpus(
 # ----------------------------------------------------------------------------- report sections
 
 
+def is_blind(references: Sequence[Any]) -> bool:
+    """Whether none of the files has a class or an attribute: a blind test set such as Test3."""
+    return bool(references) and not any(getattr(u, "emo_class", None) or getattr(u, "arousal", None) is not None
+                                        for u in references)
+
+
+def report_or_submit(predictions: Predictions, references: Sequence[Any], out_dir: str | Path,
+                     title: str = "llmser evaluation", **kwargs: Any) -> dict[str, Any]:
+    """:func:`evaluate` a labelled split; a blind one (no labels) gets the challenge submission files in
+    ``out_dir`` instead, so a run predicting it ends with what can be uploaded and its other results kept."""
+    if not is_blind(references):
+        return evaluate(predictions, references, out_dir, title=title, **kwargs)
+    from llmser.evaluation.submission import write_submissions
+
+    written = write_submissions(out_dir, predictions)
+    logger.info("%s: the split has no labels (blind), so it is not scored; submission files: %s", title,
+                ", ".join(str(p) for p in written.values()))
+    return {"blind": True, "submission": {k: str(p) for k, p in written.items()}}
+
+
 def _require_labels(references: Sequence[Any]) -> None:
     """Refuse to score a split none of whose files has a class or an attribute (the blind test set)."""
-    if any(getattr(u, "emo_class", None) or getattr(u, "arousal", None) is not None for u in references):
+    if not is_blind(references):
         return
     splits = sorted({str(getattr(u, "split", "?")) for u in references})
     raise UnlabelledSplitError(
@@ -547,6 +567,8 @@ def format_summary_table(
 __all__ = [
     "SUMMARY_COLUMNS",
     "UnlabelledSplitError",
+    "is_blind",
+    "report_or_submit",
     "evaluate",
     "evaluate_corpus",
     "format_summary_table",

@@ -28,16 +28,21 @@ def training_prior(utterances) -> tuple[np.ndarray, np.ndarray]:
     return counts / counts.sum(), means
 
 
-def predict_prior(corpus_root: str | Path, split: str = "test", train_split: str = "train") -> Predictions:
-    """Predictions for every file of ``split`` from the prior of ``train_split``."""
+def predict_prior(corpus_root: str | Path, split: str = "test", train_split: str = "train",
+                  allow_test_fit: bool = False) -> tuple[Predictions, dict]:
+    """Predictions for every file of ``split`` from the prior of ``train_split``, and the splits by role
+    (``llmser.data.splits``: a test ``train_split`` is refused unless ``allow_test_fit``)."""
     from llmser.data.msp_podcast import MSPPodcast
+    from llmser.data.splits import SplitUse, check_split_roles
 
     corpus = MSPPodcast.from_folder(corpus_root)
+    roles = check_split_roles([SplitUse("--train-split", train_split, "fit"), SplitUse("--split", split, "report")],
+                              corpus, allow_test_fit=allow_test_fit)
     prior, means = training_prior(corpus.utterances(corpus.resolve_split(train_split), task="all"))
     names = [u.file_name for u in corpus.utterances(corpus.resolve_split(split), task="all")]
     probs = np.tile(prior, (len(names), 1))
     attributes = np.tile(means, (len(names), 1))
-    return Predictions.from_probs(names, probs, attributes=attributes)
+    return Predictions.from_probs(names, probs, attributes=attributes), roles
 
 
 __all__ = ["predict_prior", "training_prior"]

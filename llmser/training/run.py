@@ -38,9 +38,11 @@ def run(recipe_path: str | Path, overrides: list[str] | None = None, resume: str
     check_output_dir(recipe.train.output_dir, what="train.output_dir")  # before hours of training, not after
     set_seed(recipe.train.seed)
     corpus = MSPPodcast.from_folder(recipe.data.corpus, ReaderConfig(on_error=recipe.data.on_error))
+    roles = recipe_split_roles(recipe, corpus)  # test is only reported on: refused before any work
+    roles.update(blind_test_split(recipe, corpus))
     model_config = branch_config(recipe)
     if getattr(model_config, "mode", None) == "sft":  # instruction tuning runs in trl's own trainer
-        return _run_sft(recipe, model_config, corpus, resume)
+        return _run_sft(recipe, model_config, corpus, resume, roles)
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available(),  # else 2 CPU processes each think they are alone
@@ -59,7 +61,8 @@ def run(recipe_path: str | Path, overrides: list[str] | None = None, resume: str
                       class_counts=setup.class_counts, train_labels=setup.train_labels, accelerator=accelerator)
     state = trainer.fit(resume=resume)
     result: dict[str, Any] = {"step": state["step"], "best_step": state.get("best_step"),
-                              "dev": state.get("best_metrics", {}), "train_seconds": state.get("train_seconds"), **warmup}
+                              "dev": state.get("best_metrics", {}), "train_seconds": state.get("train_seconds"), **warmup,
+                              **roles}
     if recipe.train.predict_test and setup.test_set is not None:
         result["test"] = predict_test(trainer, spec, setup)
         dev_votes = (result["test"].get("voting") or {}).get("dev")
@@ -97,13 +100,37 @@ def _finish(accelerator: Any, trainer: Any) -> None:
     accelerator.end_training()  # trackers closed, process group torn down
 
 
-def _run_sft(recipe: Any, model_config: Any, corpus: Any, resume: str | None) -> dict[str, Any]:
+def recipe_split_roles(recipe: Any, corpus: Any) -> dict[str, Any]:
+    """The recipe's splits by role (train fits, eval selects, test reports), refusing test for fit or select
+    unless ``data.allow_test_fit`` (then recorded); what metrics.json keeps of them."""
+    from llmser.data.splits import SplitUse, check_split_roles
+
+    data = recipe.data
+    uses = [SplitUse("data.train_split", data.train_split, "fit"), SplitUse("data.eval_split", data.eval_split, "select"),
+            SplitUse("data.test_split", data.test_split, "report")]
+    return check_split_roles(uses, corpus, allow_test_fit=data.allow_test_fit, flag="data.allow_test_fit=true")
+
+
+def blind_test_split(recipe: Any, corpus: Any) -> dict[str, Any]:
+    """Say before training when the test split has no labels (the challenge's Test3): it is then predicted and
+    written as submission files, not scored, and the run's dev results are kept as for any other run."""
+    from llmser.evaluation.report import is_blind
+
+    split = recipe.data.test_split
+    if not split or not recipe.train.predict_test or not is_blind(corpus.utterances(corpus.resolve_split(split))):
+        return {}
+    logger.info("report split %s (data.test_split) has no labels (a blind split): after training it is predicted "
+                "and written as submission files under %s/test, not scored", split, recipe.train.output_dir)
+    return {"test_blind": True}
+
+
+def _run_sft(recipe: Any, model_config: Any, corpus: Any, resume: str | None, roles: dict[str, Any]) -> dict[str, Any]:
     from accelerate import PartialState
 
     from llmser.training.sft import run_sft
     from llmser.utils.io import atomic_write_json
 
-    result = run_sft(recipe, model_config, corpus, resume)
+    result = {**run_sft(recipe, model_config, corpus, resume), **roles}
     if PartialState().is_main_process:
         atomic_write_json(Path(recipe.train.output_dir) / "metrics.json", result)
     return result
@@ -178,7 +205,7 @@ def choose_voting_on_dev(trainer: Any, model: Any, setup: Any, best_dir: Path) -
 def predict_test(trainer: Any, spec: Any, setup: Any) -> dict[str, Any]:
     """Score the test split with the best model; the main process writes predictions and the report."""
     from llmser.evaluation.predictions import Predictions
-    from llmser.evaluation.report import evaluate
+    from llmser.evaluation.report import report_or_submit
     from llmser.models.llm.votes import votes
 
     output_dir = Path(trainer.recipe.train.output_dir)
@@ -193,9 +220,12 @@ def predict_test(trainer: Any, spec: Any, setup: Any) -> dict[str, Any]:
     predictions = Predictions.from_probs(names, out.probs, attributes=out.attributes) if out.probs is not None \
         else Predictions(file_names=names, classes=None, probs=None, attributes=out.attributes, extras={})
     predictions.write_csv(output_dir / "test_predictions.csv")
-    report = evaluate(predictions, setup.test_utterances, output_dir / "test",
-                      title=f"{trainer.recipe.branch} branch, test split")
-    logger.info("test: %s", {k: round(v, 4) for k, v in out.metrics.items()})
+    report = report_or_submit(predictions, setup.test_utterances, output_dir / "test",
+                              title=f"{trainer.recipe.branch} branch, test split")
+    if report.get("blind"):
+        return {"blind": True, "submission": report["submission"]}
+    # DEBUG, not INFO: dev is what the log shows; test is read once, from the report (docs/protocol.md)
+    logger.debug("test: %s", {k: round(v, 4) for k, v in out.metrics.items()})
     return {"metrics": out.metrics, "report": str(output_dir / "test" / "report.md"),
             "macro_f1": (report.get("task1") or {}).get("macro_f1")}
 
@@ -208,7 +238,7 @@ def predict_test_by_vote(trainer: Any, model: Any, setup: Any) -> dict[str, Any]
     dev (the first variant without dev), and ``test/voting.md``/``.json``: one row per variant and one
     for the vote, on dev and test, with a sentence on whether the vote beat the best variant on dev.
     """
-    from llmser.evaluation.report import evaluate
+    from llmser.evaluation.report import evaluate, is_blind, report_or_submit
     from llmser.models.llm.votes import (
         best_single,
         report_rows,
@@ -229,10 +259,14 @@ def predict_test_by_vote(trainer: Any, model: Any, setup: Any) -> dict[str, Any]
         tables["dev"] = report_rows(every_dev, dev, setup.eval_set.utterances)
     every, test = vote_with_every_variant(model, setup.test_set, setup.collate_fn, batch_size=batch_size,
                                           max_tokens=trainer.recipe.data.eval_max_tokens, desc="voting on test")
-    tables["test"] = report_rows(every, test, setup.test_utterances)
-    single = best_single(tables["dev"])["variant"] if "dev" in tables else every.variant_names[0]
     predictions = test.predictions()
     predictions.write_csv(output_dir / "test_predictions.csv")
+    if is_blind(setup.test_utterances):  # nothing to score: the submission files, and dev's table kept
+        written = report_or_submit(predictions, setup.test_utterances, output_dir / "test")["submission"]
+        atomic_write_json(output_dir / "test" / "voting.json", {"rule": rule, **tables})
+        return {"blind": True, "submission": written, "voting": tables}
+    tables["test"] = report_rows(every, test, setup.test_utterances)
+    single = best_single(tables["dev"])["variant"] if "dev" in tables else every.variant_names[0]
     title = f"{trainer.recipe.branch} branch, test split, {rule} vote of {len(test.variant_names)} prompt variants"
     report = evaluate(predictions, setup.test_utterances, output_dir / "test", title=title)
     evaluate(every.variant_predictions(single), setup.test_utterances, output_dir / "test" / "single",
@@ -243,7 +277,7 @@ def predict_test_by_vote(trainer: Any, model: Any, setup: Any) -> dict[str, Any]
     if "dev" in tables:
         logger.info(verdict(tables["dev"]))
     metrics = {k: v for k, v in tables["test"][0].items() if k not in ("variant", "n") and v is not None}
-    logger.info("test (vote): %s", {k: round(v, 4) for k, v in metrics.items()})
+    logger.debug("test (vote): %s", {k: round(v, 4) for k, v in metrics.items()})  # dev only at INFO
     return {"metrics": metrics, "report": str(output_dir / "test" / "report.md"),
             "macro_f1": (report.get("task1") or {}).get("macro_f1"), "voting": tables}
 

@@ -132,8 +132,9 @@ def run_sft(recipe: Recipe, config: TextLLMBranchConfig, corpus: Any, resume: st
 def predict_split(model: Any, tokenizer: Any, utterances: list, config: TextLLMBranchConfig, output_dir: Path,
                   *, batch_size: int = 8, max_tokens: int | None = None,
                   title: str = "text_llm (sft) branch, test split") -> dict[str, Any]:
-    """Vote over the prompt variants on a split, write ``test_predictions.csv`` and the report."""
-    from llmser.evaluation.report import evaluate
+    """Vote over the prompt variants on a split, write ``test_predictions.csv`` and the report (the submission
+    files for a blind split)."""
+    from llmser.evaluation.report import report_or_submit
     from llmser.inference.prompting import predict_with_prompts
 
     templates = load_prompts(config.voting.select(list(config.prompts)), task="class", inputs="transcript",
@@ -147,7 +148,9 @@ def predict_split(model: Any, tokenizer: Any, utterances: list, config: TextLLMB
     predictions.write_csv(output_dir / "test_predictions.csv")
     from llmser.evaluation.report import summary_row
 
-    report = evaluate(predictions, utterances, output_dir / "test", title=title)
+    report = report_or_submit(predictions, utterances, output_dir / "test", title=title)
+    if report.get("blind"):
+        return {"blind": True, "submission": report["submission"]}
     metrics = {k: v for k, v in summary_row("text_llm", report).items() if k != "system" and v is not None}
     return {"metrics": metrics, "report": str(output_dir / "test" / "report.md"), "macro_f1": metrics.get("macro_f1")}
 
