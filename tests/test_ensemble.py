@@ -293,7 +293,8 @@ def test_stacking_is_refused_in_sample(data, tmp_path):
 
     from llmser.data.branch_outputs import save_branch_outputs
 
-    with pytest.raises(ValueError, match="both 'Development': stacking would be scored on the examples it learned from"):
+    with pytest.raises(ValueError, match="'dev' and predict_split 'Development' share files: stacking would be scored on the examples it "
+                       "learned from"):
         EnsembleSpec.from_dict({"members": {"a": "a_{split}.csv", "b": "b_{split}.csv"}, "fit_split": "dev",
                                 "predict_split": "Development"})
     (dev, dev_refs), (test, _) = data

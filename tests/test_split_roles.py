@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from corpus_factory import write_corpus
+
 from llmser.cli import main
 from llmser.data.msp_podcast import MSPPodcast
 from llmser.data.splits import SplitRoleError, SplitUse, check_split_roles, is_test_name, splits_overlap

@@ -21,10 +21,9 @@ def run_ensemble_command(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from llmser.data.msp_podcast import MSPPodcast
+    from llmser.data.splits import check_split_roles
     from llmser.ensemble import EnsembleSpec, run_ensemble
     from llmser.evaluation.report import evaluate, format_summary_table, summary_row
-
-    from llmser.data.splits import check_split_roles
     from llmser.utils.io import atomic_write_json
 
     spec = EnsembleSpec.load(args.spec, args.overrides)

@@ -180,7 +180,7 @@ def _member_issues(name: str, member: MemberSpec, needed: list[str], fit_split: 
                       f"on it) and {predict_split!r}; {hint}")
     missing = [split for split in needed if not member.covers(split)]
     if missing:
-        issues.append(f"member {name!r} has no prediction file for split(s) {', '.join(map(repr, missing))}; {hint}")
+        issues.append(f"member {name!r} has no prediction file for split {' or '.join(map(repr, missing))}; {hint}")
     return issues
 
 
