@@ -52,7 +52,8 @@ class LossConfig:
 
     ``class_loss``: "ce", "weighted_ce" (inverse-frequency weights, the baseline), "focal" (alpha = the
     same weights when class counts are known), "soft_ce" or "soft_kl" (annotator distributions; rows
-    without one fall back to the one-hot hard label). ``attribute_loss``: "ccc" (1 - CCC per attribute),
+    without one fall back to the one-hot hard label; X/O rows, which have no task-1 label, are left out
+    unless ``soft_labels_on_xo``). ``attribute_loss``: "ccc" (1 - CCC per attribute),
     "mse", or "ccc+mse". The total is ``class_weight * class + attribute_weight * attribute``, where the
     attribute term is the ``attribute_weights``-weighted mean over arousal, valence, dominance.
     A model that also returns ``auxiliary_class_logits`` (a training-only head, e.g. the audio-LLM's class
@@ -68,6 +69,7 @@ class LossConfig:
     attribute_weight: float = field(default=1.0, metadata={"help": "weight of the task-2 loss in the total", "min": 0})
     attribute_weights: tuple[float, ...] = field(default=(1.0, 1.0, 1.0), metadata={"help": "weights of arousal, valence, dominance within the task-2 loss", "min": 0})
     auxiliary_class_weight: float = field(default=0.5, metadata={"help": "weight of a training-only class head's loss (e.g. the audio-LLM's speech-token head)", "min": 0})
+    soft_labels_on_xo: bool = field(default=False, metadata={"help": "soft_ce/soft_kl: also train the class head on X/O files' annotator votes (task 1 leaves X/O out, so off by default; the log counts them)"})
 
     def __post_init__(self) -> None:
         check_ranges(self)

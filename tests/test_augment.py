@@ -132,7 +132,15 @@ def test_mix_labels_averages_and_keeps_unknowns_unknown():
     assert not unknown.any()
 
 
-VOTES = ["A", "A", "S", None, "X", "N", "Other-Concerned"]  # valid votes: A, A, S, N
+VOTES = ["A", "A", "S", None, "X", "N"]  # valid votes: A, A, S, N
+
+
+def test_other_votes_widen_the_soft_label_and_never_make_it_one_class():
+    """Two Other votes and one Neutral gave 100 % Neutral; an Other vote counts 1/8 for each class."""
+    dist = vote_distribution(["Other-Concerned", "O", "N"])
+    assert dist[CODE_TO_INDEX["N"]] == pytest.approx((1 + 2 / 8) / 3)
+    assert dist.max() < 1 and dist.sum() == pytest.approx(1.0) and (dist > 0).all()
+    assert np.allclose(vote_distribution(["A", "A", "S", "N", "O"]), _dist(A=0.4, S=0.2, N=0.2) + 0.2 / 8)
 
 
 def test_annotator_dropout_by_hand():
@@ -148,7 +156,7 @@ def test_annotator_dropout_by_hand():
     for seed in range(5):  # everything dropped -> min_keep votes restored
         kept = annotator_label_dropout(VOTES, np.random.default_rng(seed), drop_prob=1.0, min_keep=2)
         assert kept.sum() == pytest.approx(1.0) and set(np.round(kept * 2, 6)) <= {0.0, 1.0, 2.0}
-    assert not annotator_label_dropout(["X", "O", None], np.random.default_rng(0)).any()
+    assert not annotator_label_dropout(["X", None], np.random.default_rng(0)).any()
     with pytest.raises(ValueError, match="'Q'"):
         annotator_label_dropout(["A", "Q"], np.random.default_rng(0))
 

@@ -30,8 +30,8 @@ def test_reads_splits_labels_and_transcripts(corpus_dir):
     first = corpus.utterances("train")[0]
     assert first.emo_class == "A" and first.class_index == 0 and first.gender == "Female"
     assert first.transcript == "how dare you" and first.arousal == 6.0
-    # 3 x A, 1 x D; the Other vote is ignored
-    np.testing.assert_allclose(first.soft_label, [0.75, 0, 0, 0, 0, 0.25, 0, 0])
+    # 3 x A, 1 x D, 1 x Other: the Other vote counts 1/8 for each class
+    np.testing.assert_allclose(first.soft_label, (np.array([3, 0, 0, 0, 0, 1, 0, 0]) + 1 / 8) / 5)
     assert corpus.utterances("train")[1].soft_label is None
 
 
@@ -219,7 +219,7 @@ def test_every_detailed_layout_gives_the_same_labels(tmp_path, layout):
     reference = MSPPodcast.from_folder(_release_corpus(tmp_path / "ref", DETAILED_LLMSER))
     assert _votes(corpus) == _votes(reference)
     angry, neutral = corpus.utterances("train")[0], corpus.utterances("dev")[0]
-    np.testing.assert_allclose(angry.soft_label, [2 / 3, 0, 0, 0, 0, 1 / 3, 0, 0])  # the Other vote is ignored
+    np.testing.assert_allclose(angry.soft_label, (np.array([2, 0, 0, 0, 0, 1, 0, 0]) + 1 / 8) / 4)  # Other: 1/8 each
     np.testing.assert_allclose(neutral.soft_label, [0, 1 / 3, 0, 0, 0, 0, 0, 2 / 3])
     assert [u.emo_class for u in corpus.items] == ["A", "N", None, None]
     assert [a.code for a in angry.annotations] == ["A", "A", "D", "O"]

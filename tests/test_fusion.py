@@ -396,6 +396,9 @@ def test_fusion_refuses_to_learn_from_in_sample_outputs(fake_run, tmp_path):
     save_branch_outputs(marked, "wavlm", "Train", out.file_names, out.tensors, trained_on="Train", cross_fitted=5)
     with pytest.raises(ConfigError, match="text_llm come from"):  # wavlm's train outputs are out-of-fold now
         setup("data.train_split=train", "data.eval_split=dev")
+    with pytest.raises(ConfigError, match=r"\(data.eval_split\).*data.train_split='dev\[\^0/5\]' with "
+                                          r"data.eval_split='dev\[0/5\]'"):  # said data.eval_split twice
+        setup("data.train_split=dev", "data.eval_split=train")
 
 
 @pytest.mark.slow

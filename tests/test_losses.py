@@ -217,10 +217,15 @@ def test_multitask_soft_losses_fall_back_to_one_hot_and_use_soft_labels():
     weighted = MultiTaskLoss(LossConfig(class_loss="weighted_ce"), class_counts=counts)
     assert soft_ce(logits, None, batch)["loss"].item() == pytest.approx(
         weighted(logits, None, batch)["loss"].item(), abs=1e-6)
-    batch["soft_label"][1, :2] = 0.5  # the unlabelled row now has annotator votes: it counts for soft KL
-    kl = MultiTaskLoss(LossConfig(class_loss="soft_kl"))(logits, None, batch)["loss"]
+    batch["soft_label"][1, :2] = 0.5  # the row without a task-1 label (X/O) now has annotator votes
     rows = torch.nn.functional.one_hot(batch["label"].clamp_min(0), 8).float()
-    rows[1] = batch["soft_label"][1]
+    rows[1] = 0.0  # task 1 leaves X/O out: by default its votes are not learned either
+    for loss in ("soft_kl", "soft_ce"):
+        left_out = MultiTaskLoss(LossConfig(class_loss=loss))(logits, None, batch)["loss"]
+        expected = soft_label_kl(logits, rows) if loss == "soft_kl" else soft_label_cross_entropy(logits, rows)
+        assert left_out.item() == pytest.approx(expected.item(), abs=1e-6), loss
+    rows[1] = batch["soft_label"][1]  # unless the recipe says so
+    kl = MultiTaskLoss(LossConfig(class_loss="soft_kl", soft_labels_on_xo=True))(logits, None, batch)["loss"]
     assert kl.item() == pytest.approx(soft_label_kl(logits, rows).item(), abs=1e-6)
     focal = MultiTaskLoss(LossConfig(class_loss="focal", focal_gamma=0.0))(logits, None, batch)["loss"]
     assert focal.item() == pytest.approx(weighted_cross_entropy(logits, batch["label"]).item(), abs=1e-6)
@@ -243,3 +248,15 @@ def test_loss_config_from_yaml_mapping_and_validation():
         from_dict(LossConfig, {"attribute_weights": [1, 2]})
     with pytest.raises(ConfigError, match="not one of"):
         from_dict(LossConfig, {"class_loss": "hinge"})
+
+
+def test_soft_label_losses_count_the_xo_files_they_leave_out(caplog):
+    from llmser.training.engine import _log_soft_label_rows
+
+    _log_soft_label_rows(LossConfig(class_loss="soft_ce"), [0, -1, 3, -1])
+    _log_soft_label_rows(LossConfig(class_loss="soft_kl", soft_labels_on_xo=True), [-1, 2])
+    _log_soft_label_rows(LossConfig(class_loss="weighted_ce"), [-1])
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("soft_ce: 2 X/O training file(s)" in m and "left out of the class loss" in m for m in messages)
+    assert any("soft_kl: the class loss also learns the annotator votes of 1 X/O" in m for m in messages)
+    assert len(messages) == 2

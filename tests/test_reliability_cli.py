@@ -95,3 +95,40 @@ def test_bad_values_exit_2_without_a_traceback(command, cases, capsys, monkeypat
         assert status == 2, f"llmser {command} {' '.join(argv)} -> {status}\n{captured.out}{captured.err}"
         assert "Traceback" not in captured.err + captured.out
         assert "error" in captured.err, (argv, captured.err)
+
+
+def test_push_offline_or_unreachable_exits_2_without_a_traceback(tmp_path, capsys, monkeypatch):
+    """With the Hub off (HF_HUB_OFFLINE) or out of reach, push says so and what to do (it ended in a traceback)."""
+    from huggingface_hub import HfApi
+
+    folder = tmp_path / "system"
+    folder.mkdir()
+    (folder / "README.md").write_text("card\n")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["push", str(folder), "org/name"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "HF_HUB_OFFLINE is set" in err
+
+    class ConnectError(Exception):  # the HTTP client's own error, no ConnectionError base
+        pass
+
+    def unreachable(self, repo_id, **kwargs):
+        raise ConnectError("[Errno -2] Name or service not known")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(HfApi, "create_repo", unreachable)
+    assert main(["push", str(folder), "org/name"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be reached" in err and "check the network" in err
+
+
+def test_train_missing_transcripts_hint_names_an_option_train_accepts(tmp_path, capsys):
+    """The hint said `--missing-transcripts asr`, a flag `llmser train` rejects; it names the recipe field."""
+    from corpus_factory import good_rows, write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus", good_rows())
+    status = main(["train", str(ROOT / "adapters" / "text_tiny.yaml"), f"data.corpus={corpus}",
+                   f"train.output_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err
+    assert "data.missing_transcripts=asr" in err and "--missing-transcripts" not in err

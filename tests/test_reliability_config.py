@@ -145,3 +145,16 @@ def test_branch_typo_gets_did_you_mean():
 def test_shipped_recipes_still_parse():
     for path in sorted((ROOT / "adapters").glob("*.yaml")):
         load_recipe(path)
+
+
+def test_text_smol_sft_keeps_test_chosen_settings_at_their_defaults():
+    """balanced_sampler: true and lr 1e-3 came from a commit that cited a test score (issue 27): "choose on
+    dev, report test once" leaves them at the defaults until a dev comparison chooses otherwise."""
+    from llmser.models.registry import load_recipe
+    from llmser.recipe import DataConfig, OptimConfig
+
+    recipe = load_recipe(ROOT / "adapters" / "text_smol_sft.yaml")
+    assert recipe.data.balanced_sampler == DataConfig().balanced_sampler
+    assert recipe.optim.lr == OptimConfig().lr
+    text = (ROOT / "adapters" / "text_smol_sft.yaml").read_text()
+    assert "test macro-F1" not in text and "test score" in text  # the comment says why, quoting no test figure

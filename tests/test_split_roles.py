@@ -177,3 +177,30 @@ def test_train_on_a_corpus_with_a_blind_test_split_writes_metrics_and_submission
     assert sorted(validate_task1(out / "test" / "task1_predictions.csv", blind_files)) == sorted(blind_files)
     validate_task2(out / "test" / "task2_predictions.csv", blind_files)
     assert "blind" in captured.out and "submission files" in captured.out
+
+
+def test_train_logs_splits_by_role_and_test_scores_not_at_info(corpus, tmp_path, capsys, caplog):
+    """docs/protocol.md: train prints dev only; the test scores are in the report (they were logged at INFO)."""
+    out = tmp_path / "run"
+    assert main(["train", RECIPE, f"data.corpus={corpus}", f"train.output_dir={out}", "train.max_steps=2",
+                 "train.eval_every=2", "train.save_every=2", "data.batch_size=4", "data.max_seconds=1.0",
+                 "optim.warmup_steps=0"]) == 0
+    info = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
+    assert not [m for m in info if m.startswith("test")], info
+    assert {"fit split: train (data.train_split)", "select split: dev (data.eval_split)",
+            "report split: test (data.test_split)"} <= set(info)
+    printed = capsys.readouterr().out
+    assert "select split dev (data.eval_split), best step" in printed and "report split predicted" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["splits"]["data.train_split"] == {"split": "train", "role": "fit"} and "test_fit" not in metrics
+
+
+def test_train_on_test_with_the_override_says_so_in_metrics(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", RECIPE, f"data.corpus={corpus}", f"train.output_dir={out}", "train.max_steps=1",
+                 "train.eval_every=1", "train.save_every=1", "data.batch_size=4", "data.max_seconds=1.0",
+                 "optim.warmup_steps=0", "data.eval_split=test[0/2]", "data.allow_test_fit=true",
+                 "train.predict_test=false"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_fit"] == ["data.eval_split=test[0/2] (select)"]
+    assert "WARNING: test was used for more than a report" in capsys.readouterr().out

@@ -20,7 +20,15 @@ from typing import Any, Literal
 import numpy as np
 
 from llmser.config import check_ranges
-from llmser.schema import ATTRIBUTES, CLASS_CODES, CODE_TO_INDEX, EXTRA_CODES, NUM_CLASSES, normalise_class
+from llmser.schema import (
+    ATTRIBUTES,
+    CLASS_CODES,
+    CODE_TO_INDEX,
+    EXTRA_CODES,
+    NUM_CLASSES,
+    OTHER,
+    normalise_class,
+)
 
 SAMPLE_RATE = 16000
 _RT60_DECAY = np.log(1000.0)  # an amplitude decays by 60 dB (x 1/1000) over one RT60
@@ -170,14 +178,23 @@ def mix_labels(dist_a: np.ndarray, dist_b: np.ndarray, attrs_a: np.ndarray,
 
 
 def vote_distribution(codes: Sequence[str | None]) -> np.ndarray:
-    """Share of the valid votes per class over CLASS_CODES (8,); X/O/None ignored; zeros if none valid."""
+    """The annotators' votes as a distribution over CLASS_CODES (8,); zeros when no vote counts.
+
+    A vote for one of the eight classes counts for it. An "Other" vote (O, Other-<word>) says none of the
+    eight fits: it counts as 1/8 for each, so it widens the distribution instead of vanishing (two Other
+    votes and one Neutral give Neutral 5/12, not 100 %). X and None are not votes.
+    """
     counts = np.zeros(NUM_CLASSES, dtype=np.float32)
     for code in _valid_votes(codes):
-        counts[CODE_TO_INDEX[code]] += 1
+        if code == OTHER:
+            counts += 1.0 / NUM_CLASSES
+        else:
+            counts[CODE_TO_INDEX[code]] += 1
     return counts / counts.sum() if counts.sum() > 0 else counts
 
 
 def _valid_votes(codes: Sequence[str | None]) -> list[str]:
+    """The votes that count: the eight classes and Other (O); X and None left out."""
     votes = []
     for raw in codes:
         if raw is None:
@@ -186,7 +203,7 @@ def _valid_votes(codes: Sequence[str | None]) -> list[str]:
         if code is None:
             raise ValueError(f"annotator vote {raw!r} is not a class code or name; valid codes are "
                              f"{', '.join(CLASS_CODES + EXTRA_CODES)}")
-        if code in CODE_TO_INDEX:
+        if code in CODE_TO_INDEX or code == OTHER:
             votes.append(code)
     return votes
 
@@ -195,7 +212,7 @@ def annotator_label_dropout(annotator_codes: Sequence[str | None], rng: np.rando
                             drop_prob: float = 0.2, min_keep: int = 1) -> np.ndarray:
     """Drop each valid vote with ``drop_prob`` (keeping at least ``min_keep``) and return the new (8,) distribution.
 
-    Only votes for the eight classes take part (X/O/None are ignored, as in the soft label itself). If
+    Votes for the eight classes and Other take part (X/None are ignored, as in the soft label itself). If
     fewer than ``min_keep`` survive, randomly chosen dropped votes are restored. Returns zeros when no
     vote is valid.
     """

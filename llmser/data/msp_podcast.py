@@ -46,7 +46,6 @@ from llmser.schema import (
     CLASS_CODES,
     CLASS_NAMES,
     CODE_TO_INDEX,
-    NUM_CLASSES,
     normalise_class,
 )
 from llmser.utils.logging import get_logger
@@ -136,14 +135,12 @@ class Utterance:
 
     @property
     def soft_label(self) -> np.ndarray | None:
-        """Annotators' vote distribution over the 8 classes (X/O/other votes ignored)."""
-        votes = [a.code for a in self.annotations if a.code in CODE_TO_INDEX]
-        if not votes:
-            return None
-        dist = np.zeros(NUM_CLASSES, dtype=np.float32)
-        for code in votes:
-            dist[CODE_TO_INDEX[code]] += 1
-        return dist / dist.sum()
+        """Annotators' vote distribution over the 8 classes (``augment.vote_distribution``: an Other vote
+        counts 1/8 for each class, so Other votes never make it 100 % of one class); None without votes."""
+        from llmser.data.augment import vote_distribution
+
+        dist = vote_distribution([a.code for a in self.annotations])
+        return dist if dist.sum() > 0 else None
 
 
 @dataclass

@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llmser.hub.manifest import MANIFEST_NAME, SystemManifest
-from llmser.utils.hub import HubError, check_repo_id, resolve_pretrained, snapshot
+from llmser.utils.hub import HubError, check_repo_id, hub_offline, resolve_pretrained, snapshot
 from llmser.utils.logging import get_logger
 from llmser.utils.weights import check_no_outside_links, check_safe_folder
 
@@ -67,14 +67,34 @@ def push(folder: str | Path, repo_id: str, private: bool = False, token: str | N
     from huggingface_hub import HfApi
 
     api = HfApi()
-    repo = api.create_repo(repo_id, token=token, private=private, exist_ok=True)
-    logger.info("uploading %s to %s%s", folder, getattr(repo, "url", repo_id), " (private)" if private else "")
-    commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
-                               token=token, revision=revision, create_pr=create_pr,
-                               ignore_patterns=list(PUSH_IGNORE_PATTERNS))
+    try:
+        repo = api.create_repo(repo_id, token=token, private=private, exist_ok=True)
+        logger.info("uploading %s to %s%s", folder, getattr(repo, "url", repo_id), " (private)" if private else "")
+        commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
+                                   token=token, revision=revision, create_pr=create_pr,
+                                   ignore_patterns=list(PUSH_IGNORE_PATTERNS))
+    except Exception as exc:  # noqa: BLE001 - the HTTP stack's connection errors share no base class
+        if not _unreachable(exc):
+            raise
+        if hub_offline():
+            raise HubError(f"cannot push {folder} to {repo_id}: the Hub is off (HF_HUB_OFFLINE is set); unset "
+                           "HF_HUB_OFFLINE on a machine with network access and push again") from None
+        raise HubError(f"cannot push {folder} to {repo_id}: the Hub cannot be reached ({type(exc).__name__}: "
+                       f"{exc}); check the network (or a proxy) and push again. Nothing was uploaded "
+                       "unless the Hub page shows a commit.") from None
     url = str(getattr(commit, "commit_url", None) or getattr(commit, "pr_url", None) or commit)
     logger.info("pushed %s: %s", repo_id, url)
     return url
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a network failure rather than a refusal by the Hub."""
+    while exc is not None:
+        if isinstance(exc, (ConnectionError, TimeoutError)) or type(exc).__name__ in ("ConnectError", "ConnectTimeout",
+                                                                                      "ReadTimeout", "NetworkError"):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _check_manifest_for_hub(folder: Path) -> None:

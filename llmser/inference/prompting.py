@@ -149,7 +149,8 @@ def predict_corpus_split(corpus_dir: str, split: str, *, llm: str = "smol", adap
 
     corpus = MSPPodcast.from_folder(corpus_dir)
     utterances = corpus.utterances(corpus.resolve_split(split), task="all")[:limit]
-    utterances = resolve_transcripts(utterances, split, policy=missing_transcripts, asr=asr, cache_dir=cache_dir)
+    utterances = resolve_transcripts(utterances, split, policy=missing_transcripts, asr=asr, cache_dir=cache_dir,
+                                     option="--missing-transcripts asr")
     model, tokenizer, trained_prompts = load_prompting_model(llm, adapter, revision=revision)
     if answer_scoring is None:  # an SFT adapter's recipe says how it is scored; zero-shot: first tokens (dev)
         answer_scoring = _trained_answer_scoring(adapter, revision) if adapter else "first_token"

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,7 @@ class Trainer:
         self.eval_set = eval_set
         self.collate_fn = collate_fn
         self.loss_fn = MultiTaskLoss(recipe.loss, class_counts=class_counts)
+        _log_soft_label_rows(recipe.loss, train_labels)
         self.sampler = self._build_sampler(train_labels)
         self.model = model
         self.optimizer = build_optimizer(model, recipe.optim)
@@ -346,6 +347,20 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _log_soft_label_rows(loss: Any, train_labels: Sequence[int] | None) -> None:
+    """Say how many training files the soft-label class loss leaves out (X/O: no task-1 label) or keeps."""
+    if loss.class_loss not in ("soft_ce", "soft_kl") or not train_labels:
+        return
+    unlabelled = sum(1 for label in train_labels if label < 0)
+    if unlabelled and loss.soft_labels_on_xo:
+        logger.info("%s: the class loss also learns the annotator votes of %d X/O training file(s) "
+                    "(loss.soft_labels_on_xo)", loss.class_loss, unlabelled)
+    elif unlabelled:
+        logger.info("%s: %d X/O training file(s) have no task-1 label and are left out of the class loss (they "
+                    "still train the attributes; loss.soft_labels_on_xo=true uses their votes)", loss.class_loss,
+                    unlabelled)
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:

@@ -234,16 +234,19 @@ class MultiTaskLoss(nn.Module):
             return soft_label_cross_entropy(logits, target, weight)
         return soft_label_kl(logits, target)
 
-    @staticmethod
-    def _soft_targets(batch: dict[str, Tensor], label: Tensor, num_classes: int) -> Tensor:
-        """Annotator distributions, with the one-hot consensus label for rows that have none."""
+    def _soft_targets(self, batch: dict[str, Tensor], label: Tensor, num_classes: int) -> Tensor:
+        """Annotator distributions, with the one-hot consensus label for rows that have none; rows without a
+        task-1 label (X/O) get none (all zeros: left out), as task 1 leaves them out, unless the recipe sets
+        ``loss.soft_labels_on_xo``."""
         soft = batch.get("soft_label")
         if soft is None:
             soft = torch.zeros(label.shape[0], num_classes, device=label.device)
-        soft = soft.to(label.device).float()  # (B, C)
-        missing = ~soft_label_mask(soft) & (label != IGNORE_LABEL)  # (B,)
+        soft = soft.to(label.device).float().clone()  # (B, C)
+        unlabelled = label == IGNORE_LABEL  # (B,)
+        if not self.config.soft_labels_on_xo:
+            soft[unlabelled] = 0.0
+        missing = ~soft_label_mask(soft) & ~unlabelled  # (B,)
         if bool(missing.any()):
-            soft = soft.clone()
             soft[missing] = F.one_hot(label[missing], num_classes).float()
         return soft
 

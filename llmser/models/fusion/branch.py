@@ -65,7 +65,7 @@ def refuse_in_sample(outputs: dict[str, BranchOutputs], split: str, role: str, f
         raise ConfigError(
             f"fusion {role} split {split!r} ({field}): the cached outputs of {', '.join(leaking)} come from "
             f"models trained on those files (in-sample). Fit fusion on outputs the branches did not train on: "
-            f"{field}='dev[^0/5]' with data.eval_split='dev[0/5]' (dev, with an inner fold for early stopping), or "
+            "data.train_split='dev[^0/5]' with data.eval_split='dev[0/5]' (dev, with an inner fold for early stopping), or "
             "cross-fit the branch on train (llmser collect-outputs RUN --cross-fit 5) and keep train")
 
 

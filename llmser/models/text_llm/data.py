@@ -22,28 +22,33 @@ class MissingTranscriptError(ValueError):
     """Utterances without a transcript were given to a branch that reads transcripts."""
 
 
-def check_transcripts(utterances: Sequence, split: str) -> None:
-    """Report every utterance without a transcript at once, with the ways to get one."""
+#: How a recipe (``llmser train``) asks for Whisper transcripts; a command passes its own flag.
+RECIPE_ASR_OPTION = "data.missing_transcripts=asr"
+
+
+def check_transcripts(utterances: Sequence, split: str, option: str = RECIPE_ASR_OPTION) -> None:
+    """Report every utterance without a transcript at once, with the ways to get one (``option``: how the
+    command at hand turns ASR on, so the hint is one it accepts)."""
     missing = [str(u.audio_path) for u in utterances if not (u.transcript or "").strip()]
     if missing:
         raise MissingTranscriptError(
             f"{len(missing)} {split} utterance(s) have no transcript, e.g. {missing[:3]}. This reads transcripts: "
-            "let Whisper make the missing ones (recipe data.missing_transcripts=asr, or --missing-transcripts asr; "
-            "cached, the corpus is not changed), add Transcripts/<stem>.txt files, or write them into the corpus "
-            "with `llmser transcribe --corpus DIR`")
+            f"let Whisper make the missing ones ({option}; cached, the corpus is not changed), add "
+            "Transcripts/<stem>.txt files, or write them into the corpus with `llmser transcribe --corpus DIR`")
 
 
 def resolve_transcripts(utterances: Sequence, split: str, *, policy: str = "error", asr: str = "smol",
-                        cache_dir: str | Path = ".cache/llmser/features", progress: bool = True) -> list:
+                        cache_dir: str | Path = ".cache/llmser/features", progress: bool = True,
+                        option: str = RECIPE_ASR_OPTION) -> list:
     """The utterances with a transcript each: ``policy="asr"`` makes the missing ones with Whisper ``asr``
-    (cached by audio content, never written into the corpus); ``"error"`` names the files and the options."""
+    (cached by audio content, never written into the corpus); ``"error"`` names the files and ``option``."""
     if policy == "asr":
         from llmser.models.whisper.asr import fill_transcripts
 
         return fill_transcripts(utterances, asr=asr, cache_dir=cache_dir, what=split, progress=progress)
     if policy != "error":
         raise ValueError(f"missing_transcripts must be 'error' or 'asr', got {policy!r}")
-    check_transcripts(utterances, split)
+    check_transcripts(utterances, split, option)
     return list(utterances)
 
 
