@@ -73,7 +73,9 @@ def read_config_data(path: str | Path | None, overrides: list[str] | None = None
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"recipe {path} does not exist; recipes live under adapters/ (e.g. adapters/*.yaml)")
+            from llmser.utils.io import missing
+
+            raise ConfigError(f"recipe {path} {missing(path)}; recipes live under adapters/ (e.g. adapters/*.yaml)")
         loaded = read_yaml(path)
         if loaded is None:
             loaded = {}

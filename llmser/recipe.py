@@ -38,6 +38,7 @@ class DataConfig:
     missing_transcripts: Literal["error", "asr"] = field(default="error", metadata={"help": "files without a transcript, where a branch reads them: stop naming them, or asr: Whisper makes them (cached under cache_dir/transcripts, never written into the corpus)"})
     asr_model: str = field(default="smol", metadata={"help": "Whisper for missing_transcripts=asr: smol (tiny.en, offline), large-v3, Hub id or folder"})
     on_error: Literal["raise", "skip"] = field(default="raise", metadata={"help": "bad corpus rows/files: stop, or skip and report"})
+    extra_splits: list[str] = field(default_factory=list, metadata={"help": "Split_Set names of your own beside the release's (Train, Development, Test1-3); any other name is refused as a likely typo"})
     feature_cache: bool = field(default=True, metadata={"help": "cache a frozen encoder's hidden states on disk"})
     cache_dir: str = field(default=".cache/llmser/features", metadata={"help": "where frozen encoders' features and LLM states are cached"})
     augment: AugmentConfig = field(default_factory=AugmentConfig, metadata={"help": "waveform and label augmentation (noise, reverb, gain, mixing, annotator-label dropout)"})

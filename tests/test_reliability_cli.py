@@ -61,6 +61,17 @@ def _cases(tmp: Path) -> dict[str, list[list[str]]]:
     }
 
 
+@pytest.fixture(autouse=True)
+def _log_to_real_stderr(monkeypatch):
+    """llmser's log handler keeps the stderr it was made with: here not an earlier test's closed capture."""
+    import logging
+    import sys
+
+    for handler in logging.getLogger("llmser").handlers:
+        if type(handler) is logging.StreamHandler:
+            monkeypatch.setattr(handler, "stream", sys.__stderr__)
+
+
 @pytest.fixture()
 def cases(tmp_path):
     import numpy as np
@@ -132,3 +143,72 @@ def test_train_missing_transcripts_hint_names_an_option_train_accepts(tmp_path, 
     err = capsys.readouterr().err
     assert status == 2 and "Traceback" not in err
     assert "data.missing_transcripts=asr" in err and "--missing-transcripts" not in err
+
+
+# ---------------------------------------------------------------------------------- issue 27: silently wrong inputs
+
+
+def _corpus(tmp_path, splits):
+    from corpus_factory import write_corpus
+
+    rows = [[f"MSP-PODCAST_{i + 1:04d}_0001.wav", "AHSN"[i % 4], 4.0, 4.0, 4.0, i + 1, "Female", split]
+            for i, split in enumerate(splits)]
+    return write_corpus(tmp_path / "corpus", rows)
+
+
+def test_a_split_name_that_is_not_the_releases_is_refused_with_its_rows_and_the_closest_name(tmp_path, capsys):
+    """A typo such as `Trian` dropped its rows from training and from the prior with no word."""
+    corpus = _corpus(tmp_path, ["Train", "Trian", "Trian", "Development", "Test1"])
+    out = tmp_path / "p.csv"
+    assert main(["predict-prior", "--corpus", str(corpus), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Split_Set 'Trian'" in err and "2 row(s) (first on row 3)" in err
+    assert "did you mean 'Train'?" in err and "extra_splits.txt" in err and not out.exists()
+    (corpus / "Labels" / "extra_splits.txt").write_text("Trian\n")  # declared: the user's own split
+    assert main(["predict-prior", "--corpus", str(corpus), "--out", str(out), "--split", "trian"]) == 0
+
+
+def test_split_names_and_aliases_match_in_any_letter_case(tmp_path, capsys):
+    from llmser.data.msp_podcast import MSPPodcast
+
+    corpus = _corpus(tmp_path, ["TRAIN", "train", "development", "DEV", "test1"])
+    reader = MSPPodcast.from_folder(corpus)
+    assert reader.splits() == ["Train", "Development", "Test1"]
+    assert reader.resolve_split("Dev") == "Development" and len(reader.utterances("dev")) == 2
+    assert main(["predict-prior", "--corpus", str(corpus), "--split", "DEV", "--out", str(tmp_path / "p.csv")]) == 0
+
+
+def test_a_folder_where_a_file_is_expected_is_called_a_folder(tmp_path, capsys):
+    folder = tmp_path / "a_dir.yaml"
+    folder.mkdir()
+    corpus = _corpus(tmp_path, ["Train", "Development", "Test1"])
+    for argv in (["train", str(folder)], ["ensemble", str(folder), "--corpus", str(corpus), "--out", str(tmp_path / "e")],
+                 ["evaluate", "--predictions", str(folder), "--corpus", str(corpus), "--out", str(tmp_path / "v")],
+                 ["predict-prior", "--corpus", str(corpus / "Labels" / "labels_consensus.csv"),
+                  "--out", str(tmp_path / "p.csv")]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert ("is a folder, not a file" in err or "is a file, not a folder" in err) and "Traceback" not in err, err
+    wav = corpus / "Audios" / "MSP-PODCAST_0001_0001.wav"
+    wav.unlink()
+    wav.mkdir()
+    assert main(["predict-prior", "--corpus", str(corpus), "--out", str(tmp_path / "p.csv")]) == 2
+    assert "is a folder, not an audio file" in capsys.readouterr().err
+
+
+def test_an_unreadable_audio_file_is_a_permission_problem_not_a_bad_format(tmp_path, monkeypatch):
+    import os
+
+    from llmser.data.audio import AudioError, load_audio
+    from llmser.data.msp_podcast import CorpusError, MSPPodcast
+
+    corpus = _corpus(tmp_path, ["Train", "Development", "Test1"])
+    wav = corpus / "Audios" / "MSP-PODCAST_0001_0001.wav"
+    wav.chmod(0)
+    if os.access(wav, os.R_OK):  # root reads anything: stand in for a user without the permission
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p) == str(wav) else real(p, mode, **kw))
+    with pytest.raises(AudioError, match="no permission to read the file"):
+        load_audio(wav)
+    with pytest.raises(CorpusError, match="no permission to read"):
+        MSPPodcast.from_folder(corpus)

@@ -87,7 +87,7 @@ BAD_AUDIO = {
     "riff_garbage.wav": (lambda p: p.write_bytes(b"RIFF" + np.random.default_rng(0).bytes(4000)),
                          "not a readable audio file", "re-export"),
     "missing.wav": (lambda p: None, "not found", "check the corpus Audios/ folder"),
-    "folder.wav": (lambda p: p.mkdir(), "not found", "check the corpus Audios/ folder"),
+    "folder.wav": (lambda p: p.mkdir(), "is a folder, not an audio file", "give the file itself"),
 }
 
 

@@ -12,6 +12,7 @@ skip it with the reason instead of crashing or predicting from zero frames.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,8 +36,14 @@ class AudioError(ValueError):
 def _info(path: Path):
     import soundfile as sf
 
+    if path.is_dir():
+        raise AudioError(f"{path}: is a folder, not an audio file; give the file itself (or pass the folder where "
+                         "a folder is expected, e.g. llmser predict --audio FOLDER)")
     if not path.is_file():
         raise AudioError(f"{path}: audio file not found; check the corpus Audios/ folder or the path given")
+    if not os.access(path, os.R_OK):  # soundfile would call it a bad format
+        raise AudioError(f"{path}: no permission to read the file; fix its permissions (e.g. chmod a+r) or run "
+                         "as a user who can read it")
     try:
         return sf.info(str(path))
     except Exception as exc:  # noqa: BLE001 - soundfile raises several types for bad files

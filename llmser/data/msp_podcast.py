@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -65,6 +66,10 @@ WORKER_COLUMNS = ("Workers", "WorkerID")
 SPLITS = ("Train", "Development", "Test1", "Test2", "Test3")
 SPLIT_ALIASES = {"train": "Train", "dev": "Development", "development": "Development", "valid": "Development",
                  "validation": "Development"}
+#: Split_Set values the reader knows, lower-cased -> the release's spelling (any letter case is accepted).
+KNOWN_SPLITS = {**{s.lower(): s for s in SPLITS}, **SPLIT_ALIASES}
+#: A file in Labels/ that declares Split_Set names of the user's own, one per line (see ReaderConfig.extra_splits).
+EXTRA_SPLITS_FILE = "extra_splits.txt"
 GENDERS = {"female": "Female", "f": "Female", "male": "Male", "m": "Male", "unknown": "Unknown", "": "Unknown"}
 #: What a primary emotion may be written as, for the error that rejects an unknown word.
 PRIMARY_WORDS = ", ".join((*CLASS_NAMES, "Other (or Other-<word>)")) + f" or the codes {', '.join(ALL_CODES)}"
@@ -153,6 +158,9 @@ class ReaderConfig:
     #: Read Labels/ only: no Audios/ folder needed, no wav checked (not even that it exists), no transcript
     #: read. For label statistics, submission checks and benchmarks on a machine without the audio.
     labels_only: bool = False
+    #: Split_Set names of your own beside the release's (a Split_Set that is neither is refused, as a typo
+    #: such as ``Trian`` would silently drop its rows). Also read from ``Labels/extra_splits.txt``.
+    extra_splits: tuple[str, ...] = ()
 
 
 @dataclass
@@ -171,7 +179,9 @@ class MSPPodcast:
         config = config or ReaderConfig()
         labels = root / "Labels" / "labels_consensus.csv"
         if not root.is_dir():
-            raise CorpusError(f"corpus folder {root} does not exist; pass a folder in the MSP-Podcast layout "
+            from llmser.utils.io import missing
+
+            raise CorpusError(f"corpus folder {root} {missing(root, 'folder')}; pass a folder in the MSP-Podcast layout "
                               "(Labels/, Audios/) or make one with `llmser make-demo-corpus`")
         if not labels.is_file():
             raise CorpusError(f"{labels} is missing; an MSP-Podcast corpus has Labels/labels_consensus.csv")
@@ -181,6 +191,8 @@ class MSPPodcast:
         problems: list[Problem] = []
         annotations, bad_detailed = _read_detailed(root / "Labels" / "labels_detailed.csv", problems)
         items, seen, bad_rows = _read_consensus(root, labels, annotations, problems, config)
+        items, unknown_rows = _check_split_names(items, seen, _declared_splits(root, config), problems)
+        bad_rows += unknown_rows
         problems += [Problem(f"labels_detailed.csv ({name})", "annotations for a FileName not in "
                              "labels_consensus.csv; they are ignored", fatal=False)
                      for name in annotations if name not in seen]
@@ -228,8 +240,9 @@ class MSPPodcast:
         for split in available:
             if split.lower() == lowered:
                 return split
-        if lowered in SPLIT_ALIASES and SPLIT_ALIASES[lowered] in available:
-            return SPLIT_ALIASES[lowered]
+        alias = SPLIT_ALIASES.get(lowered, "").lower()  # aliases match in any letter case, as names do
+        if alias and (found := next((s for s in available if s.lower() == alias), None)):
+            return found
         if lowered == "test":
             tests = [s for s in available if s.lower().startswith("test")]
             with_labels = {u.split for u in self.items if u.emo_class}
@@ -421,6 +434,7 @@ def _parse_row(root: Path, row: dict[str, str], where: str, problems: list[Probl
     split = row["Split_Set"]
     if not split:
         problems.append(Problem(where, f"Split_Set is empty; use one of {', '.join(SPLITS)}"))
+    split = KNOWN_SPLITS.get(split.lower(), split)  # TRAIN, dev -> Train, Development
     raw_class = row["EmoClass"]
     code = normalise_class(raw_class) if raw_class else None
     if raw_class and code is None:
@@ -440,11 +454,55 @@ def _parse_row(root: Path, row: dict[str, str], where: str, problems: list[Probl
                      annotations=tuple(annotations.get(name, ())))
 
 
+def _declared_splits(root: Path, config: ReaderConfig) -> dict[str, str]:
+    """The user's own split names, lower-cased -> as declared (ReaderConfig and Labels/extra_splits.txt)."""
+    names = list(config.extra_splits)
+    declared = root / "Labels" / EXTRA_SPLITS_FILE
+    if declared.is_file():
+        names += [line.strip() for line in declared.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {name.lower(): name for name in names}
+
+
+def _check_split_names(items: list[Utterance], first_rows: dict[str, int], declared: dict[str, str],
+                       problems: list[Problem]) -> tuple[list[Utterance], int]:
+    """Keep the rows of release splits and declared ones; one problem per unknown Split_Set, with its row count
+    and the closest known name (a typo such as ``Trian`` used to drop its rows from training unannounced)."""
+    import difflib
+
+    unknown = Counter(u.split for u in items if u.split.lower() not in KNOWN_SPLITS and u.split.lower() not in declared)
+    if not unknown:
+        return [u if u.split.lower() not in declared else _renamed(u, declared[u.split.lower()]) for u in items], 0
+    known = [*SPLITS, *SPLIT_ALIASES, *declared.values()]
+    for name, count in unknown.items():
+        first = min(first_rows[u.file_name] for u in items if u.split == name)
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.5) or \
+            difflib.get_close_matches(name.lower(), [k.lower() for k in known], n=1, cutoff=0.5)
+        hint = f"did you mean {KNOWN_SPLITS.get(close[0].lower(), close[0])!r}? " if close else ""
+        problems.append(Problem(f"labels_consensus.csv Split_Set {name!r}",
+                                f"{count} row(s) (first on row {first}) name a split that is not one of the release's "
+                                f"({', '.join(SPLITS)}, any letter case); {hint}Fix those rows, or declare your own "
+                                f"split names (one per line in Labels/{EXTRA_SPLITS_FILE}, or "
+                                "ReaderConfig(extra_splits=...))"))
+    kept = [u for u in items if u.split not in unknown]
+    return kept, len(items) - len(kept)
+
+
+def _renamed(utt: Utterance, split: str) -> Utterance:
+    from dataclasses import replace
+
+    return replace(utt, split=split) if utt.split != split else utt
+
+
 def _check_audio(audio: Path, where: str, problems: list[Problem], config: ReaderConfig) -> None:
     """The wav must exist; with ``check_audio`` it must also decode and not be silent."""
-    if not audio.is_file():
+    if audio.is_dir():
+        problems.append(Problem(where, f"{audio} is a folder, not an audio file; put the wav file there or fix "
+                                       "the FileName"))
+    elif not audio.is_file():
         problems.append(Problem(where, f"no audio file {audio}; add it or remove the row (or read the labels "
                                        "alone with ReaderConfig(labels_only=True))"))
+    elif not os.access(audio, os.R_OK):
+        problems.append(Problem(where, f"no permission to read {audio}; fix its permissions (e.g. chmod a+r)"))
     elif config.check_audio:
         from llmser.data.audio import AudioError, load_audio
 

@@ -156,7 +156,9 @@ class EnsembleSpec:
 
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"ensemble spec {path} does not exist; specs live under ensembles/ (e.g. ensembles/demo.yaml)")
+            from llmser.utils.io import missing
+
+            raise ConfigError(f"ensemble spec {path} {missing(path)}; specs live under ensembles/ (e.g. ensembles/demo.yaml)")
         from llmser.config import read_yaml
 
         text = path.read_text(encoding="utf-8")

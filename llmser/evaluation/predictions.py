@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from llmser.schema import ATTRIBUTE_COLUMNS, ATTRIBUTES, CLASS_CODES, EXTRA_CODES, NUM_CLASSES
-from llmser.utils.io import atomic_open
+from llmser.utils.io import atomic_open, missing
 
 PROB_COLUMNS: list[str] = [f"prob_{code}" for code in CLASS_CODES]
 ATTR_COLUMNS: list[str] = [ATTRIBUTE_COLUMNS[name] for name in ATTRIBUTES]
@@ -158,7 +158,7 @@ class Predictions:
         """Read and validate a prediction CSV; every bad row is named in one PredictionsError."""
         path = Path(path)
         if not path.is_file():
-            raise PredictionsError(f"prediction file {path} does not exist; write it with `llmser predict`")
+            raise PredictionsError(f"prediction file {path} {missing(path)}; write it with `llmser predict`")
         with open(path, encoding="utf-8-sig", newline="") as handle:
             rows = list(csv.reader(handle))
         if not rows:

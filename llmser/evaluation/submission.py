@@ -37,7 +37,7 @@ from llmser.schema import (
     NUM_CLASSES,
     normalise_class,
 )
-from llmser.utils.io import atomic_open
+from llmser.utils.io import atomic_open, missing
 from llmser.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -307,7 +307,7 @@ def _read(
     """Rows as (line number, FileName, stripped cells), then file-level and row-level format problems."""
     path = Path(path)
     if not path.is_file():
-        raise SubmissionError(f"submission file {path} does not exist")
+        raise SubmissionError(f"submission file {path} {missing(path)}")
     try:
         with open(path, encoding="utf-8-sig", newline="") as handle:
             rows = list(csv.reader(handle))

@@ -45,7 +45,7 @@ def cross_fit_outputs(run_dir: str | Path, outputs_dir: str | Path, folds: int =
     if not recipe_path.is_file():
         raise FileNotFoundError(f"{recipe_path} is missing; train the branch first (llmser train ...)")
     recipe = load_recipe(recipe_path, list(overrides))
-    corpus = MSPPodcast.from_folder(recipe.data.corpus, ReaderConfig(on_error=recipe.data.on_error))
+    corpus = MSPPodcast.from_folder(recipe.data.corpus, ReaderConfig(on_error=recipe.data.on_error, extra_splits=tuple(recipe.data.extra_splits)))
     train = corpus.resolve_split(recipe.data.train_split)
     branch = name or recipe.branch
     parts = []

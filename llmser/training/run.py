@@ -37,7 +37,7 @@ def run(recipe_path: str | Path, overrides: list[str] | None = None, resume: str
     recipe = load_recipe(recipe_path, overrides)
     check_output_dir(recipe.train.output_dir, what="train.output_dir")  # before hours of training, not after
     set_seed(recipe.train.seed)
-    corpus = MSPPodcast.from_folder(recipe.data.corpus, ReaderConfig(on_error=recipe.data.on_error))
+    corpus = MSPPodcast.from_folder(recipe.data.corpus, ReaderConfig(on_error=recipe.data.on_error, extra_splits=tuple(recipe.data.extra_splits)))
     roles = recipe_split_roles(recipe, corpus)  # test is only reported on: refused before any work
     roles.update(blind_test_split(recipe, corpus))
     model_config = branch_config(recipe)

@@ -56,6 +56,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         handle.write(data)
 
 
+def missing(path: str | Path, want: str = "file") -> str:
+    """How a path that is not the ``want`` ("file" or "folder") a command needs is described in an error:
+    "is a folder, not a file", "is a file, not a folder", or "does not exist"."""
+    path = Path(path)
+    if want == "file" and path.is_dir():
+        return "is a folder, not a file"
+    if want == "folder" and path.exists() and not path.is_dir():
+        return "is a file, not a folder"
+    return "does not exist"
+
+
 def atomic_write_json(path: str | Path, obj: Any, indent: int = 2) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False, default=_json_default) + "\n")
 

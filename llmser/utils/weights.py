@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from llmser.utils.io import atomic_write_bytes
+from llmser.utils.io import atomic_write_bytes, missing
 
 #: Pickle-based weight files: loading one can execute arbitrary code, so llmser never reads them.
 PICKLE_PATTERNS: tuple[str, ...] = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt")
@@ -227,7 +227,7 @@ def load_torch_weights_only(path: str | Path) -> Any:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; give the path of the checkpoint file")
+        raise FileNotFoundError(f"{path} {missing(path)}; give the path of the checkpoint file")
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
