@@ -114,7 +114,8 @@ def collect_run_outputs(run_dir: str | Path, outputs_dir: str | Path, splits: Se
         if corpus is None:
             from llmser.data.msp_podcast import MSPPodcast, ReaderConfig
 
-            corpus = MSPPodcast.from_folder(recipe.data.corpus, ReaderConfig(on_error=recipe.data.on_error, extra_splits=tuple(recipe.data.extra_splits)))
+            reader = ReaderConfig(on_error=recipe.data.on_error, extra_splits=tuple(recipe.data.extra_splits))
+            corpus = MSPPodcast.from_folder(recipe.data.corpus, reader)
         if trained_on is None:
             trained_on = corpus.resolve_split(load_recipe(best / "recipe.yaml").data.train_split)
         spec = get_branch(recipe.branch)
