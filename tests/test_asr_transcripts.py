@@ -56,7 +56,9 @@ def test_missing_transcripts_are_an_error_by_default_naming_files_and_options(co
         resolve_transcripts(_utterances(corpus), "test")
     message = str(info.value)
     assert "3 test utterance(s) have no transcript" in message and "MSP-PODCAST_0002_0001.wav" in message
-    assert "data.missing_transcripts=asr" in message and "--missing-transcripts asr" in message
+    assert "data.missing_transcripts=asr" in message and "--missing-transcripts" not in message  # train's option
+    with pytest.raises(MissingTranscriptError, match=r"\(--missing-transcripts asr;"):  # a command names its flag
+        resolve_transcripts(_utterances(corpus), "test", option="--missing-transcripts asr")
 
 
 def test_asr_fills_only_the_missing_ones_caches_them_and_leaves_the_corpus_alone(corpus, tmp_path, fake_whisper,
