@@ -204,3 +204,12 @@ def test_train_on_test_with_the_override_says_so_in_metrics(corpus, tmp_path, ca
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_fit"] == ["data.eval_split=test[0/2] (select)"]
     assert "WARNING: test was used for more than a report" in capsys.readouterr().out
+
+
+def test_build_system_auto_refuses_to_choose_on_test(corpus, tmp_path, capsys):
+    out = tmp_path / "system"
+    status = main(["build-system", "--member", f"a={tmp_path / 'a'}", "--member", f"b={tmp_path / 'b'}", "--outputs",
+                   str(tmp_path / "outputs"), "--corpus", str(corpus), "--dev-split", "test[0/2]", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert status == 2 and "--dev-split='test[0/2]' chooses on test" in err and "Traceback" not in err
+    assert not out.exists()

@@ -116,7 +116,7 @@ def leaks(uses: Sequence[SplitUse], corpus: Any = None) -> list[tuple[SplitUse, 
 
 
 def check_split_roles(uses: Sequence[SplitUse], corpus: Any = None, *, allow_test_fit: bool = False,
-                      flag: str = "--allow-test-fit") -> dict[str, Any]:
+                      flag: str | None = "--allow-test-fit") -> dict[str, Any]:
     """Refuse (before any work) every split that would fit or select on test; log each split by its role.
 
     Returns what outputs record: each argument's split and role, and, when ``allow_test_fit`` let a test
@@ -125,9 +125,10 @@ def check_split_roles(uses: Sequence[SplitUse], corpus: Any = None, *, allow_tes
     uses = [u for u in uses if u.split]
     found = leaks(uses, corpus)
     if found and not allow_test_fit:
+        refit = (f"\nA deliberate final refit on test needs {flag} (it is then recorded in the run's metrics.json "
+                 "and model card)." if flag else "")
         raise SplitRoleError("\n  - ".join(["test would be used for more than a report:", *(m for _, m in found)])
-                             + f"\nA deliberate final refit on test needs {flag} (it is then recorded in the "
-                               "run's metrics.json and model card).")
+                             + refit)
     record: dict[str, Any] = {"splits": {u.argument: {"split": u.split, "role": u.role} for u in uses}}
     for u in uses:
         logger.info("%s split: %s (%s)", u.role, u.split, u.argument)

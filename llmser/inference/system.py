@@ -131,11 +131,13 @@ def select_and_build(out_dir: str | Path, members: dict[str, str | Path], *, out
     all of dev, with only the members it reads. Returns the folder, the candidates and the chosen one."""
     from llmser.data.branch_outputs import load_branch_outputs
     from llmser.data.msp_podcast import MSPPodcast, ReaderConfig
+    from llmser.data.splits import SplitUse, check_split_roles
     from llmser.ensemble.selection import choose, score_candidates, selection_markdown, shipped_settings
     from llmser.models.fusion.config import FusionBranchConfig
     from llmser.training.crossfit import cross_fit_dev
 
     reader = MSPPodcast.from_folder(corpus, ReaderConfig(labels_only=True))
+    check_split_roles([SplitUse("--dev-split", dev_split, "select")], reader, flag=None)  # never test, before any work
     dev = reader.resolve_split(dev_split)
     references = reader.utterances(dev, task="all")
     predictions = {name: load_branch_outputs(outputs_dir, name, dev).predictions() for name in members}
