@@ -76,3 +76,46 @@ def test_missing_espeak_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(DemoCorpusError, match="apt-get install espeak-ng"):
         make_demo_corpus(tmp_path / "x", DemoCorpusConfig(n=20))
+
+
+def test_blind_files_leave_the_labelled_plan_unchanged():
+    plain, blind = plan_corpus(DemoCorpusConfig(n=60, seed=3)), plan_corpus(DemoCorpusConfig(n=60, seed=3, blind=8))
+    assert [(u.file_name, u.consensus) for u in blind[:60]] == [(u.file_name, u.consensus) for u in plain]
+    extra = blind[60:]
+    assert len(extra) == 8 and {u.split for u in extra} == {"Test3"} and not any(u.annotations for u in extra)
+    assert not {u.speaker for u in extra} & {u.speaker for u in plain}
+    assert len({u.file_name for u in blind}) == 68
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+def test_make_demo_corpus_blind_split_is_read_as_blind_and_submitted_not_scored(tmp_path, capsys):
+    """``make-demo-corpus --blind N``: N Test3 files with empty label cells and no annotator rows; the reader
+    sees a blind split, and ``evaluate --submission`` on it writes the submission files and no scores."""
+    from llmser.cli import main
+    from llmser.evaluation.predictions import Predictions
+    from llmser.evaluation.report import is_blind
+
+    out = tmp_path / "demo"
+    assert main(["make-demo-corpus", str(out), "--n", "20", "--speakers", "6", "--workers", "2", "--blind", "4"]) == 0
+    assert "Test3        4 files, no labels (blind)" in capsys.readouterr().out
+    corpus = MSPPodcast.from_folder(out)
+    blind = corpus.utterances(corpus.resolve_split("test3"), task="all")
+    assert len(blind) == 4 and is_blind(blind) and all(u.transcript for u in blind)
+    assert not is_blind(corpus.utterances(corpus.resolve_split("test"), task="all"))
+    with open(out / "Labels" / "labels_consensus.csv") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["Split_Set"] == "Test3"]
+    assert len(rows) == 4 and all(r["EmoClass"] == r["EmoAct"] == "" for r in rows)
+    detailed = (out / "Labels" / "labels_detailed.csv").read_text()
+    assert not any(r["FileName"] in detailed for r in rows)
+
+    predictions = tmp_path / "pred" / "predictions.csv"
+    predictions.parent.mkdir()
+    Predictions(file_names=[u.file_name for u in blind], classes=["N", "H", "A", "S"],
+                attributes=np.full((4, 3), 4.0)).write_csv(predictions)
+    assert main(["evaluate", "--predictions", str(predictions), "--corpus", str(out), "--split", "Test3",
+                 "--out", str(tmp_path / "report"), "--submission"]) == 0
+    printed = capsys.readouterr().out
+    assert "has no labels (blind): not scored" in printed and "macro-F1" not in printed
+    written = sorted(p.name for p in (tmp_path / "report").iterdir())
+    assert "report.json" not in written and {"task1_predictions.csv", "task2_predictions.csv"} <= set(written)
+    assert main(["evaluate", "--predictions", str(predictions), "--corpus", str(out), "--split", "Test3"]) == 2

@@ -49,6 +49,8 @@ PROSODY = {"A": (55, 195, 185, 0), "S": (22, 115, 65, 9), "H": (72, 185, 135, 0)
 CONFUSABLE = {"A": "DCU", "S": "NFC", "H": "UNA", "U": "HFA", "F": "USD", "D": "ACS", "C": "DAN", "N": "SHC"}
 OTHER_WORDS = ("Concerned", "Frustrated", "Amused", "Confused", "Bored", "Disappointed")
 SPLITS = ("Train", "Development", "Test1")
+#: The optional unlabelled split (``DemoCorpusConfig.blind``): empty label cells, no annotator rows, as the release's Test3.
+BLIND_SPLIT = "Test3"
 
 NEUTRAL_SENTENCES = (
     "the meeting starts at nine tomorrow morning", "we drove to the coast on saturday",
@@ -106,8 +108,11 @@ class DemoCorpusConfig:
     split_shares: tuple[float, float, float] = (0.6, 0.2, 0.2)
     noise: bool = True
     workers: int = 4
+    blind: int = 0  # extra files in a blind Test3 split (two speakers of its own), beside the n labelled ones
 
     def __post_init__(self) -> None:
+        if self.blind < 0:
+            raise ValueError(f"blind={self.blind}: give the number of blind Test3 files (0 for none)")
         if self.n < 16:
             raise ValueError(f"n={self.n} is too small for three splits of eight classes; use n >= 16")
         if self.n_speakers < 6:
@@ -151,8 +156,24 @@ def plan_corpus(config: DemoCorpusConfig) -> list[PlannedUtterance]:
     _ensure_min_per_class(plan, config, rng, speakers)
     for utt in plan:
         _annotate(utt, config, rng)
-    return plan
+    return plan + _plan_blind(config, speakers)
 
+
+def _plan_blind(config: DemoCorpusConfig, speakers: list[dict]) -> list[PlannedUtterance]:
+    """``config.blind`` files of the blind split: speech made like the rest (own rng, so the labelled part
+    is the same corpus as without them), by two speakers of their own; they are written without labels."""
+    if not config.blind:
+        return []
+    rng = np.random.default_rng([config.seed, 3])
+    pool = []
+    for k in range(2):
+        sid = len(speakers) + k
+        gender = "Female" if sid % 2 == 0 else "Male"
+        voices = FEMALE_VOICES if gender == "Female" else MALE_VOICES
+        pool.append({"id": 100 + sid, "split": BLIND_SPLIT, "gender": gender, "voice": voices[sid % len(voices)],
+                     "pitch_offset": int(rng.integers(-10, 11)), "speed_offset": int(rng.integers(-12, 13))})
+    codes = _sample_codes(DemoCorpusConfig(n=max(16, config.blind), seed=config.seed), rng)[:config.blind]
+    return [_plan_one(config.n + i, code, BLIND_SPLIT, pool[i % 2], config, rng) for i, code in enumerate(codes)]
 
 def _plan_speakers(config: DemoCorpusConfig, rng) -> list[dict]:
     counts = [max(2, round(config.n_speakers * s)) for s in config.split_shares]
@@ -313,6 +334,9 @@ def make_demo_corpus(out_dir: str | Path, config: DemoCorpusConfig | None = None
     summary = {"n_files": len(plan), "seconds": round(time.perf_counter() - started, 2),
                "class_counts": class_counts(plan), "speakers": {
                    s: sorted({u.speaker for u in plan if u.split == s}) for s in SPLITS}}
+    if config.blind:
+        summary["blind"] = {"split": BLIND_SPLIT, "n_files": config.blind,
+                            "speakers": sorted({u.speaker for u in plan if u.split == BLIND_SPLIT})}
     meta = {"synthetic": True, "generator": "llmser.data.demo_corpus", **asdict(config), **summary}
     atomic_write_json(out / "demo_corpus.json", meta)
     atomic_write_text(out / "README.md", _readme(config, summary))
@@ -324,12 +348,13 @@ def write_labels(out: Path, plan: list[PlannedUtterance]) -> None:
         writer = csv.writer(handle)
         writer.writerow(["FileName", "EmoClass", "EmoAct", "EmoVal", "EmoDom", "SpkrID", "Gender", "Split_Set"])
         for u in plan:
-            writer.writerow([u.file_name, u.consensus, *u.consensus_attributes, u.speaker, u.gender, u.split])
+            labels = ["", "", "", ""] if u.split == BLIND_SPLIT else [u.consensus, *u.consensus_attributes]
+            writer.writerow([u.file_name, *labels, u.speaker, u.gender, u.split])
     with atomic_open(out / "Labels" / "labels_detailed.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["FileName", "WorkerID", "EmoClass", "EmoAct", "EmoVal", "EmoDom"])
         for u in plan:
-            for a in u.annotations:
+            for a in u.annotations:  # none for the blind split
                 writer.writerow([u.file_name, a["WorkerID"], a["EmoClass"], a["EmoAct"], a["EmoVal"], a["EmoDom"]])
 
 
@@ -348,4 +373,7 @@ def _readme(config: DemoCorpusConfig, summary: dict) -> str:
             f"{config.n} files, {config.n_speakers} speakers). Speech is espeak-ng with class- and arousal-"
             "dependent prosody; about half of the sentences carry emotional wording. Labels follow the "
             "MSP-Podcast release layout. Not real data: use it to check pipelines, not to report results.\n\n"
-            "| split | " + " | ".join((*CLASS_CODES, "X", "O")) + " |\n|---" * 11 + "|\n" + rows + "\n")
+            "| split | " + " | ".join((*CLASS_CODES, "X", "O")) + " |\n|---" * 11 + "|\n" + rows + "\n"
+            + (f"\n{config.blind} more files form the blind split {BLIND_SPLIT}: their label cells are empty and "
+               "labels_detailed.csv has no rows for them (predict them and write submission files).\n"
+               if config.blind else ""))

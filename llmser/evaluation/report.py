@@ -139,14 +139,20 @@ def evaluate_corpus(
     split: str,
     out_dir: str | Path,
     allow_missing: bool = False,
+    blind_ok: bool = False,
 ) -> dict[str, Any]:
-    """:func:`evaluate` a prediction CSV against one split of an MSP-Podcast-layout corpus folder."""
+    """:func:`evaluate` a prediction CSV against one split of an MSP-Podcast-layout corpus folder.
+
+    ``blind_ok``: a split without labels (Test3) returns ``{"blind": True}`` instead of being refused (the
+    caller wrote its submission files)."""
     from llmser.data.msp_podcast import MSPPodcast  # lazy: keeps the evaluation package light
 
     predictions = Predictions.read_csv(predictions_path)
     corpus = MSPPodcast.from_folder(corpus_root)
     split_name = corpus.resolve_split(split)
     references = corpus.utterances(split_name, task="all")
+    if blind_ok and is_blind(references):
+        return {"blind": True, "split": split_name}
     title = f"{Path(predictions_path).name} on {Path(corpus_root).name} / {split_name}"
     return evaluate(predictions, references, out_dir, title=title, allow_missing=allow_missing)
 
