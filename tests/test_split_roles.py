@@ -213,3 +213,17 @@ def test_build_system_auto_refuses_to_choose_on_test(corpus, tmp_path, capsys):
     err = capsys.readouterr().err
     assert status == 2 and "--dev-split='test[0/2]' chooses on test" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_ensemble_on_a_blind_predict_split_writes_submission_files_and_no_scores(tmp_path, capsys):
+    """The demo's ensembles with predict_split=Test3 (no labels): each method writes its submission files and is
+    left out of the score table (it used to stop at the first method, refusing to score)."""
+    corpus = write_corpus(tmp_path / "corpus", _rows(blind=True))
+    spec = _members(tmp_path, ["Test3", "dev"])
+    out = tmp_path / "e"
+    assert main(["ensemble", str(spec), "predict_split=Test3", "fit_split=dev", "--corpus", str(corpus),
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for method in ("average", "stacking"):
+        assert f"{method}: Test3 has no labels (blind), not scored" in printed
+        assert (out / method / "task1_predictions.csv").is_file() and not (out / method / "report.json").exists()

@@ -23,7 +23,7 @@ def run_ensemble_command(args: argparse.Namespace) -> int:
     from llmser.data.msp_podcast import MSPPodcast
     from llmser.data.splits import check_split_roles
     from llmser.ensemble import EnsembleSpec, run_ensemble
-    from llmser.evaluation.report import evaluate, format_summary_table, summary_row
+    from llmser.evaluation.report import format_summary_table, report_or_submit, summary_row
     from llmser.utils.io import atomic_write_json
 
     spec = EnsembleSpec.load(args.spec, args.overrides)
@@ -35,8 +35,13 @@ def run_ensemble_command(args: argparse.Namespace) -> int:
     atomic_write_json(out / "ensemble.json", {**roles, "allow_test_fit": spec.allow_test_fit})
     references = corpus.utterances(corpus.resolve_split(spec.predict_split), task="all")
     rows = []
-    for method, predictions in result.predictions.items():
-        report = evaluate(predictions, references, out / method, title=f"ensemble ({method}), {spec.predict_split}")
-        rows.append(summary_row(method, report))
-    print(format_summary_table(rows))
+    for method, predictions in result.predictions.items():  # a blind predict split: submission files, no scores
+        report = report_or_submit(predictions, references, out / method,
+                                  title=f"ensemble ({method}), {spec.predict_split}")
+        if report.get("blind"):
+            print(f"{method}: {spec.predict_split} has no labels (blind), not scored; submission files in {out / method}")
+        else:
+            rows.append(summary_row(method, report))
+    if rows:
+        print(format_summary_table(rows))
     return 0
