@@ -22,6 +22,8 @@
 #   bash scripts/demo.sh --audio-inputs speech+transcript   # the audio-LLM hears the voice and reads the words
 #   bash scripts/demo.sh --drop-transcripts 0.3  # a copy of the corpus without 30% of the test transcripts: Whisper
 #                                                # tiny.en makes them (cached, never written into the corpus)
+#   bash scripts/demo.sh --split Test3         # a blind split: the demo corpus gets --blind files without labels;
+#                                              # every stage writes its submission files, only dev is scored
 #   bash scripts/demo.sh --seeds 3             # the training stages with seeds 0, 1, 2: mean ± std per system
 #                                              # (a seed folder whose run finished with the same options is
 #                                              # reused: an interrupted --seeds run resumes where it stopped)
@@ -56,7 +58,7 @@ while [ $# -gt 0 ]; do
     --train-seed) TRAIN_SEED="$2"; shift 2 ;;   # internal: one seed of --seeds
     --no-summary) SUMMARY=0; shift ;;          # internal: --seeds writes one table over all seeds
     --asr-transcripts) ASR_INTERNAL=1; shift ;; # internal: the corpus is already the --drop-transcripts copy
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "demo.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -68,14 +70,26 @@ export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TOKENIZERS_PARALLELISM=false
 
 if [ -z "$CORPUS" ]; then
   CORPUS="demo_corpus"
+  BLIND=0  # --split Test3: the demo corpus gets a blind Test3 split (a fifth as many files, no labels)
+  if [ "${SPLIT,,}" = test3 ]; then BLIND=$(( N / 5 > 16 ? N / 5 : 16 )); fi
   if [ -f "$CORPUS/demo_corpus.json" ] && grep -q "\"n\": $N," "$CORPUS/demo_corpus.json" \
-     && grep -q "\"seed\": $SEED," "$CORPUS/demo_corpus.json"; then
-    echo "== demo corpus: reusing $CORPUS (n=$N, seed=$SEED)"
+     && grep -q "\"seed\": $SEED," "$CORPUS/demo_corpus.json" \
+     && { grep -q "\"blind\": $BLIND," "$CORPUS/demo_corpus.json" || { [ "$BLIND" = 0 ] && ! grep -q '"blind": [1-9]' "$CORPUS/demo_corpus.json"; }; }; then
+    echo "== demo corpus: reusing $CORPUS (n=$N, seed=$SEED, blind=$BLIND)"
   else
-    echo "== demo corpus: generating $CORPUS (n=$N, seed=$SEED)"
-    "${LLMSER[@]}" make-demo-corpus "$CORPUS" --n "$N" --seed "$SEED" --overwrite
+    echo "== demo corpus: generating $CORPUS (n=$N, seed=$SEED, blind=$BLIND)"
+    "${LLMSER[@]}" make-demo-corpus "$CORPUS" --n "$N" --seed "$SEED" --blind "$BLIND" --overwrite
   fi
 fi
+# A split without labels (the challenge's Test3) is predicted and submitted, never scored: the test table is left out.
+IS_BLIND=$("$VENV/bin/python" - "$CORPUS" "$SPLIT" <<'PY'
+import sys
+from llmser.data.msp_podcast import MSPPodcast
+from llmser.evaluation.report import is_blind
+corpus = MSPPodcast.from_folder(sys.argv[1])
+print(int(is_blind(corpus.utterances(corpus.resolve_split(sys.argv[2]), task="all"))))
+PY
+)
 
 # --drop-transcripts F: every reader of transcripts runs with missing_transcripts=asr on a copy of the corpus
 # (audio hard-linked) from which a fraction F of the split's transcripts was removed.
@@ -131,6 +145,11 @@ systems() {  # systems RUN_DIR test|dev
 summarise() {  # summarise RUN_DIR...: one row per system over the runs (mean ± std when there are several)
   local role args=()
   for role in dev test; do
+    if [ "$role" = test ] && [ "$IS_BLIND" = 1 ]; then
+      echo "== summary (test): split '$SPLIT' is blind (no labels): not scored; each system wrote its submission files" \
+           "(task1_predictions.csv, task2_predictions.csv) beside its predictions; the dev table above is the only one"
+      continue
+    fi
     args=()
     while IFS='=' read -r name _; do
       local files=() o
@@ -218,10 +237,10 @@ train "$AUDIO" adapters/audio_smol.yaml 30 4 "model.inputs=$AUDIO_INPUTS" train.
 
 # Fusion and stacking learn from dev outputs (the branches trained on train: their train outputs would be
 # in-sample, docs/protocol.md), so only dev and test are collected.
-echo "== branch outputs for fusion and ensembles (dev/test)"
-"${LLMSER[@]}" collect-outputs "$OUT/wavlm" --out "$OUT/outputs" --frames --corpus "$CORPUS" --splits dev,test
-"${LLMSER[@]}" collect-outputs "$OUT/text_head" --out "$OUT/outputs" --name text_llm --corpus "$CORPUS" --splits dev,test
-"${LLMSER[@]}" collect-outputs "$OUT/$AUDIO" --out "$OUT/outputs" --name audio_llm --corpus "$CORPUS" --splits dev,test
+echo "== branch outputs for fusion and ensembles (dev/$SPLIT)"
+"${LLMSER[@]}" collect-outputs "$OUT/wavlm" --out "$OUT/outputs" --frames --corpus "$CORPUS" --splits "dev,$SPLIT"
+"${LLMSER[@]}" collect-outputs "$OUT/text_head" --out "$OUT/outputs" --name text_llm --corpus "$CORPUS" --splits "dev,$SPLIT"
+"${LLMSER[@]}" collect-outputs "$OUT/$AUDIO" --out "$OUT/outputs" --name audio_llm --corpus "$CORPUS" --splits "dev,$SPLIT"
 
 train fusion adapters/fusion_tiny.yaml 300 20 "model.outputs_dir=$OUT/outputs" "model.streams=[audio_llm,text_llm,wavlm]"
 train fusion_concat adapters/fusion_tiny.yaml 300 20 "model.outputs_dir=$OUT/outputs" \
@@ -252,7 +271,7 @@ rm -rf "$OUT/system_predictions"  # a rebuilt system predicts afresh (predict re
 "${LLMSER[@]}" predict --model "$OUT/system" --corpus "$CORPUS" --split "$SPLIT" \
   --out "$OUT/system_predictions/predictions.csv" --submission
 "${LLMSER[@]}" evaluate --predictions "$OUT/system_predictions/predictions.csv" --corpus "$CORPUS" \
-  --split "$SPLIT" --out "$OUT/system_predictions"
+  --split "$SPLIT" --out "$OUT/system_predictions" --submission
 
 run_key "$TRAIN_SEED" > "$OUT/demo_done.txt"
 if [ "$SUMMARY" = 1 ]; then summarise "$OUT"; fi

@@ -359,7 +359,7 @@ def add_predict_prompts(sub: argparse._SubParsersAction) -> None:
 def run_predict_prompts(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from llmser.evaluation.report import evaluate
+    from llmser.evaluation.report import report_or_submit
     from llmser.inference.prompting import predict_corpus_split
 
     _check_model_names(llm=args.llm)
@@ -372,6 +372,7 @@ def run_predict_prompts(args: argparse.Namespace) -> int:
                                                    cache_dir=args.cache_dir, answer_scoring=args.answer_scoring)
     out = Path(args.out)
     predictions.write_csv(out)
-    evaluate(predictions, utterances, out.parent, title=f"prompt voting ({args.adapter or args.llm})")
-    print(f"wrote {len(predictions)} predictions to {out}; report: {out.parent / 'report.md'}")
+    report = report_or_submit(predictions, utterances, out.parent, title=f"prompt voting ({args.adapter or args.llm})")
+    done = "no labels (blind), submission files beside it" if report.get("blind") else f"report: {out.parent / 'report.md'}"
+    print(f"wrote {len(predictions)} predictions to {out}; {done}")
     return 0
