@@ -428,3 +428,36 @@ def test_cross_fitted_train_outputs_come_from_the_fold_that_did_not_train_on_the
         batch = collate_waveforms([AudioExampleDataset(held_out[:1], max_seconds=1.0)[0]])
         row = out.index()[held_out[0].file_name]
         torch.testing.assert_close(out.tensors["embedding"][row:row + 1], model(**batch).embedding, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_cross_fit_dev_predicts_every_dev_file_from_a_model_that_did_not_train_on_it(fake_run, tmp_path):
+    """The out-of-fold dev predictions build-system --method auto scores fusion on: each fold predicted by a
+    run trained on the others; a split with fewer speakers than folds skips the empty folds."""
+    from llmser.data.msp_podcast import MSPPodcast
+    from llmser.ensemble.selection import dev_folds
+    from llmser.training.crossfit import cross_fit_dev
+    from llmser.training.run import run
+
+    corpus_dir, outputs = fake_run
+    out = tmp_path / "fusion"
+    run(ROOT / "adapters/fusion_tiny.yaml", _overrides(corpus_dir, outputs, out, **{
+        "train.max_steps": 6, "train.eval_every": 3, "train.save_every": 6, "data.train_split": "dev[^0/5]",
+        "data.eval_split": "dev[0/5]", "model.mode": "concat"}))
+    dev = MSPPodcast.from_folder(corpus_dir).utterances("dev")
+    folds = dev_folds(dev, 7)  # 5 speakers: two of the seven folds are empty
+    present = sorted(set(folds.values()))
+    assert len(present) == 5
+    oof = cross_fit_dev(out, 7, split="Development", fold_ids=present)
+    assert sorted(oof.file_names) == sorted(u.file_name for u in dev)
+    for k in present:
+        saved = json.loads((out / "devcv" / f"fold{k}" / "metrics.json").read_text())
+        assert saved["step"] == 6  # the run's best step count, no early stopping on the scored fold
+        predicted = set(Predictions_read(out / "devcv" / f"fold{k}" / "test_predictions.csv").file_names)
+        assert predicted == {n for n, f in folds.items() if f == k}
+
+
+def Predictions_read(path):
+    from llmser.evaluation.predictions import Predictions
+
+    return Predictions.read_csv(path)

@@ -132,7 +132,13 @@ def select_and_build(out_dir: str | Path, members: dict[str, str | Path], *, out
     from llmser.data.branch_outputs import load_branch_outputs
     from llmser.data.msp_podcast import MSPPodcast, ReaderConfig
     from llmser.data.splits import SplitUse, check_split_roles
-    from llmser.ensemble.selection import choose, score_candidates, selection_markdown, shipped_settings
+    from llmser.ensemble.selection import (
+        choose,
+        dev_folds,
+        score_candidates,
+        selection_markdown,
+        shipped_settings,
+    )
     from llmser.models.fusion.config import FusionBranchConfig
     from llmser.training.crossfit import cross_fit_dev
 
@@ -142,7 +148,11 @@ def select_and_build(out_dir: str | Path, members: dict[str, str | Path], *, out
     references = reader.utterances(dev, task="all")
     predictions = {name: load_branch_outputs(outputs_dir, name, dev).predictions() for name in members}
     fusions = dict(fusions or {})
-    oof = {name: cross_fit_dev(run, folds, split=dev) for name, run in fusions.items()}
+    present = sorted(set(dev_folds(references, folds).values()))
+    if len(present) < folds:
+        logger.warning("%s has too few speakers for %d speaker-disjoint folds: %d of them hold files, and every "
+                       "candidate is scored on those", dev, folds, len(present))
+    oof = {name: cross_fit_dev(run, folds, split=dev, fold_ids=present) for name, run in fusions.items()}
     candidates = score_candidates(predictions, references, fusion=oof, folds=folds, seed=seed, metric=metric)
     chosen = choose(candidates, metric)
     logger.info("chosen on dev by %s:\n%s", metric, selection_markdown(candidates, chosen, metric))

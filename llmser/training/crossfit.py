@@ -82,11 +82,12 @@ def _join(parts: list) -> tuple[list[str], dict[str, torch.Tensor]]:
     return names, tensors
 
 
-def cross_fit_dev(run_dir: str | Path, folds: int = 5, *, split: str | None = None,
-                  overrides: Sequence[str] = ()) -> Predictions:
+def cross_fit_dev(run_dir: str | Path, folds: int = 5, *, split: str | None = None, overrides: Sequence[str] = (),
+                  fold_ids: Sequence[int] | None = None) -> Predictions:
     """Out-of-fold dev predictions of a model that learns on dev (the fusion adapter): for each ``k`` the run's
     recipe trains on ``dev[^k/K]`` for the run's best step count (no early stopping: the held-out fold is
-    what gets scored) and predicts ``dev[k/K]``. Returns ``Predictions`` for every dev file, so that it can be
+    what gets scored) and predicts ``dev[k/K]`` (for the folds ``fold_ids`` only, default all: a split with fewer
+    speakers than folds leaves some folds empty). Returns ``Predictions`` for every dev file, so that it can be
     compared with other candidates on the same files and folds (``llmser.ensemble.selection``). Fold runs
     live in ``RUN/devcv/fold<k>/`` and are reused when they finished with the same settings."""
     import json
@@ -104,7 +105,7 @@ def cross_fit_dev(run_dir: str | Path, folds: int = 5, *, split: str | None = No
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")) if (run_dir / "metrics.json").is_file() else {}
     steps = int(metrics.get("best_step") or recipe.train.max_steps)
     parts = []
-    for fold in range(folds):
+    for fold in range(folds) if fold_ids is None else fold_ids:
         fold_dir = run_dir / "devcv" / f"fold{fold}"
         settings = [*overrides, f"data.train_split={split}[^{fold}/{folds}]", "data.eval_split=",
                     f"data.test_split={split}[{fold}/{folds}]", f"train.max_steps={steps}",
