@@ -10,8 +10,8 @@ device without a download and the loaders know which Hub model a name stands for
     resolve_config("runs/base_model")            # a local folder's config.json
 
 ``tiny`` presets have no Hub id: they are random models built locally for tests (their weights are seeded).
-Presets marked ``planning_only`` are not for training (the QLoRA paper's LLaMA-1, kept so the planner can be
-checked against published figures). Importing this module is cheap: transformers is imported on use.
+Presets with ``recipe=False`` are not names a recipe may write: the QLoRA paper's LLaMA-1 (kept so the planner
+can be checked against published figures) and SALMONN's Whisper large-v2 (what ``import-salmonn`` reads). Importing this module is cheap: transformers is imported on use.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class Preset:
     published_params: int | None = None  # total parameters as published (model card / paper)
     published_note: str = ""
     aliases: tuple[str, ...] = ()
-    planning_only: bool = False  # sized by the planner, never loaded for training
+    recipe: bool = True  # a name recipes may write (else only planned or named by its Hub id)
 
     @property
     def model_id(self) -> str:
@@ -80,13 +80,13 @@ PRESETS: tuple[Preset, ...] = (
                 num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=2048, rms_norm_eps=1e-6,
                 tie_word_embeddings=False),
            "https://huggingface.co/huggyllama/llama-7b/blob/main/config.json (LLaMA paper, Touvron et al. 2023)",
-           6_738_415_616, "LLaMA paper: 6.7 B", aliases=("llama1-7b",), planning_only=True),
+           6_738_415_616, "LLaMA paper: 6.7 B", aliases=("llama1-7b",), recipe=False),
     Preset("llama-65b", "llm", "huggyllama/llama-65b", "llama",
            dict(vocab_size=32000, hidden_size=8192, intermediate_size=22016, num_hidden_layers=80,
                 num_attention_heads=64, num_key_value_heads=64, max_position_embeddings=2048, rms_norm_eps=1e-5,
                 tie_word_embeddings=False),
            "https://huggingface.co/huggyllama/llama-65b/blob/main/config.json (LLaMA paper, Touvron et al. 2023)",
-           65_285_660_672, "LLaMA paper: 65.2 B", aliases=("llama1-65b",), planning_only=True),
+           65_285_660_672, "LLaMA paper: 65.2 B", aliases=("llama1-65b",), recipe=False),
     # ------------------------------------------------------------------------------------------ Whisper
     Preset("large-v3", "whisper", "openai/whisper-large-v3", "whisper",
            dict(d_model=1280, encoder_layers=32, decoder_layers=32, encoder_attention_heads=20,
@@ -103,7 +103,7 @@ PRESETS: tuple[Preset, ...] = (
                 vocab_size=51865, max_source_positions=1500, max_target_positions=448, bos_token_id=50257,
                 eos_token_id=50257, pad_token_id=50257, decoder_start_token_id=50258),
            "https://huggingface.co/openai/whisper-large-v2/blob/main/config.json",
-           None, "model card: 1550 M", aliases=("whisper-large-v2",)),
+           None, "model card: 1550 M", aliases=("whisper-large-v2",), recipe=False),
     Preset("smol", "whisper", "openai/whisper-tiny.en", "whisper",
            dict(d_model=384, encoder_layers=4, decoder_layers=4, encoder_attention_heads=6, decoder_attention_heads=6,
                 encoder_ffn_dim=1536, decoder_ffn_dim=1536, num_mel_bins=80, vocab_size=51864,
@@ -163,8 +163,8 @@ _BY_NAME = _index()
 
 
 def names(kind: Kind) -> tuple[str, ...]:
-    """The preset names a recipe may write for ``kind`` (planning-only presets excluded)."""
-    return tuple(p.name for p in PRESETS if p.kind == kind and not p.planning_only)
+    """The preset names a recipe may write for ``kind``."""
+    return tuple(p.name for p in PRESETS if p.kind == kind and p.recipe)
 
 
 def find(name: str, kind: Kind | None = None) -> Preset | None:
@@ -199,7 +199,7 @@ def hub_id(name: str, kind: Kind) -> str:
 
 def hub_ids(kind: Kind) -> dict[str, str]:
     """Preset name -> the Hub id it mirrors (``tiny`` -> ``tiny``), for ``kind``'s recipe presets."""
-    return {p.name: p.model_id for p in PRESETS if p.kind == kind and not p.planning_only}
+    return {p.name: p.model_id for p in PRESETS if p.kind == kind and p.recipe}
 
 
 def resolve_config(name_or_path: str | Path, kind: Kind | None = None, **overrides: Any) -> Any:
