@@ -1,6 +1,6 @@
 """The planner against measurement, phase by phase: the peak of live tensor storage (``LiveStorage``, a
 TorchDispatchMode) of the text branch's training step, evaluation and prompt vote on small LLaMA configs
-in bf16, at two shapes (vocabulary, width, sequence, batch), each within 10 % of ``llmser plan``'s phase.
+in bf16, and free generation (``generate``), at two shapes (vocabulary, width, sequence, batch), each within 10 % of ``llmser plan``'s phase.
 A plan that drops a phase misses the run's peak by more than that (the vote is the peak here, as it was
 for the 8-B QLoRA recipe on an H200)."""
 
@@ -12,6 +12,7 @@ import pytest
 import tiny_models  # noqa: E402 - the tests folder is on sys.path under pytest
 import torch
 
+from llmser.models.plan import GENERATION_TOKENS
 from llmser.planning.measure import LiveStorage, module_tensors
 from llmser.planning.memory import Assumptions, PlanSpec, build_plan
 
@@ -69,6 +70,11 @@ def _measure(model, shape) -> dict[str, int]:
     with LiveStorage().hold(module_tensors(model, optimizer=optimizer)) as mode:
         model.vote_batch(vote_ids, torch.ones_like(vote_ids), prefixes)
     peaks["prompt voting"] = mode.peak
+    gen_ids = torch.randint(3, vocab, (rows, t))
+    with LiveStorage().hold(module_tensors(model, optimizer=optimizer)) as mode, torch.no_grad():
+        model.llm.generate(input_ids=gen_ids, attention_mask=torch.ones_like(gen_ids), do_sample=False,
+                           max_new_tokens=GENERATION_TOKENS, min_new_tokens=GENERATION_TOKENS, pad_token_id=0)
+    peaks["generation"] = mode.peak
     return peaks
 
 
@@ -87,7 +93,7 @@ def measured(request, tmp_path_factory):
     return _measure(model, shape), _plan(folder, shape)
 
 
-@pytest.mark.parametrize("phase", ["train step", "evaluation", "prompt voting"])
+@pytest.mark.parametrize("phase", ["train step", "evaluation", "prompt voting", "generation"])
 def test_every_phase_is_planned_within_10_percent(measured, phase):
     peaks, plan = measured
     planned = plan.phases[("lora", False)][phase]

@@ -342,3 +342,29 @@ def test_sft_rows_can_be_class_balanced(tiny):
     assert len(plain) == len(balanced) == 200  # 40 labelled rows per epoch, the X file never
     assert answers(plain).count("angry") == 10
     assert 70 <= answers(balanced).count("angry") <= 130  # about half, from 2 of 40 files
+
+
+def test_generation_splits_a_batch_by_the_token_budget(tiny):
+    """``max_tokens`` (data.eval_max_tokens) caps rows x padded prompt tokens of each generate call, as the
+    planner's generation phase assumes; every prompt still gets its answer, in order."""
+    from llmser.models.llm.generation import generate_answers
+
+    prompts = [load_prompts(["text_plain"])[0].render(tiny.tokenizer, text) for text in ("well", "no", "yes", "ok")]
+    longest = max(len(tiny.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts)
+    calls = []
+    original = tiny.model.generate
+
+    def counting(**kwargs):
+        calls.append(tuple(kwargs["input_ids"].shape))
+        return original(**kwargs)
+
+    tiny.model.generate = counting
+    try:
+        whole = generate_answers(tiny.model, tiny.tokenizer, prompts, max_new_tokens=2, batch_size=4)
+        split = generate_answers(tiny.model, tiny.tokenizer, prompts, max_new_tokens=2, batch_size=4,
+                                 max_tokens=2 * longest)
+    finally:
+        del tiny.model.generate
+    assert calls[0][0] == 4 and [rows for rows, _ in calls[1:]] == [2, 2]
+    assert all(rows * length <= 2 * longest for rows, length in calls[1:])
+    assert len(split) == len(whole) == 4

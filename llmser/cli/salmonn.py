@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 
+from llmser.models import presets
+
 SALMONN_LLM = "lmsys/vicuna-13b-v1.1"  # as in llmser.models.audio_llm.salmonn (not imported: --help stays instant)
-SALMONN_WHISPER = "openai/whisper-large-v2"
+SALMONN_WHISPER = presets.from_name("large-v2", "whisper").hub_id
 
 
 def add_import_salmonn(sub: argparse._SubParsersAction) -> None:

@@ -30,6 +30,7 @@ class BranchSpec:
     model: str  # "module:Class" with from_pretrained / save_pretrained
     module: str  # the branch's ``branch.py``: prepare (and predict_data)
     reads_transcripts: bool = False  # prediction needs a transcript per file (Whisper makes one if absent)
+    plan: str | None = None  # "module:function": (recipe, typed config, name) -> PlanSpec for llmser plan
 
     @property
     def config_cls(self) -> type:
@@ -49,6 +50,14 @@ class BranchSpec:
     @property
     def prepare_fn(self):
         return self.branch.prepare
+
+    @property
+    def plan_fn(self):
+        """What ``llmser plan`` sizes for a recipe of this branch, read from its typed config."""
+        if self.plan is None:
+            raise NotImplementedError(f"branch {self.name!r} has no plan (llmser plan sizes "
+                                      f"{', '.join(n for n, s in BRANCHES.items() if s.plan)})")
+        return _load(self.plan)
 
     @property
     def predicts_audio(self) -> bool:
@@ -73,7 +82,8 @@ def register_branch(spec: BranchSpec) -> BranchSpec:
     if spec.name in BRANCHES:
         problems.append(f"a branch named {spec.name!r} is already registered ({BRANCHES[spec.name].module})")
     problems += [f"{field} {value!r} is not 'module:Class'" for field, value in
-                 (("config", spec.config), ("model", spec.model)) if not _TARGET.match(value)]
+                 (("config", spec.config), ("model", spec.model), ("plan", spec.plan or "m:f"))
+                 if not _TARGET.match(value)]
     if not _MODULE.match(spec.module):
         problems.append(f"module {spec.module!r} is not a dotted module path")
     if problems:
@@ -126,13 +136,13 @@ def _load(path: str) -> Any:
 
 for _spec in (
     BranchSpec("wavlm", "llmser.models.wavlm.config:WavLMBranchConfig", "llmser.models.wavlm.model:WavLMEmotionModel",
-               "llmser.models.wavlm.branch"),
+               "llmser.models.wavlm.branch", plan="llmser.models.wavlm.plan:plan_spec"),
     BranchSpec("text_llm", "llmser.models.text_llm.config:TextLLMBranchConfig",
                "llmser.models.text_llm.model:TextLLMEmotionModel", "llmser.models.text_llm.branch",
-               reads_transcripts=True),
+               reads_transcripts=True, plan="llmser.models.text_llm.plan:plan_spec"),
     BranchSpec("audio_llm", "llmser.models.audio_llm.config:AudioLLMBranchConfig",
                "llmser.models.audio_llm.model:AudioLLMEmotionModel", "llmser.models.audio_llm.branch",
-               reads_transcripts=True),
+               reads_transcripts=True, plan="llmser.models.audio_llm.plan:plan_spec"),
     BranchSpec("fusion", "llmser.models.fusion.config:FusionBranchConfig", "llmser.models.fusion.model:FusionEmotionModel",
                "llmser.models.fusion.branch"),
 ):

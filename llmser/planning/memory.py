@@ -1,6 +1,6 @@
 """Parameter counts and per-process GPU-memory estimates for llmser's full-size models.
 
-Every model is built on the ``meta`` device from the configs in ``full_configs.py``: real
+Every model is built on the ``meta`` device from the configs in ``llmser.models.presets``: real
 transformers classes (``LlamaForCausalLM``, ``WhisperEncoder``, ``WavLMModel``,
 ``Blip2QFormerModel``) and real peft LoRA adapters, with shapes but no storage, so an 8 B model
 costs milliseconds and no memory. Memory is then the sum of these terms (docs/planning.md derives
@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from llmser.config import ConfigError
+from llmser.models import presets
+from llmser.models.plan import METHOD_NAMES, PlanSpec
 from llmser.utils.budget import split_to_budget
 
 GIB = 1024**3
@@ -76,6 +78,8 @@ METHODS: dict[str, Method] = {
     "lora-8bit": Method("lora-8bit", "LoRA int8", train_base=False, adapters=True, quantization="8bit"),
     "frozen": Method("frozen", "frozen", train_base=False, adapters=False),
 }
+if tuple(METHODS) != METHOD_NAMES:  # the names a PlanSpec accepts (llmser.models.plan)
+    raise ImportError(f"planning METHODS {tuple(METHODS)} differ from llmser.models.plan.METHOD_NAMES {METHOD_NAMES}")
 
 
 @dataclass(frozen=True)
@@ -239,15 +243,18 @@ def build_meta(kind: str, config: Any) -> Any:
     raise ValueError(f"unknown model kind {kind!r}")
 
 
-def add_lora(model: Any, r: int, alpha: int, dropout: float, targets: list[str] | str) -> Any:
-    """Inject real peft LoRA adapters (works on meta tensors: peft only reads shapes)."""
+def add_lora(model: Any, r: int, alpha: int, dropout: float, targets: list[str] | str,
+             layers: list[int] | None = None) -> Any:
+    """Inject real peft LoRA adapters (works on meta tensors: peft only reads shapes); ``layers``: the layer
+    indices that get them (``LLMConfig.lora_top_layers``), None for all."""
     from peft import LoraConfig, get_peft_model
 
     if isinstance(targets, str) and targets.lower() in ("all", "all-linear", "all_linear"):
         targets = "all-linear"
     import torch
 
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                        layers_to_transform=layers)
     # Created under the meta device too: otherwise peft allocates (and initialises) real adapter
     # weights on the CPU before moving them next to their meta base layers.
     device = next(model.parameters()).device
@@ -317,10 +324,13 @@ def decoder_layers(model: Any) -> Any:
 
 
 def lora_inputs_per_layer(model: Any) -> list[int]:
-    """in_features of each LoRA-adapted module in one layer (their fp32 inputs are kept for backward)."""
-    layer = decoder_layers(model)[0]
-    return [module.in_features for module in layer.modules()
-            if hasattr(module, "lora_A") and hasattr(module, "in_features") and len(module.lora_A)]
+    """in_features of each LoRA-adapted module in one adapted layer (their fp32 inputs are kept for backward)."""
+    for layer in decoder_layers(model):
+        found = [module.in_features for module in layer.modules()
+                 if hasattr(module, "lora_A") and hasattr(module, "in_features") and len(module.lora_A)]
+        if found:
+            return found
+    return []
 
 
 # --------------------------------------------------------------------------------------------------
@@ -585,91 +595,6 @@ def ceil_div(a: float, b: float) -> int:
 # --------------------------------------------------------------------------------------------------
 # Plans: a branch's components, each method's memory, for one workload
 
-Branch = Literal["text_llm", "audio_llm", "wavlm"]
-BRANCH_METHODS: dict[str, list[str]] = {
-    "text_llm": ["full", "lora", "qlora"],
-    "audio_llm": ["full", "lora", "qlora"],
-    # 4-bit Linear layers cannot stand in for WavLM's attention projections (it passes their raw
-    # weights to F.multi_head_attention_forward), so QLoRA is not offered for the WavLM branch.
-    "wavlm": ["frozen", "full", "lora"],
-}
-
-
-@dataclass
-class PlanSpec:
-    """What to plan: a branch's models, how its body trains, and the workload per process."""
-
-    name: str
-    branch: Branch
-    llm: str | None = None  # text_llm / audio_llm: the LLM
-    whisper: str | None = None  # audio_llm: the (frozen) Whisper encoder
-    wavlm: str | None = None  # wavlm: the encoder; audio_llm: optional frozen second encoder
-    method: str = "lora"  # the recipe's choice, marked with * in the table
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    lora_target_modules: list[str] | str = field(default_factory=lambda: ["q_proj", "v_proj"])
-    qformer_layers: int = 2
-    qformer_hidden_size: int = 768
-    window_seconds: float = 1 / 3  # SALMONN: one window per 0.33 s (17 Whisper frames)
-    queries_per_window: int = 1
-    trim_audio_padding: bool = False  # False: windows cover Whisper's whole 30-s padded input (SALMONN)
-    freeze_feature_extractor: bool = True  # wavlm full fine-tuning keeps the CNN front end frozen
-    encoder_window_seconds: float | None = None  # Whisper's input window when cropped below 30 s (None: 30 s)
-    layer_weighting: bool = True
-    pooling_attention_size: int = 128
-    head_hidden_size: int = 256
-    batch_size: int = 8  # per process
-    seq_len: int = 512  # text tokens per example (prompt + answer)
-    audio_seconds: float = 15.0  # per example
-    gradient_checkpointing: bool | None = None  # None: estimate both
-    # Phases other than the training step (LLM branches): evaluation and prompt voting / label scoring
-    llm_mode: Literal["head", "sft"] = "head"  # head: heads read the last hidden state (no logits); sft: LM loss
-    eval_batch_size: int = 16  # data.eval_batch_size: files per evaluation / voting forward
-    eval_max_tokens: int | None = None  # data.eval_max_tokens: rows x padded tokens of one such forward
-    vote_variants: int = 5  # prompt variants that vote (K rows per file)
-    prefix_tokens: int = 0  # the instruction before the transcript, cached once per variant when voting
-    answer_tokens: int = 0  # packed answer tokens read per row when scoring labels (0: first-token scoring)
-
-    def __post_init__(self) -> None:
-        issues = []
-        if self.branch not in BRANCH_METHODS:
-            issues.append(f"branch {self.branch!r} is not one of {', '.join(BRANCH_METHODS)}")
-        elif self.method not in METHODS:
-            issues.append(f"method {self.method!r} is not one of {', '.join(METHODS)}")
-        elif self.branch == "wavlm" and self.method in ("qlora", "lora-8bit"):
-            issues.append("the WavLM branch cannot be quantised: WavLM's attention reads its projection "
-                          "weights directly; use encoder_mode finetune, lora or frozen")
-        elif self.whisper_speech_encoder and self.method != "frozen":
-            issues.append("a Whisper encoder in the speech branch is used frozen (its features are cached); "
-                          "use encoder_mode: frozen")
-        needs = {"text_llm": ("llm",), "audio_llm": ("llm", "whisper"), "wavlm": ("wavlm",)}.get(self.branch, ())
-        issues += [f"branch {self.branch} needs a {key} model" for key in needs if not getattr(self, key)]
-        for key in ("batch_size", "lora_r", "qformer_layers", "queries_per_window"):
-            if getattr(self, key) < 1:
-                issues.append(f"{key} must be at least 1, got {getattr(self, key)}")
-        if self.seq_len < 0 or self.audio_seconds <= 0 or self.window_seconds <= 0:
-            issues.append("seq_len must be >= 0, audio_seconds and window_seconds > 0")
-        if issues:
-            raise ConfigError(f"plan {self.name!r}: " + "; ".join(issues))
-
-    @property
-    def whisper_speech_encoder(self) -> bool:
-        """The speech branch on a Whisper encoder (the CPU preset's tiny.en, or large-v3) instead of WavLM."""
-        from llmser.models.wavlm.config import is_whisper_encoder
-
-        return self.branch == "wavlm" and bool(self.wavlm) and is_whisper_encoder(str(self.wavlm))
-
-    @property
-    def methods(self) -> list[str]:
-        if self.whisper_speech_encoder:
-            return ["frozen"]
-        methods = list(BRANCH_METHODS[self.branch])
-        if self.method not in methods:
-            methods.append(self.method)
-        return methods
-
-
 @dataclass
 class Component:
     """One model of a plan, with its parameter counts under each method."""
@@ -761,9 +686,7 @@ def build_plan(spec: PlanSpec, parallel: Parallelism | None = None,
 
 def _llm_body(spec: PlanSpec) -> tuple[Component, dict[str, list[int]], Any, dict[str, float]]:
     """The LLM under each method: counts, LoRA inputs per layer, and one layer's bytes for FSDP."""
-    from llmser.planning.full_configs import resolve_config
-
-    config = resolve_config(spec.llm)
+    config = presets.resolve_config(spec.llm, "llm")
     counts: dict[str, ParamCount] = {}
     lora_inputs: dict[str, list[int]] = {}
     unit: dict[str, float] = {}
@@ -772,7 +695,8 @@ def _llm_body(spec: PlanSpec) -> tuple[Component, dict[str, list[int]], Any, dic
         model = build_meta("causal_lm", config)
         if method.adapters:
             set_trainable(model, False)
-            model = add_lora(model, spec.lora_r, spec.lora_alpha, spec.lora_dropout, spec.lora_target_modules)
+            model = add_lora(model, spec.lora_r, spec.lora_alpha, spec.lora_dropout, spec.lora_target_modules,
+                             spec.lora_layers)
             lora_inputs[name] = lora_inputs_per_layer(model)
         else:
             set_trainable(model, method.train_base)
@@ -794,12 +718,13 @@ def _llm_activations(spec: PlanSpec, config: Any, lora_inputs: dict[str, list[in
                                   lora_r=spec.lora_r, lora_dropout=spec.lora_dropout, fp32_residual=fp32_residual,
                                   assumptions=assumptions)
     n = tokens * spec.batch_size
+    depth = _layers_in_backward(spec, m, dims.layers)
     if gc:
         # Checkpointing keeps each layer's input (the residual stream) and recomputes one layer at a time.
         residual = FP32 if fp32_residual else BF16
-        layers = (dims.layers * residual * dims.hidden + per_layer) * n
+        layers = (depth * residual * dims.hidden + per_layer) * n
     else:
-        layers = dims.layers * per_layer * n
+        layers = depth * per_layer * n
     if spec.branch == "text_llm" and spec.llm_mode == "head":
         # The heads read the last hidden state: no LM head runs. The final norm keeps its fp32 input, and
         # the backward of the top layer works on the gradient of the residual stream and of the MLP.
@@ -808,6 +733,15 @@ def _llm_activations(spec: PlanSpec, config: Any, lora_inputs: dict[str, list[in
         return {"LLM layers": layers, "LLM final norm + backward working set": outside}
     outside = llama_outside_bytes(dims, base_trainable=m.train_base) * n
     return {"LLM layers": layers, "LLM logits + loss": outside}
+
+
+def _layers_in_backward(spec: PlanSpec, method: Method, layers: int) -> int:
+    """Layers autograd keeps tensors for: with LoRA on the top layers only (``lora_top_layers``) the text
+    branch's backward stops at the lowest adapted one (nothing below needs a gradient); the audio-LLM's
+    trained Q-Former feeds the first layer, so its backward runs through all of them."""
+    if method.train_base or not method.adapters or not spec.lora_layers or spec.branch != "text_llm":
+        return layers
+    return layers - min(spec.lora_layers)
 
 
 def _llm_branch(spec: PlanSpec, assumptions: Assumptions):
@@ -832,22 +766,20 @@ def _trained_component(name: str, model_id: str, n_params: int) -> Component:
 
 
 def _audio_llm_branch(spec: PlanSpec, assumptions: Assumptions):
-    from llmser.planning.full_configs import QFORMER_WINDOW, resolve_config
-
-    whisper_cfg = resolve_config(spec.whisper)
+    whisper_cfg = presets.resolve_config(spec.whisper, "whisper")
     components = [_frozen_component(f"Whisper encoder ({_short(spec.whisper)})", spec.whisper,
                                     build_meta("whisper_encoder", whisper_cfg))]
     encoder_dim = whisper_cfg.d_model
     wavlm_cfg = None
     if spec.wavlm:
-        wavlm_cfg = resolve_config(spec.wavlm)
+        wavlm_cfg = presets.resolve_config(spec.wavlm, "speech")
         components.append(_frozen_component(f"WavLM encoder ({_short(spec.wavlm)})", spec.wavlm,
                                             build_meta("speech_encoder", wavlm_cfg)))
         encoder_dim += wavlm_cfg.hidden_size  # frame-aligned concatenation (both 50 frames/s)
-    q_cfg = QFORMER_WINDOW.to_hf()
-    q_cfg.num_hidden_layers = spec.qformer_layers
-    q_cfg.hidden_size = spec.qformer_hidden_size
-    q_cfg.encoder_hidden_size = encoder_dim
+    q_cfg = presets.from_name("window-qformer", "qformer").to_hf(
+        num_hidden_layers=spec.qformer_layers, hidden_size=spec.qformer_hidden_size,
+        num_attention_heads=spec.qformer_heads, intermediate_size=spec.qformer_intermediate,
+        encoder_hidden_size=encoder_dim)
     qformer = build_meta("qformer", q_cfg)
     # + the learned query (one per window) and SALMONN's LayerNorm on the encoder output
     q_params = sum(p.numel() for p in qformer.parameters()) + spec.queries_per_window * q_cfg.hidden_size \
@@ -873,6 +805,7 @@ def _audio_llm_branch(spec: PlanSpec, assumptions: Assumptions):
     llm_tokens = speech_tokens + spec.seq_len
     frames = chunks * frames_per_chunk
     workload = {"batch_size": spec.batch_size, "audio_seconds": spec.audio_seconds, "whisper_chunks": chunks,
+                "encoder_width": encoder_dim,
                 "chunk_seconds": chunk_s,
                 "encoder_frames": frames, "frames_per_window": kernel, "windows": windows,
                 "speech_tokens": speech_tokens, "text_tokens": spec.seq_len, "llm_tokens": llm_tokens}
@@ -932,9 +865,7 @@ def _whisper_speech_branch(spec: PlanSpec, config: Any):
 
 
 def _wavlm_branch(spec: PlanSpec, assumptions: Assumptions):
-    from llmser.planning.full_configs import resolve_config
-
-    config = resolve_config(spec.wavlm)
+    config = presets.resolve_config(spec.wavlm, "whisper" if spec.whisper_speech_encoder else "speech")
     if spec.whisper_speech_encoder:
         return _whisper_speech_branch(spec, config)
     counts: dict[str, ParamCount] = {}
@@ -1004,6 +935,8 @@ def _short(name: str | None) -> str:
 #     vote         the same over files x K variants after a cached instruction of P tokens, plus every
 #                  layer's key/value cache (instruction + suffix) the forward keeps, and the 4-D mask
 #     scoring      a vote that reads logits at the answer positions (full vocabulary, fp32 log-softmax)
+#     generation   (text branch) greedy free answers: prefill, the key/value cache, last-position logits
+#     encoder      (audio-LLM) the frozen Whisper encoder over its window, for a training or eval batch
 #
 # Rows per forward are capped by ``data.eval_max_tokens`` exactly as ``llmser.utils.budget`` splits them.
 
@@ -1042,11 +975,9 @@ def rows_per_forward(rows: int, row_tokens: int, max_tokens: int | None, group: 
 
 def llm_phases(plan: Any, method: str, gc: bool) -> dict[str, float]:
     """Bytes per phase (overhead included) for one (method, checkpointing) column of an LLM branch plan."""
-    from llmser.planning.full_configs import resolve_config
-
     spec, a = plan.spec, plan.assumptions
     estimate = plan.estimate(method, gc)
-    dims = LayerDims.from_config(resolve_config(spec.llm))
+    dims = LayerDims.from_config(presets.resolve_config(spec.llm, "llm"))
     m = METHODS[method]
     residual = FP32 if (m.quantization != "none" and a.kbit_upcast) else BF16
     lora_up = m.adapters and _targets_up(spec.lora_target_modules)
@@ -1068,7 +999,32 @@ def llm_phases(plan: Any, method: str, gc: bool) -> dict[str, float]:
     if name == "label scoring":  # logits at the read positions: model dtype + fp32 log-softmax
         logits = vote_rows * (1 + spec.answer_tokens) * dims.vocab * (BF16 + FP32)
     phases[name] = resident + vote_rows * suffix * per_token + keys + mask + logits
+    if spec.branch == "text_llm":
+        phases["generation"] = resident + generation_bytes(dims, residual, per_token, rows, tokens,
+                                                           spec.generation_tokens)
+    if spec.branch == "audio_llm":
+        phases["speech encoder"] = resident + speech_encoder_bytes(plan, max(spec.batch_size, rows))
     return phases
+
+
+def generation_bytes(dims: LayerDims, residual: int, per_token: float, rows: int, tokens: int, new: int) -> float:
+    """Free generation (``generate_answers``, greedy) of ``new`` tokens after a ``tokens``-long prompt: the
+    prefill's working set, every layer's key/value cache at full length, and the logits of the last position
+    only (``generate`` asks for one, then copies them to fp32)."""
+    cache = dims.layers * 2 * dims.kv_dim * residual * rows * (tokens + new)
+    return rows * tokens * per_token + cache + rows * dims.vocab * (BF16 + FP32)
+
+
+def speech_encoder_bytes(plan: Any, rows: int) -> float:
+    """The frozen Whisper encoder's no-grad forward over its (padded or cropped) window, per batch of ``rows``
+    clips: at its peak, inside one layer's feed-forward, the residual stream and its LayerNorm (2 d), fc1's
+    output and its GELU (2 x ffn), beside the encoder outputs already made (a second encoder's included)."""
+    spec = plan.spec
+    whisper = presets.resolve_config(spec.whisper, "whisper")
+    frames = plan.workload["encoder_frames"]
+    outputs = plan.workload.get("encoder_width", whisper.d_model)
+    per_frame = BF16 * (2 * whisper.d_model + 2 * whisper.encoder_ffn_dim + outputs)
+    return rows * frames * per_frame
 
 
 def _targets_up(targets: Any) -> bool:

@@ -53,10 +53,11 @@ from typing import Any
 
 import torch
 
+from llmser.models import presets
 from llmser.models.audio_llm.config import AudioLLMBranchConfig
 
 SALMONN_LLM = "lmsys/vicuna-13b-v1.1"
-SALMONN_WHISPER = "openai/whisper-large-v2"
+SALMONN_WHISPER = presets.from_name("large-v2", "whisper").hub_id
 
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from llmser.models.llm.prompts import PromptTemplate
+from llmser.utils.budget import split_to_budget
 
 
 def parse_label(text: str, template: PromptTemplate) -> str | None:
@@ -31,12 +32,20 @@ def parse_label(text: str, template: PromptTemplate) -> str | None:
 
 @torch.no_grad()
 def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int = 8,
-                     batch_size: int = 8) -> list[str]:
-    """Greedy answers to rendered prompts (left-padded batches), decoded without special tokens."""
+                     batch_size: int = 8, max_tokens: int | None = None) -> list[str]:
+    """Greedy answers to rendered prompts (left-padded batches), decoded without special tokens.
+
+    ``max_tokens`` (``data.eval_max_tokens``) caps rows x padded prompt tokens of one ``generate`` call, as
+    ``llmser plan``'s generation phase assumes: a batch is split into calls, in order, none dropped.
+    """
     answers: list[str] = []
     model.eval()
-    for start in range(0, len(prompts), batch_size):
-        enc = tokenizer(list(prompts[start:start + batch_size]), add_special_tokens=False, padding=True,
+    lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+    batches = [part for start in range(0, len(prompts), batch_size)
+               for part in split_to_budget(list(range(start, min(start + batch_size, len(prompts)))),
+                                           lambda rows: len(rows) * max(lengths[i] for i in rows), max_tokens)]
+    for rows in batches:
+        enc = tokenizer([prompts[i] for i in rows], add_special_tokens=False, padding=True,
                         padding_side="left", return_tensors="pt").to(next(model.parameters()).device)
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)

@@ -18,15 +18,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from llmser.models import presets
 from llmser.utils.hub import HubError
 
-#: Presets llmser knows by a short name, and the Hub id each stands for ("tiny" is random, built locally).
-SMOL_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-LLM_PRESETS: dict[str, str] = {
-    "llama3-8b": "meta-llama/Meta-Llama-3-8B-Instruct",
-    "smol": SMOL_HUB_ID,
-    "tiny": "tiny",
-}
+#: Presets llmser knows by a short name, and the Hub id each stands for ("tiny" is random, built locally):
+#: a view of the one table, ``llmser.models.presets``.
+SMOL_HUB_ID = presets.from_name("smol", "llm").hub_id
+LLM_PRESETS: dict[str, str] = presets.hub_ids("llm")
 #: Written beside a local copy of a Hub model to say which Hub model (and revision) it is.
 SOURCE_FILE = "llmser_source.json"
 #: Written in an adapter folder by ``save_lora``: the identity of the weights it was trained on.
@@ -192,7 +190,7 @@ def _recorded_sources(folder: Path) -> set[str]:
 
 def canonical_name(name_or_path: str) -> str:
     """The Hub id a preset stands for (what adapters record as their base model)."""
-    return LLM_PRESETS.get(name_or_path, name_or_path)
+    return presets.hub_id(name_or_path, "llm")
 
 
 def adapter_base(adapter_dir: str | Path) -> str | None:

