@@ -130,3 +130,16 @@ def test_predict_runs_stacking_and_weighted_average_as_the_ensemble_module_does(
     assert shipped.classes == stacker.predict(members).classes
     weighted = Predictor([], "average", combine_settings={"weights": {"a": 3.0, "b": 1.0}})._combine(names, outputs)
     np.testing.assert_allclose(weighted.probs, average(members, {"a": 3.0, "b": 1.0}).probs, rtol=1e-5)
+
+
+def test_weighted_average_leaves_out_the_members_its_weights_drop():
+    """Weights fitted to {speech: 1} (noise dropped) must score as speech alone, not as an even average."""
+    from llmser.ensemble.selection import dev_scores, fit_average_weights, score_candidates
+
+    refs = _references()
+    members = {"speech": _member(refs, 0.9, 0.2, 1), "noise": _member(refs, 0.0, 5.0, 3)}
+    assert fit_average_weights(members, refs) == {"speech": 1.0}
+    table = {c.name: c for c in score_candidates(members, refs, folds=4)}
+    assert table["weighted_average"].scores == dev_scores(members["speech"], refs)
+    assert table["average"].scores["combined"] < table["weighted_average"].scores["combined"]
+

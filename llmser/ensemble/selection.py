@@ -95,11 +95,16 @@ def fit_average_weights(members: Mapping[str, Predictions], references: Sequence
         if not any(weights):
             continue
         kept = {n: w for n, w in zip(names, weights) if w > 0}
-        score = dev_scores(average({n: members[n] for n in kept}, kept), references).get(metric)
+        score = dev_scores(weighted_average(members, kept), references).get(metric)
         key = (-np.inf if score is None else score, -float(np.std(weights)))
         if best_key is None or key > best_key:
             best, best_key = kept, key
     return best or {n: 1.0 for n in names}
+
+
+def weighted_average(members: Mapping[str, Predictions], weights: Mapping[str, float]) -> Predictions:
+    """``average`` of the members ``weights`` keeps (a member with no weight is left out, not weighted 1)."""
+    return average({n: members[n] for n in weights}, weights)
 
 
 def _out_of_fold(fit_predict: Any, members: Mapping[str, Predictions], references: Sequence[Any],
@@ -130,7 +135,7 @@ def score_candidates(members: Mapping[str, Predictions], references: Sequence[An
         candidates.append(Candidate("plurality", "plurality", {}, dev_scores(plurality_vote(aligned), references),
                                     "no fitting"))
         candidates.append(Candidate("average", "average", {}, dev_scores(average(aligned), references), "no fitting"))
-        weighted = _out_of_fold(lambda fm, fr, hm: average(hm, fit_average_weights(fm, fr, metric)),
+        weighted = _out_of_fold(lambda fm, fr, hm: weighted_average(hm, fit_average_weights(fm, fr, metric)),
                                 aligned, references, fold_ids)
         candidates.append(Candidate("weighted_average", "average", {}, dev_scores(weighted, references),
                                     f"weights fitted on dev[^k/{folds}], scored on dev[k/{folds}]"))
