@@ -293,7 +293,8 @@ def _overrides(corpus_dir, outputs, out, **extra):
     items = {"data.corpus": str(corpus_dir), "model.outputs_dir": str(outputs), "train.output_dir": str(out),
              "train.max_steps": 60, "train.eval_every": 20, "train.save_every": 60, "model.hidden": 32,
              "model.head_hidden_size": 32, "model.dropout": 0.0, "optim.lr": 3e-3, "optim.warmup_steps": 0,
-             "train.early_stopping_patience": 0, "data.train_split": "train", "data.eval_split": "dev", **extra}
+             "train.early_stopping_patience": 0, "data.train_split": "train", "data.eval_split": "dev",
+             "model.residual": "false", **extra}  # the fake outputs carry embeddings only, no probabilities
     return [f"{k}={v}" for k, v in items.items()]
 
 
@@ -331,7 +332,8 @@ def test_prepare_reports_files_without_outputs(fake_run, tmp_path):
             save_branch_outputs(partial, branch, split, keep, {k: v[rows] for k, v in out.tensors.items()})
     corpus = MSPPodcast.from_folder(corpus_dir)
     with _registered():
-        splits = ["data.train_split=train", "data.eval_split=dev"]  # outputs that record no training split
+        # outputs that record no training split; embeddings only, so no residual over their probabilities
+        splits = ["data.train_split=train", "data.eval_split=dev", "model.residual=false"]
         recipe = load_recipe(ROOT / "adapters/fusion_tiny.yaml", [f"model.outputs_dir={partial}", *splits])
         with pytest.raises(KeyError, match="wavlm: 1 e.g. \\['Train_0000.wav'\\]"):
             prepare(recipe, branch_config(recipe), corpus, None)
@@ -384,7 +386,8 @@ def test_fusion_refuses_to_learn_from_in_sample_outputs(fake_run, tmp_path):
     corpus = MSPPodcast.from_folder(corpus_dir)
 
     def setup(*overrides):
-        recipe = load_recipe(ROOT / "adapters/fusion_tiny.yaml", [f"model.outputs_dir={marked}", *overrides])
+        recipe = load_recipe(ROOT / "adapters/fusion_tiny.yaml", [f"model.outputs_dir={marked}", "model.residual=false",
+                                                                   *overrides])
         return prepare(recipe, branch_config(recipe), corpus, None)
 
     with pytest.raises(ConfigError, match=r"text_llm, wavlm come from models trained on those files.*cross-fit"):
@@ -461,3 +464,17 @@ def Predictions_read(path):
     from llmser.evaluation.predictions import Predictions
 
     return Predictions.read_csv(path)
+
+
+def test_residual_fusion_refuses_outputs_without_probabilities_before_training(fake_run, tmp_path):
+    from llmser.config import ConfigError
+    from llmser.data.msp_podcast import MSPPodcast
+    from llmser.models.fusion.branch import prepare
+    from llmser.models.registry import branch_config, load_recipe
+
+    corpus_dir, outputs = fake_run
+    recipe = load_recipe(ROOT / "adapters/fusion_tiny.yaml", [f"model.outputs_dir={outputs}", "data.train_split=train",
+                                                               "data.eval_split=dev"])
+    with pytest.raises(ConfigError, match="model.residual=false"):
+        prepare(recipe, branch_config(recipe), MSPPodcast.from_folder(corpus_dir), None)
+

@@ -45,6 +45,7 @@ def prepare(recipe: Recipe, config: FusionBranchConfig, corpus: Any, accelerator
         utts = _drop_uncached(utts, outputs, role, data.on_error)
         if role == "train":
             resolved = resolve_sizes(config, outputs)
+            refuse_residual_without_outputs(config, outputs)
         utterances[role] = utts
         sets[role] = FusionDataset(utts, outputs, sequences=resolved.sequences) if utts else None
     model = FusionEmotionModel(resolved)
@@ -67,6 +68,20 @@ def refuse_in_sample(outputs: dict[str, BranchOutputs], split: str, role: str, f
             f"models trained on those files (in-sample). Fit fusion on outputs the branches did not train on: "
             "data.train_split='dev[^0/5]' with data.eval_split='dev[0/5]' (dev, with an inner fold for early stopping), or "
             "cross-fit the branch on train (llmser collect-outputs RUN --cross-fit 5) and keep train")
+
+
+def refuse_residual_without_outputs(config: FusionBranchConfig, outputs: dict[str, BranchOutputs]) -> None:
+    """Residual fusion averages the streams' cached probabilities and attributes: say so before training if a
+    stream's outputs lack them (collected from a model without that head)."""
+    if not config.residual:
+        return
+    wanted = [name for name, on in (("probs", config.class_head), ("attributes", config.attribute_head)) if on]
+    lacking = sorted(f"{s} ({', '.join(w for w in wanted if w not in out.tensors)})" for s, out in outputs.items()
+                     if any(w not in out.tensors for w in wanted))
+    if lacking:
+        raise ConfigError(f"model.residual: true starts from the streams' cached probabilities and attributes, but "
+                          f"the outputs in {config.outputs_dir} lack them for {', '.join(lacking)}; re-collect those "
+                          "branches (llmser collect-outputs) from models with both heads, or set model.residual=false")
 
 
 def resolve_sizes(config: FusionBranchConfig, outputs: dict[str, BranchOutputs]) -> FusionBranchConfig:
