@@ -135,6 +135,11 @@ def test_two_engine_steps_in_head_mode_move_lora_the_qformer_the_layer_weights_a
     assert any("lora_B" in n for n in changed)
     assert not any(n.startswith("encoders.") for n in changed)
     assert (tmp_path / "run" / "best" / "speech_modules.safetensors").is_file()
+    from llmser.models.audio_llm.branch import predict_with_voting
+
+    predictions, vote = predict_with_voting(model, setup.test_utterances, setup.test_set.cache, progress=False)
+    n = len(setup.test_utterances)
+    assert predictions.attributes.shape == (n, 3) and vote.voter_probs.shape == (5, n, 8)
 
 
 def test_stage_one_in_head_mode_trains_the_speech_side_only(tmp_path):
