@@ -2,13 +2,15 @@
 
 Data flow for a batch (shapes as ``# (...)`` comments below)::
 
-    encoder frames (B, T, D)  [Whisper, + a second encoder concatenated per frame; cached on disk]
+    encoder frames (B, T, D)  [Whisper (its last layer, or all side by side), + a second encoder; cached on disk]
+      -> a learned weighted sum of Whisper's layers (``encoder_layers: all``)
       -> LayerNorm -> windows of w frames, stride s: (B*nW, w, D)
       -> Blip2QFormerModel: Q learned queries cross-attend each window: (B*nW, Q, Dq)
       -> (B, nW*Q, Dq) -> Linear -> (B, S, H) speech tokens
       -> spliced where the rendered prompt has ``<|speech|>``: [prompt before | speech | prompt after],
          left-padded, attention mask over the real tokens only
-      -> LoRA LLM -> log-likelihood of each of the 8 verbalised answers (= ``class_logits``)
+      -> LoRA LLM -> log-likelihood of each of the 8 verbalised answers (= ``class_logits``; ``mode: answer``)
+         or its last state -> LLM head, added to a speech head on the pooled frames (``mode: head``, heads.py)
 
 Scoring the answers. The prompts put most of their text (system turn, definitions, label list) before
 the speech and only a one-line question after it, so the key/value states before the speech do not
@@ -32,7 +34,7 @@ the answers' first tokens, as training does.
 Saved layout (``save_pretrained``)::
 
     adapter_config.json, adapter_model.safetensors   # standard PEFT LoRA adapter (base = Hub id)
-    speech_modules.safetensors                       # layer norms, Q-Former, queries, projection, head
+    speech_modules.safetensors                       # layer weights and norms, Q-Former, queries, projection, heads
     llmser_config.json                               # AudioLLMBranchConfig (branch "audio_llm")
     tokenizer files
 """
