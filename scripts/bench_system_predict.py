@@ -104,18 +104,16 @@ def build(root: Path, speech_attention: str | None) -> Path:
 
 def set_variants(predictor, count: int) -> list[str]:
     """Every LLM member votes with its first ``count`` variants; caches emptied (a fresh run)."""
+    from llmser.models.branch import VotesOverPrompts
     from llmser.models.voting import VotingConfig
 
     used = []
     for member in predictor.members:
         model = member.model
-        if hasattr(model, "vote_batch"):
-            names = [t.name for t in model.templates] if hasattr(model, "templates") else list(model.config.prompts)
-            model.config.voting = VotingConfig(variants=names[:count], rule=model.config.voting.rule)
+        if isinstance(model, VotesOverPrompts):
+            model.config.voting = VotingConfig(variants=model.variant_names[:count], rule=model.config.voting.rule)
             used.append(f"{member.name}: {len(model.voting_variants)}")
-            for cache in (getattr(model, "prefix_cache", None), getattr(model, "vote_cache", None)):
-                if cache is not None:
-                    cache.clear()
+            model.prefix_cache.clear()
     return used
 
 

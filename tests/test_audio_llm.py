@@ -213,7 +213,7 @@ def test_answer_calibration_divides_out_the_dev_prior_at_inference_only(model):
         model.train()
         trained = model(**batch).class_logits  # training reads the raw first-token scores
         assert trained.requires_grad
-        assert "calibration.log_prior" in model.speech_modules().state_dict()
+        assert "calibration.log_prior" in model.trained_modules().state_dict()
     finally:
         model.calibration.log_prior.zero_()
         model.eval()

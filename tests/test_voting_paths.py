@@ -68,7 +68,7 @@ def test_text_vote_rows_equal_each_variant_through_the_heads_alone():
     result = collect_votes(model, dataset, collate, batch_size=2, progress=False)
     assert result.variant_probs.shape == (3, len(model.config.prompts), 8)
     assert result.variant_names == list(model.config.prompts)
-    assert len(model.vote_cache) == len(model.config.prompts)  # each instruction once for the run, not per batch
+    assert len(model.prefix_cache) == len(model.config.prompts)  # each instruction once for the run, not per batch
     templates = list(dataset.templates)
     for k in range(len(templates)):
         dataset.templates = templates[k:] + templates[:k]  # variant k first: what a single forward reads

@@ -138,7 +138,9 @@ def collect_run_outputs(run_dir: str | Path, outputs_dir: str | Path, splits: Se
 
 def _load_best(spec: Any, model: Any, best: Path) -> Any:
     """The trained weights in ``best/`` put into the model ``prepare`` built (as llmser.training.run.predict_test)."""
-    if hasattr(model, "load_trained_weights"):  # LLM branches: reload the adapter, not the base
+    from llmser.models.branch import ReloadsWeights
+
+    if isinstance(model, ReloadsWeights):  # LLM branches: reload the adapter, not the base
         model.load_trained_weights(best)
         adopt_saved_voting(model, best)  # the vote chosen on dev (voting.variants: auto), not the recipe's
         return model

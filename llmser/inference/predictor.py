@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from llmser.evaluation.predictions import Predictions, concat_predictions
+from llmser.models.branch import VotesOverPrompts
 from llmser.models.llm.votes import votes
 from llmser.schema import CLASS_CODES
 from llmser.utils.logging import get_logger
@@ -286,7 +287,7 @@ class Predictor:
         if wants_frames:  # encode once: the heads and the fusion frames read the same hidden states
             hidden, mask = member.model.encode(batch["input_values"], batch.get("attention_mask"))
             batch = {**batch, "hidden_states": hidden, "frame_mask": mask}
-        if hasattr(member.model, "vote_batch"):
+        if isinstance(member.model, VotesOverPrompts):
             return _voted(member.model.vote_batch(**batch))
         out = member.model(**batch)
         result: dict[str, Any] = {"embedding": out.embedding.float()}
@@ -413,7 +414,7 @@ def _revote(model: Any, outputs: dict[str, Any]) -> torch.Tensor:
 
     per_variant = outputs["variant_probs"].numpy().transpose(1, 0, 2)  # (K, N, C)
     names = outputs["variant_names"][0]
-    rule = model.config.voting.rule if hasattr(getattr(model, "config", None), "voting") else "plurality"
+    rule = model.config.voting.rule if isinstance(model, VotesOverPrompts) else "plurality"
     return torch.from_numpy(vote(per_variant, names, rule).labels)
 
 

@@ -70,3 +70,31 @@ class PredictsAudio(Protocol):
     def predict_data(self, model: Any, recipe: Any, utterances: Sequence) -> tuple[Any, Callable]:
         """Dataset + collate that feed ``utterances`` (audio, and transcripts where read) to ``model``."""
         ...
+
+
+@runtime_checkable
+class VotesOverPrompts(Protocol):
+    """A model whose prompt variants vote (both LLM branches, ``llmser.models.llm.member.LoRAMember``).
+
+    ``vote_batch(**batch)`` returns a ``VotedOutput`` for a batch of the dataset's voting examples
+    (``dataset.with_voting(voting_variants)``); ``config.voting`` says which variants vote and by what rule.
+    The test report, ``collect-outputs`` and ``llmser predict`` run every such model's vote.
+    """
+
+    config: Any
+
+    @property
+    def variant_names(self) -> list[str]: ...
+
+    @property
+    def voting_variants(self) -> list[str]: ...
+
+    def vote_batch(self, **batch: Any) -> Any: ...
+
+
+@runtime_checkable
+class ReloadsWeights(Protocol):
+    """A model that loads a saved folder's trained weights in place, without rebuilding what is frozen
+    (the LLM branches reload their adapter, not the base LLM)."""
+
+    def load_trained_weights(self, directory: str | Path) -> None: ...

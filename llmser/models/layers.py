@@ -106,15 +106,22 @@ class EmotionHeads(nn.Module):
         return embedding if self.input_norm is None else self.input_norm.with_running_statistics(embedding)
 
     def forward(self, embedding: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        logits, raw = self.raw(embedding)
+        return logits, bounded_attributes(raw) if raw is not None else None
+
+    def raw(self, embedding: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Class logits (B, 8) and the attributes before their bounding sigmoid (B, 3): what heads that
+        add up their outputs (the audio-LLM's speech + LLM heads) sum."""
         if self.input_norm is not None:
             embedding = self.input_norm(embedding)
         logits = self.class_head(embedding) if self.class_head is not None else None
-        attributes = None
-        if self.attribute_head is not None:
-            # A bounded output keeps predictions on the 1-7 scale the CCC is computed on.
-            span = ATTRIBUTE_MAX - ATTRIBUTE_MIN
-            attributes = ATTRIBUTE_MIN + span * torch.sigmoid(self.attribute_head(embedding))
-        return logits, attributes
+        raw = self.attribute_head(embedding) if self.attribute_head is not None else None
+        return logits, raw
+
+
+def bounded_attributes(raw: torch.Tensor) -> torch.Tensor:
+    """(B, 3) head outputs -> attributes on the 1-7 scale the CCC is computed on (a bounded sigmoid)."""
+    return ATTRIBUTE_MIN + (ATTRIBUTE_MAX - ATTRIBUTE_MIN) * torch.sigmoid(raw)
 
 
 def _mlp(input_size: int, hidden_size: int, output_size: int, dropout: float) -> nn.Sequential:

@@ -154,6 +154,8 @@ def score_dev_by_vote(trainer: Any, spec: Any, setup: Any) -> list[dict[str, Any
 
 def load_best(trainer: Any, spec: Any, setup: Any) -> Any:
     """The unwrapped model with the best checkpoint's weights, its answer priors fitted on dev (LLM branches)."""
+    from llmser.models.branch import ReloadsWeights
+
     best_dir = Path(trainer.recipe.train.output_dir) / "best"
     trainer.accelerator.wait_for_everyone()
     if trainer.is_main:
@@ -163,7 +165,7 @@ def load_best(trainer: Any, spec: Any, setup: Any) -> Any:
     trainer.accelerator.wait_for_everyone()
     model = trainer.accelerator.unwrap_model(trainer.model)
     if best_dir.is_dir():
-        if hasattr(model, "load_trained_weights"):  # LLM branches: reload the adapter, not the base
+        if isinstance(model, ReloadsWeights):  # LLM branches: reload the adapter, not the base
             model.load_trained_weights(best_dir)
         else:
             model.load_state_dict(spec.model_cls.from_pretrained(best_dir).state_dict())

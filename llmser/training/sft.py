@@ -88,12 +88,12 @@ def run_sft(recipe: Recipe, config: TextLLMBranchConfig, corpus: Any, resume: st
     from llmser.models.llm.adapter import save_lora
     from llmser.models.llm.identity import canonical_name
     from llmser.models.text_llm.branch import split_utterances
-    from llmser.models.text_llm.model import _load_base
+    from llmser.models.text_llm.model import TextLLMEmotionModel
 
     output_dir = Path(recipe.train.output_dir)
     train_utts, _, test_utts = split_utterances(recipe, corpus)
     templates = load_prompts(config.prompts, task="class", inputs="transcript", folder=config.prompt_dir)
-    loaded = _load_base(config)
+    loaded = TextLLMEmotionModel.load_base(config)
     labelled = sum(u.class_index is not None for u in train_utts)
     per_epoch = max(1, math.ceil(labelled / recipe.data.batch_size))
     epochs = math.ceil(recipe.train.max_steps * recipe.optim.gradient_accumulation_steps / per_epoch) + 1

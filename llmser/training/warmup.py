@@ -57,7 +57,7 @@ def warm_up(setup: Any, recipe: Any, device: torch.device | str = "cpu", progres
             for batch in loader:
                 batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
                 out = model.warmup_outputs(**batch)
-                loss = criterion(out.class_logits, out.attributes, batch)["loss"]
+                loss = criterion(out.class_logits, out.attributes, batch, out.auxiliary_class_logits)["loss"]
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, recipe.optim.grad_clip or float("inf"))

@@ -71,14 +71,15 @@ def prepare(recipe: Recipe, config: AudioLLMBranchConfig, corpus: Any, accelerat
 @torch.no_grad()
 def predict_with_voting(model: AudioLLMEmotionModel, utterances: Sequence, cache: Any, *, batch_size: int = 8,
                         progress: bool = True):
-    """Predictions for ``utterances`` by the vote of every prompt variant (audio encoded once per clip).
+    """Predictions for ``utterances`` by the vote of the voting prompt variants (audio encoded once per clip;
+    ``vote_batch``, in answer and head mode alike).
 
     Returns (Predictions with ``vote_<variant>`` columns, VoteResult over all utterances).
     """
     from tqdm.auto import tqdm
 
     from llmser.evaluation.predictions import Predictions
-    from llmser.models.voting import majority_vote
+    from llmser.models.voting import vote
     from llmser.schema import CLASS_CODES
 
     dataset = SpeechPromptDataset(utterances, cache, model)
@@ -89,16 +90,15 @@ def predict_with_voting(model: AudioLLMEmotionModel, utterances: Sequence, cache
     for start in tqdm(range(0, len(dataset), batch_size), disable=not progress, desc="voting", leave=False):
         idx = range(start, min(start + batch_size, len(dataset)))
         batch = collate([dataset[i] for i in idx])
-        frames, mask = batch["speech_frames"].to(device), batch["frame_mask"].to(device)
         texts = [utterances[i].transcript or "" for i in idx] if needs_text else None
-        probs.append(model.vote_probabilities(frames, mask, transcripts=texts))  # (K, b, 8)
-        if model.attribute_head is not None:
-            _, token_mask, states = model.speech(frames, mask)
-            attributes.append(model.attribute_head(states, token_mask)[0].float().cpu().numpy())
-    vote = majority_vote(np.concatenate(probs, axis=1), [t.name for t in model.templates])
-    predictions = Predictions([u.file_name for u in utterances], [CLASS_CODES[i] for i in vote.labels], vote.probs,
-                              np.concatenate(attributes) if attributes else None, vote.vote_columns(CLASS_CODES))
-    return predictions, vote
+        voted = model.vote_batch(batch["speech_frames"].to(device), batch["frame_mask"].to(device), transcripts=texts)
+        probs.append(voted.variant_probs.transpose(0, 1).cpu().numpy())  # (K, b, 8)
+        if voted.attributes is not None:
+            attributes.append(voted.attributes.float().cpu().numpy())
+    result = vote(np.concatenate(probs, axis=1), model.voting_variants, model.config.voting.rule)
+    predictions = Predictions([u.file_name for u in utterances], [CLASS_CODES[i] for i in result.labels], result.probs,
+                              np.concatenate(attributes) if attributes else None, result.vote_columns(CLASS_CODES))
+    return predictions, result
 
 
 def audio_window_seconds(model: AudioLLMEmotionModel, recipe: Recipe) -> float | None:

@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Literal
 
 from llmser.config import check_ranges, load_branch_config, save_branch_config
-from llmser.models.llm.config import LLMConfig
+from llmser.models.llm.config import CONFIG_NAME, LLMConfig
 from llmser.models.whisper.loading import WHISPER_PRESETS
 
 DEFAULT_SPEECH_PROMPTS = ["speech_plain", "speech_definitions", "speech_shuffled", "speech_annotator", "speech_short"]
-CONFIG_NAME = "llmser_config.json"
 SECOND_ENCODERS = {"wavlm-tiny"}  # presets; any other value is a Hub id or folder of a WavLM/HuBERT model
 
 
@@ -31,6 +30,9 @@ class AudioLLMBranchConfig(LLMConfig):
     set, and evaluation uses the same scores that voting does.
     """
 
+    # answer: SALMONN's route - the LLM answers with a label, scored by the answers' log-likelihoods. head: class and
+    # attribute heads on the pooled speech plus the LLM's last state after the prompt (models/audio_llm/heads.py).
+    mode: Literal["answer", "head"] = field(default="answer", metadata={"help": "answer: score the verbalised labels (SALMONN); head: class/attribute heads on the pooled speech + the LLM's last state"})
     whisper: str = field(default="large-v3", metadata={"help": "large-v3 | smol (tiny.en) | tiny (random) | Hub id | folder", "presets": tuple(WHISPER_PRESETS)})
     whisper_revision: str | None = field(default=None, metadata={"help": "Hub revision of the Whisper encoder"})
     second_encoder: str | None = field(default=None, metadata={"help": "None | wavlm-tiny | Hub id / folder of a WavLM/HuBERT model", "presets": tuple(sorted(SECOND_ENCODERS))})
@@ -38,6 +40,9 @@ class AudioLLMBranchConfig(LLMConfig):
     window_seconds: float = field(default=0.333333, metadata={"help": "Q-Former window length in seconds (SALMONN: 0.333 s = 17 Whisper frames)", "gt": 0})
     stride_seconds: float = field(default=0.333333, metadata={"help": "Q-Former window stride in seconds", "gt": 0})
     partial_window: Literal["keep", "drop"] = field(default="keep", metadata={"help": "a trailing partial window: keep it zero-padded, or drop it as SALMONN does (import-salmonn sets drop)"})
+    # last: the Q-Former reads Whisper's last layer (SALMONN). all: every hidden state is cached and a learned
+    # softmax-weighted sum of them feeds the Q-Former (and the head mode's pooling), as in the speech branch.
+    encoder_layers: Literal["last", "all"] = field(default="last", metadata={"help": "last: Whisper's last layer (SALMONN); all: a learned weighted sum of every layer, as the speech branch"})
     num_queries: int = field(default=1, metadata={"help": "learned queries per window (speech tokens per window)", "min": 1})
     qformer_layers: int = field(default=2, metadata={"help": "Q-Former (Blip2QFormerModel) layers", "min": 1})
     qformer_hidden: int | None = field(default=None, metadata={"help": "default: Whisper's d_model (SALMONN: 768, BERT-base)", "min": 1})
@@ -67,6 +72,7 @@ class AudioLLMBranchConfig(LLMConfig):
     speech_warmup_lr: float = field(default=1.0e-3, metadata={"help": "learning rate of stage 1 (AdamW, constant)", "gt": 0, "max": 10})
     # After training, fit each answer's prior on the dev split and divide it out at inference (AnswerCalibration).
     calibrate: bool = field(default=True, metadata={"help": "fit each prompt variant's answer prior on the dev split after training and divide it out"})
+    pooling_attention_size: int = field(default=64, metadata={"help": "head mode: attention size of the speech head's attentive statistics pooling", "min": 1})
     head_hidden_size: int = field(default=128, metadata={"help": "hidden size of the attribute and auxiliary heads", "min": 1})
     dropout: float = field(default=0.1, metadata={"help": "dropout of the heads", "min": 0, "lt": 1})
 
@@ -81,7 +87,11 @@ class AudioLLMBranchConfig(LLMConfig):
             issues.append(f"speech_attention must be 'causal' or 'isolated', got {self.speech_attention!r}")
         if self.answer_scoring not in ("whole", "first_token"):
             issues.append(f"answer_scoring must be 'whole' or 'first_token', got {self.answer_scoring!r}")
-        if self.speech_warmup_steps and not (self.attribute_head or self.speech_class_head):
+        if self.mode not in ("answer", "head"):
+            issues.append(f"mode must be 'answer' or 'head', got {self.mode!r}")
+        if self.encoder_layers not in ("last", "all"):
+            issues.append(f"encoder_layers must be 'last' or 'all', got {self.encoder_layers!r}")
+        if self.speech_warmup_steps and self.mode == "answer" and not (self.attribute_head or self.speech_class_head):
             issues.append("speech_warmup_steps > 0 trains the speech heads, but attribute_head and speech_class_head are "
                           "both off; turn one on or set speech_warmup_steps=0")
         if issues:

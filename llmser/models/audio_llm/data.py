@@ -26,7 +26,8 @@ def speech_cache(model: AudioLLMEmotionModel, cache_dir: str | Path) -> Any:
 
     return FeatureCache(cache_dir, encoder_fingerprint(model.encoders),
                         {"sample_rate": 16000, "max_seconds": model.config.max_audio_seconds, "dtype": "float16",
-                         "frames": "whisper+second" if model.encoders.second is not None else "whisper"})
+                         "frames": "whisper+second" if model.encoders.second is not None else "whisper",
+                         **({"layers": "all"} if model.encoders.all_layers else {})})
 
 
 @torch.no_grad()

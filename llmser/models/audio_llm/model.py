@@ -2,13 +2,15 @@
 
 Data flow for a batch (shapes as ``# (...)`` comments below)::
 
-    encoder frames (B, T, D)  [Whisper, + a second encoder concatenated per frame; cached on disk]
+    encoder frames (B, T, D)  [Whisper (its last layer, or all side by side), + a second encoder; cached on disk]
+      -> a learned weighted sum of Whisper's layers (``encoder_layers: all``)
       -> LayerNorm -> windows of w frames, stride s: (B*nW, w, D)
       -> Blip2QFormerModel: Q learned queries cross-attend each window: (B*nW, Q, Dq)
       -> (B, nW*Q, Dq) -> Linear -> (B, S, H) speech tokens
       -> spliced where the rendered prompt has ``<|speech|>``: [prompt before | speech | prompt after],
          left-padded, attention mask over the real tokens only
-      -> LoRA LLM -> log-likelihood of each of the 8 verbalised answers (= ``class_logits``)
+      -> LoRA LLM -> log-likelihood of each of the 8 verbalised answers (= ``class_logits``; ``mode: answer``)
+         or its last state -> LLM head, added to a speech head on the pooled frames (``mode: head``, heads.py)
 
 Scoring the answers. The prompts put most of their text (system turn, definitions, label list) before
 the speech and only a one-line question after it, so the key/value states before the speech do not
@@ -32,7 +34,7 @@ the answers' first tokens, as training does.
 Saved layout (``save_pretrained``)::
 
     adapter_config.json, adapter_model.safetensors   # standard PEFT LoRA adapter (base = Hub id)
-    speech_modules.safetensors                       # layer norms, Q-Former, queries, projection, head
+    speech_modules.safetensors                       # layer weights and norms, Q-Former, queries, projection, heads
     llmser_config.json                               # AudioLLMBranchConfig (branch "audio_llm")
     tokenizer files
 """
@@ -41,17 +43,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from llmser.models.audio_llm.config import CONFIG_NAME, AudioLLMBranchConfig
-from llmser.models.layers import EmotionHeads, EmotionOutput
-from llmser.models.llm.adapter import attach_lora, load_lora, save_lora
-from llmser.models.llm.identity import canonical_name
+from llmser.models.audio_llm.config import AudioLLMBranchConfig
+from llmser.models.audio_llm.heads import SpeechLLMHeads
+from llmser.models.layers import EmotionHeads, EmotionOutput, LayerWeightedSum
 from llmser.models.llm.isolated import (
     AFTER,
     BEFORE,
@@ -59,10 +59,10 @@ from llmser.models.llm.isolated import (
     Instructions,
     Item,
     isolated_attention_mask,
+    isolated_last_states,
     score_isolated_input,
 )
-from llmser.models.llm.loading import load_causal_lm
-from llmser.models.llm.prefix_cache import PrefixCache
+from llmser.models.llm.member import LoRAMember
 from llmser.models.llm.prompts import SPEECH_PLACEHOLDER, PromptTemplate, load_prompts
 from llmser.models.llm.scoring import candidate_token_ids, prefix_positions
 from llmser.models.voting import VotedOutput, voted_output
@@ -82,11 +82,13 @@ SECOND_ENCODER_SEED = 2468
 class SpeechEncoders(nn.Module):
     """Whisper's encoder plus an optional second encoder, frozen; frames (B, T, Dw [+ D2]) at 50 per second."""
 
-    def __init__(self, whisper: Any, feature_extractor: Any, second: nn.Module | None = None):
+    def __init__(self, whisper: Any, feature_extractor: Any, second: nn.Module | None = None,
+                 all_layers: bool = False):
         super().__init__()
         self.whisper = whisper
         self.feature_extractor = feature_extractor
         self.second = second
+        self.all_layers = all_layers  # frames hold every hidden state of Whisper side by side (encoder_layers: all)
         self.requires_grad_(False)
 
     @classmethod
@@ -95,11 +97,17 @@ class SpeechEncoders(nn.Module):
 
         loaded = load_whisper_encoder(config.whisper, revision=config.whisper_revision,
                                       window_seconds=config.encoder_window_seconds)
-        return cls(loaded.encoder, loaded.feature_extractor, _second_encoder(config.second_encoder))
+        return cls(loaded.encoder, loaded.feature_extractor, _second_encoder(config.second_encoder),
+                   all_layers=config.encoder_layers == "all")
 
     @property
     def whisper_size(self) -> int:
         return int(self.whisper.config.d_model)
+
+    @property
+    def whisper_layers(self) -> int:
+        """Whisper hidden states per frame: 1 (the last), or all of them (the embedding output + each layer)."""
+        return int(self.whisper.config.encoder_layers) + 1 if self.all_layers else 1
 
     @property
     def second_size(self) -> int:
@@ -107,13 +115,17 @@ class SpeechEncoders(nn.Module):
 
     @torch.no_grad()
     def forward(self, waves: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frames (B, T, D) of 16-kHz waves and their mask (B, T); T covers the longest real clip only."""
+        """Frames (B, T, D) of 16-kHz waves and their mask (B, T); T covers the longest real clip only.
+
+        D = L * Dw [+ D2]: with ``all_layers`` Whisper's L hidden states are concatenated per frame."""
         from llmser.models.whisper.loading import log_mel
 
         self.eval()
         device = next(self.whisper.parameters()).device
         features, lengths = log_mel(self.feature_extractor, waves)
-        frames = self.whisper(features.to(device, self.whisper.dtype)).last_hidden_state.float()  # (B, Tw, Dw)
+        out = self.whisper(features.to(device, self.whisper.dtype), output_hidden_states=self.all_layers)
+        frames = torch.cat(out.hidden_states, -1) if self.all_layers else out.last_hidden_state  # (B, Tw, L*Dw)
+        frames = frames.float()
         lengths = lengths.clamp(max=frames.shape[1])
         frames = frames[:, : int(lengths.max())]
         if self.second is not None:
@@ -163,7 +175,8 @@ def _second_encoder(name: str | None) -> nn.Module | None:
 class WindowQFormer(nn.Module):
     """SALMONN's window-level Q-Former: learned queries attend to each window of encoder frames."""
 
-    def __init__(self, config: AudioLLMBranchConfig, whisper_size: int, second_size: int, llm_hidden: int):
+    def __init__(self, config: AudioLLMBranchConfig, whisper_size: int, second_size: int, llm_hidden: int,
+                 whisper_layers: int = 1):
         super().__init__()
         from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
@@ -184,6 +197,8 @@ class WindowQFormer(nn.Module):
         self.queries = nn.Parameter(torch.randn(1, config.num_queries, hidden) * qconfig.initializer_range)
         self.projection = nn.Linear(hidden, llm_hidden)
         self.whisper_size = whisper_size
+        self.whisper_layers = whisper_layers
+        self.layer_weights = LayerWeightedSum(whisper_layers) if whisper_layers > 1 else None
 
     @torch.no_grad()
     def match_embedding_scale(self, embeddings: torch.Tensor) -> None:
@@ -207,7 +222,7 @@ class WindowQFormer(nn.Module):
 
     def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Speech tokens (B, S, H), their mask (B, S) and the Q-Former states (B, S, Dq) they come from."""
-        frames = self._normalise(frames.float())  # (B, T, D)
+        frames = self._normalise(self.combine(frames.float()))  # (B, T, D)
         batch, _, dim = frames.shape
         counts = self.num_windows(frame_mask.sum(-1))  # (B,)
         n_windows = int(counts.max())
@@ -226,6 +241,15 @@ class WindowQFormer(nn.Module):
         token_mask = (torch.arange(n_windows, device=counts.device)[None] < counts[:, None])
         token_mask = token_mask.repeat_interleave(self.num_queries, dim=1)  # (B, S)
         return self.projection(states), token_mask, states
+
+    def combine(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, T, L*Dw [+ D2]) cached frames -> (B, T, Dw [+ D2]): the learned weighted sum of Whisper's layers
+        (the speech branch's ``LayerWeightedSum``); frames of the last layer only pass through."""
+        if self.layer_weights is None:
+            return frames
+        split = self.whisper_layers * self.whisper_size
+        layers = frames[..., :split].unflatten(-1, (self.whisper_layers, self.whisper_size))  # (B, T, L, Dw)
+        return torch.cat([self.layer_weights(layers.permute(2, 0, 1, 3)), frames[..., split:]], dim=-1)
 
     def _normalise(self, frames: torch.Tensor) -> torch.Tensor:
         speech = self.ln_speech(frames[..., : self.whisper_size])
@@ -282,26 +306,32 @@ class AttributeHead(nn.Module):
 # ---------------------------------------------------------------------- the model
 
 
-class AudioLLMEmotionModel(nn.Module):
-    """Encoders (frozen) + Q-Former/projection (trainable) + LoRA LLM. ``from_config`` / ``from_pretrained``."""
+class AudioLLMEmotionModel(LoRAMember):
+    """Encoders (frozen) + Q-Former/projection (trainable) + LoRA LLM. ``from_config`` / ``from_pretrained``
+    (``LoRAMember``)."""
+
+    config_cls = AudioLLMBranchConfig
+    modules_file = SPEECH_MODULES
+    saved_by = "AudioLLMEmotionModel"
 
     def __init__(self, config: AudioLLMBranchConfig, encoders: SpeechEncoders, llm: Any, tokenizer: Any, base_name: str):
-        super().__init__()
-        self.config = config
+        super().__init__(config, llm, tokenizer, base_name)
         self.encoders = encoders
-        self.llm = llm  # peft PeftModel around the causal LM
-        self.tokenizer = tokenizer
-        self.base_name = base_name
         hidden = llm.get_base_model().config.hidden_size
-        self.speech = WindowQFormer(config, encoders.whisper_size, encoders.second_size, hidden)
+        self.speech = WindowQFormer(config, encoders.whisper_size, encoders.second_size, hidden, encoders.whisper_layers)
         self.speech.match_embedding_scale(llm.get_input_embeddings().weight)
         dq = self.speech.queries.shape[-1]
-        self.attribute_head = AttributeHead(dq, config.head_hidden_size, config.dropout) if config.attribute_head else None
+        self.head_mode = config.mode == "head"
+        # head mode: heads on the pooled speech + the LLM state; answer mode: an attribute head on the speech tokens
+        self.heads = SpeechLLMHeads(encoders.whisper_size, hidden, config.head_hidden_size, config.dropout,
+                                    config.attribute_head, config.pooling_attention_size) if self.head_mode else None
+        self.attribute_head = AttributeHead(dq, config.head_hidden_size, config.dropout) \
+            if config.attribute_head and not self.head_mode else None
         self.speech_class_head = (EmotionHeads(dq, config.head_hidden_size, config.dropout, attributes=False)
                                   if config.speech_class_head else None)
         self.templates = class_templates(config)
-        self.prefix_cache = PrefixCache()  # the prompts' instructions before the speech, for voting
-        self.calibration = AnswerCalibration(len(self.templates), NUM_CLASSES)
+        # answer priors fitted on dev (answer mode; the head mode's class loss is already class-weighted)
+        self.calibration = None if self.head_mode else AnswerCalibration(len(self.templates), NUM_CLASSES)
         config.prompts = [t.name for t in self.templates]  # the resolved variants are saved with the weights
         self.candidates, self.candidate_index = answer_table(tokenizer, self.templates)
         self.first_tokens_distinct = all(len({self.candidates[i][0] for i in row}) == len(row)
@@ -314,20 +344,18 @@ class AudioLLMEmotionModel(nn.Module):
                            "answers on a repeated prefix cache (slower, more memory)")
 
     @classmethod
-    def from_config(cls, config: AudioLLMBranchConfig) -> AudioLLMEmotionModel:
-        loaded = _load_base(config)
-        encoders = SpeechEncoders.from_config(config)
-        return cls(config, encoders, attach_lora(loaded.model, config), loaded.tokenizer, loaded.name)
+    def frozen_parts(cls, config: AudioLLMBranchConfig) -> dict[str, Any]:
+        return {"encoders": SpeechEncoders.from_config(config)}
 
-    def speech_modules(self) -> nn.ModuleDict:
+    @property
+    def variant_names(self) -> list[str]:
+        return [t.name for t in self.templates]
+
+    def trained_modules(self) -> nn.ModuleDict:
         """Everything trained besides LoRA (what ``speech_modules.safetensors`` holds)."""
-        modules = {"speech": self.speech}
-        if self.attribute_head is not None:
-            modules["attribute_head"] = self.attribute_head
-        if self.speech_class_head is not None:
-            modules["speech_class_head"] = self.speech_class_head
-        modules["calibration"] = self.calibration
-        return nn.ModuleDict(modules)
+        modules = {"speech": self.speech, "heads": self.heads, "attribute_head": self.attribute_head,
+                   "speech_class_head": self.speech_class_head, "calibration": self.calibration}
+        return nn.ModuleDict({name: module for name, module in modules.items() if module is not None})
 
     def speech_heads(self, states: torch.Tensor, token_mask: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor,
                                                                                     torch.Tensor | None]:
@@ -340,24 +368,33 @@ class AudioLLMEmotionModel(nn.Module):
 
     def warmup_parameters(self) -> list[nn.Parameter]:
         """What stage 1 trains (``speech_warmup_steps``): the Q-Former side and the speech heads, not LoRA."""
-        return [p for name, module in self.speech_modules().items() if name != "calibration"
+        return [p for name, module in self.trained_modules().items() if name != "calibration"
                 for p in module.parameters() if p.requires_grad]
 
     def warmup_outputs(self, speech_frames: torch.Tensor, frame_mask: torch.Tensor, **_: object) -> EmotionOutput:
-        """Stage 1's outputs, with no LLM forward: the auxiliary class head's logits stand as the class logits
-        and the attribute head's predictions as the attributes, both read from the mean Q-Former state."""
+        """Stage 1's outputs, with no LLM forward. Answer mode: the auxiliary class head's logits stand as the
+        class logits and the attribute head's predictions as the attributes, both read from the mean Q-Former
+        state. Head mode: the speech head's outputs (pooled encoder frames), the auxiliary head on the Q-Former."""
+        if self.head_mode:
+            pooled = self.pool_speech(speech_frames, frame_mask)
+            logits, attributes = self.heads.speech_only(pooled)
+            return EmotionOutput(class_logits=logits, attributes=attributes, embedding=pooled,
+                                 auxiliary_class_logits=self._auxiliary(speech_frames, frame_mask))
         _, token_mask, states = self.speech(speech_frames, frame_mask)
         attributes, pooled, logits = self.speech_heads(states, token_mask)
         return EmotionOutput(class_logits=logits, attributes=attributes, embedding=pooled)
 
-    def train(self, mode: bool = True) -> AudioLLMEmotionModel:
-        if mode:
-            self.prefix_cache.clear()  # the weights may change from here on: cached instruction states go stale
-        return super().train(mode)
+    def pool_speech(self, speech_frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """Head mode: (B, T, D) cached frames -> (B, 2Dw) attentive statistics of the layer-weighted Whisper frames."""
+        frames = self.speech.combine(speech_frames.float())[..., : self.speech.whisper_size]
+        return self.heads.pool(frames, frame_mask)
 
-    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
-        self.prefix_cache.clear()
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+    def _auxiliary(self, speech_frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor | None:
+        """The auxiliary class head's logits on the mean Q-Former state (trains the Q-Former in stage 1)."""
+        if self.speech_class_head is None:
+            return None
+        _, token_mask, states = self.speech(speech_frames, frame_mask)
+        return self.speech_class_head(_masked_mean(states, token_mask))[0]
 
     # ------------------------------------------------------------------ forward
 
@@ -390,6 +427,8 @@ class AudioLLMEmotionModel(nn.Module):
     def forward(self, speech_frames: torch.Tensor, frame_mask: torch.Tensor, before_ids: torch.Tensor,
                 before_mask: torch.Tensor, after_ids: torch.Tensor, after_mask: torch.Tensor,
                 candidate_index: torch.Tensor, variant_index: torch.Tensor | None = None, **_: object) -> EmotionOutput:
+        if self.head_mode:
+            return self.head_forward(speech_frames, frame_mask, before_ids, before_mask, after_ids, after_mask)
         tokens, token_mask, states = self.speech(speech_frames, frame_mask)
         if not torch.is_grad_enabled() and not self.training:  # evaluation: instructions from the prefix cache
             befores = [ids[m.bool()].tolist() for ids, m in zip(before_ids, before_mask)]
@@ -413,6 +452,50 @@ class AudioLLMEmotionModel(nn.Module):
         attributes, pooled, auxiliary = self.speech_heads(states, token_mask)
         return EmotionOutput(class_logits=class_logits, attributes=attributes, embedding=pooled,
                              auxiliary_class_logits=auxiliary)
+
+    def head_forward(self, speech_frames: torch.Tensor, frame_mask: torch.Tensor, before_ids: torch.Tensor,
+                     before_mask: torch.Tensor, after_ids: torch.Tensor, after_mask: torch.Tensor) -> EmotionOutput:
+        """Head mode: the heads read the pooled speech and the LLM's last state after each row's prompt."""
+        tokens, token_mask, states = self.speech(speech_frames, frame_mask)
+        pooled = self.pool_speech(speech_frames, frame_mask)
+        if self.isolated and not torch.is_grad_enabled() and not self.training:  # instructions from the cache
+            pieces = [[(ids[m.bool()].tolist(), after[am.bool()].tolist())]
+                      for ids, m, after, am in zip(before_ids, before_mask, after_ids, after_mask)]
+            state = self.isolated_states(tokens, token_mask, pieces)[:, 0]
+        else:
+            pieces = (before_ids, before_mask, after_ids, after_mask)
+            state = self.last_state(*self.splice_with_segments(tokens, token_mask, *pieces))
+        logits, attributes = self.heads(pooled, state)
+        auxiliary = self.speech_class_head(_masked_mean(states, token_mask))[0] if self.speech_class_head else None
+        return EmotionOutput(class_logits=logits, attributes=attributes, embedding=self.heads.embedding(pooled, state),
+                             auxiliary_class_logits=auxiliary)
+
+    def last_state(self, embeds: torch.Tensor, mask: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+        """(B, L) spliced left-padded prompts -> (B, H) float32 final state of each prompt's last token."""
+        attention = isolated_attention_mask(mask, segments, embeds.dtype) if self.isolated else mask
+        out = self.decoder()(inputs_embeds=embeds, attention_mask=attention, position_ids=prefix_positions(mask),
+                             use_cache=False)
+        return out.last_hidden_state[:, -1].float()
+
+    @torch.no_grad()
+    def isolated_states(self, tokens: torch.Tensor, token_mask: torch.Tensor,
+                        pieces: Sequence[Sequence[tuple[list[int], list[int]]]]) -> torch.Tensor:
+        """(B, K, H) last states of K prompts ``pieces[b][k]`` = (before, after) per clip, the speech run once."""
+        instructions, prefixes = self._instructions(pieces)
+        items = [[Item(prefixes.index(tuple(before)) if before else None, after, 0) for before, after in row]
+                 for row in pieces]
+        embeds = tokens.to(self.llm.get_input_embeddings().weight.dtype)
+        return isolated_last_states(self.decoder(), self.llm.get_input_embeddings(), instructions, embeds,
+                                    token_mask, items)
+
+    def _instructions(self, pieces: Sequence[Sequence[tuple[list[int], list[int]]]]
+                      ) -> tuple[Instructions | None, list[tuple[int, ...]]]:
+        """The distinct instructions (text before the speech) of ``pieces``, joined from ``prefix_cache``."""
+        prefixes = list(dict.fromkeys(tuple(before) for row in pieces for before, _ in row if before))
+        if not prefixes:
+            return None, prefixes
+        return self.prefix_cache.derived(("isolated", tuple(prefixes)), lambda: Instructions.join(
+            self.llm, self.prefix_cache.states(self.llm, prefixes))), prefixes
 
     @property
     def isolated(self) -> bool:
@@ -459,8 +542,34 @@ class AudioLLMEmotionModel(nn.Module):
         """
         templates = list(templates or self.templates)
         self.eval()
+        if self.head_mode:
+            return self.head_variant_outputs(speech_frames, frame_mask, templates, transcripts)[0]
         tokens, token_mask, _ = self.speech(speech_frames, frame_mask)  # once per clip
         return self.variant_probabilities(tokens, token_mask, templates, transcripts, calibrated)
+
+    @torch.no_grad()
+    def head_variant_outputs(self, speech_frames: torch.Tensor, frame_mask: torch.Tensor,
+                             templates: Sequence[PromptTemplate], transcripts: Sequence[str] | None = None
+                             ) -> tuple[np.ndarray, torch.Tensor | None, torch.Tensor]:
+        """Head mode: each of K variants' probabilities (K, B, 8) and attributes (B, K, 3), and the mean
+        embedding (B, D); the speech is encoded and pooled once per clip."""
+        tokens, token_mask, _ = self.speech(speech_frames, frame_mask)
+        pooled = self.pool_speech(speech_frames, frame_mask)  # (B, 2Dw)
+        batch, k = tokens.shape[0], len(templates)
+        texts = list(transcripts) if transcripts is not None else [None] * batch
+        pieces = [[prompt_pieces(self.tokenizer, t, text) for t in templates] for text in texts]
+        if self.isolated:
+            states = self.isolated_states(tokens, token_mask, pieces)  # (B, K, H)
+        else:  # causal: each variant's whole prompt runs
+            states = torch.stack([self.last_state(*self.splice_with_segments(
+                tokens, token_mask, *pad_pieces(self.tokenizer, [row[j] for row in pieces], device=tokens.device)))
+                for j in range(k)], dim=1)
+        pooled = pooled.repeat_interleave(k, dim=0)  # (B*K, 2Dw), row b*K + j
+        flat = states.reshape(batch * k, -1)
+        logits, attributes = self.heads(pooled, flat)
+        probs = logits.float().softmax(-1).view(batch, k, -1).transpose(0, 1).cpu().numpy()
+        per_variant = attributes.view(batch, k, -1) if attributes is not None else None
+        return probs, per_variant, self.heads.embedding(pooled, flat).view(batch, k, -1).mean(1)
 
     @torch.no_grad()
     def variant_probabilities(self, tokens: torch.Tensor, token_mask: torch.Tensor,
@@ -528,10 +637,7 @@ class AudioLLMEmotionModel(nn.Module):
         ``answer_sets[sets[b][k]]`` run in the same forward (``score_isolated_input``).
         """
         answer_sets = self.scored_answers(answer_sets)
-        prefixes = list(dict.fromkeys(tuple(before) for row in pieces for before, _ in row if before))
-        instructions = self.prefix_cache.derived(
-            ("isolated", tuple(prefixes)), lambda: Instructions.join(self.llm, self.prefix_cache.states(self.llm, prefixes))
-        ) if prefixes else None
+        instructions, prefixes = self._instructions(pieces)
         items = [[Item(prefixes.index(tuple(before)) if before else None, after, g)
                   for (before, after), g in zip(row, row_sets)] for row, row_sets in zip(pieces, sets)]
         embeds = tokens.to(self.llm.get_input_embeddings().weight.dtype)
@@ -551,11 +657,6 @@ class AudioLLMEmotionModel(nn.Module):
                              "never calibrated - vote with the model's own variants or pass calibrated=False")
         return torch.tensor([names.index(t.name) for t in templates])
 
-    @property
-    def voting_variants(self) -> list[str]:
-        """The variants that vote (``config.voting.variants``), in order."""
-        return self.config.voting.select([t.name for t in self.templates])
-
     @torch.no_grad()
     def vote_batch(self, speech_frames: torch.Tensor, frame_mask: torch.Tensor,
                    transcripts: Sequence[str] | None = None, **_: object) -> VotedOutput:
@@ -564,6 +665,10 @@ class AudioLLMEmotionModel(nn.Module):
         self.eval()
         names = self.voting_variants
         templates = [next(t for t in self.templates if t.name == name) for name in names]
+        if self.head_mode:
+            probs, per_variant, embedding = self.head_variant_outputs(speech_frames, frame_mask, templates, transcripts)
+            return voted_output(probs, names, self.config.voting.rule,
+                                per_variant.mean(1) if per_variant is not None else None, embedding, per_variant)
         tokens, token_mask, states = self.speech(speech_frames, frame_mask)  # once per clip
         probs = self.variant_probabilities(tokens, token_mask, templates, transcripts)  # (K, B, 8)
         attributes, pooled, _ = self.speech_heads(states, token_mask)
@@ -578,63 +683,10 @@ class AudioLLMEmotionModel(nn.Module):
         probs = self.vote_probabilities(speech_frames, frame_mask, templates, transcripts)
         return majority_vote(probs, [t.name for t in templates])
 
-    # ------------------------------------------------------------------ save / load
-
-    def save_pretrained(self, directory: str | Path) -> Path:
-        from llmser.utils.weights import save_safetensors
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_lora(self.llm, directory, self.base_name)
-        save_safetensors(self.speech_modules().state_dict(), directory / SPEECH_MODULES)
-        self.tokenizer.save_pretrained(str(directory))
-        self.config.save(directory)
-        return directory
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, *, base: str | None = None, trainable: bool = False,
-                        revision: str | None = None) -> AudioLLMEmotionModel:
-        """Rebuild from a saved folder or a Hub id (offline from the cache with ``HF_HUB_OFFLINE=1``);
-        ``base`` puts the adapter on another copy of the same base LLM."""
-        from transformers import AutoTokenizer
-
-        from llmser.utils.hub import resolve_pretrained
-
-        directory = resolve_pretrained(directory, revision)
-        if not (directory / CONFIG_NAME).is_file():
-            raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}; is it a folder saved by "
-                                    "AudioLLMEmotionModel.save_pretrained?")
-        config = AudioLLMBranchConfig.load(directory)
-        if base is not None:
-            config.llm = base
-        tokenizer = AutoTokenizer.from_pretrained(str(directory))
-        loaded = _load_base(config, tokenizer=tokenizer)
-        llm = load_lora(loaded.model, directory, config.llm, trainable=trainable)
-        model = cls(config, SpeechEncoders.from_config(config), llm, tokenizer, loaded.name)
-        model.load_speech_modules(directory)
-        return model
-
-    def load_speech_modules(self, directory: str | Path) -> None:
-        from llmser.utils.weights import load_safetensors, load_state_checked
-
-        path = Path(directory) / SPEECH_MODULES
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing; the folder is incomplete (save it again)")
-        state = load_safetensors(path)
-        # folders saved before answer calibration existed: uncalibrated (a zero prior is a no-op)
-        state.setdefault("calibration.log_prior", torch.zeros_like(self.calibration.log_prior))
-        load_state_checked(self.speech_modules(), path, state=state)
-
-    def load_trained_weights(self, directory: str | Path) -> None:
-        """Load a saved folder's adapter and speech modules into this model in place (no base reload)."""
-        from peft import set_peft_model_state_dict
-
-        from llmser.models.llm.adapter import adapter_state, check_adapter_base
-
-        check_adapter_base(directory, self.base_name)
-        set_peft_model_state_dict(self.llm, adapter_state(self.llm, directory))
-        self.prefix_cache.clear()
-        self.load_speech_modules(directory)
+    def upgrade_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.calibration is not None:  # folders saved before answer calibration existed: a zero prior is a no-op
+            state.setdefault("calibration.log_prior", torch.zeros_like(self.calibration.log_prior))
+        return state
 
 
 # ---------------------------------------------------------------------- prompts and answers
@@ -693,13 +745,6 @@ def pad_pieces(tokenizer: Any, pieces: Sequence[tuple[list[int], list[int]]], de
 def _masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     weights = mask.float()[..., None]
     return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-
-
-def _load_base(config: AudioLLMBranchConfig, tokenizer: Any = None):
-    loaded = load_causal_lm(config.llm, revision=config.revision, dtype=config.dtype,
-                            quantization=config.quantization, quant_type=config.quant_type, tokenizer=tokenizer)
-    loaded.name = canonical_name(loaded.name)
-    return loaded
 
 
 def speech_token_count(seconds: float, config: AudioLLMBranchConfig) -> int:

@@ -8,6 +8,7 @@ from typing import Literal
 from llmser.models.llm.identity import LLM_PRESETS
 from llmser.models.voting import VotingConfig
 
+CONFIG_NAME = "llmser_config.json"  # an LLM branch's config beside its adapter (both branches)
 
 @dataclass
 class LLMConfig:

@@ -96,17 +96,12 @@ def score_isolated_input(model: Any, instructions: Instructions | None,
     Equal, up to float rounding, to scoring each full prompt [instruction | input | tail | answer] under
     ``isolated_attention_mask``.
     """
-    device, dtype = input_embeds.device, input_embeds.dtype
+    device = input_embeds.device
     rows, slots = input_mask.shape[0], len(items[0])
-    cache = instructions.cache(rows) if instructions is not None else None
-    past_owner = instructions.owner if instructions is not None else torch.zeros(0, dtype=torch.long, device=device)
-    layout = _Layout(items, answer_sets, input_mask, device)
-    embed = model.get_input_embeddings()
-    embeds = torch.cat([input_embeds, embed(layout.ids).to(dtype)], dim=1)  # (B, Q, H)
-    mask = additive_mask(torch.cat([layout.sees_past(past_owner), layout.sees_new()], dim=2), dtype)  # (B,1,Q,P+Q)
+    layout, inputs = _isolated_inputs(model.get_input_embeddings(), instructions, input_embeds, input_mask, items,
+                                      answer_sets)
     keep = torch.tensor([c for k in range(slots) for c in layout.read[k]], device=device)
-    out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=layout.positions,
-                use_cache=cache is not None, **cache_kwargs(cache), logits_to_keep=keep)
+    out = model(**inputs, logits_to_keep=keep)
     logp = torch.log_softmax(out.logits, -1, dtype=torch.float32)  # (B, read columns, V)
     scores = torch.zeros(rows, slots, len(answer_sets[0]), device=device)
     start = 0
@@ -117,6 +112,37 @@ def score_isolated_input(model: Any, instructions: Instructions | None,
             scores[members, k] = gather_answers(logp[members, start:start + reads], answer_sets[g])
         start += reads
     return scores
+
+
+@torch.no_grad()
+def isolated_last_states(decoder: Any, embed: Any, instructions: Instructions | None, input_embeds: torch.Tensor,
+                         input_mask: torch.Tensor, items: Sequence[Sequence[Item]]) -> torch.Tensor:
+    """(B, K, H) float32 final hidden state of the last token of each of K prompts per clip, in one forward.
+
+    The same sequence as ``score_isolated_input`` without answers: [input | tail 1 | ... | tail K]; the
+    state at the end of tail k (where the model would start answering) is what a head reads.
+    ``decoder`` is the transformer stack without the LM head, ``embed`` its token embedding.
+    """
+    slots = len(items[0])
+    layout, inputs = _isolated_inputs(embed, instructions, input_embeds, input_mask, items, [[]])
+    hidden = decoder(**inputs).last_hidden_state  # (B, Q, H)
+    ends = torch.tensor([layout.read[k][0] for k in range(slots)], device=hidden.device)
+    return hidden[:, ends].float()
+
+
+def _isolated_inputs(embed: Any, instructions: Instructions | None, input_embeds: torch.Tensor,
+                     input_mask: torch.Tensor, items: Sequence[Sequence[Item]],
+                     answer_sets: Sequence[list[list[int]]]) -> tuple[_Layout, dict[str, Any]]:
+    """The layout of [input | tail + packed answers per slot] and the keyword arguments of its forward."""
+    device, dtype = input_embeds.device, input_embeds.dtype
+    rows = input_mask.shape[0]
+    cache = instructions.cache(rows) if instructions is not None else None
+    past_owner = instructions.owner if instructions is not None else torch.zeros(0, dtype=torch.long, device=device)
+    layout = _Layout(items, answer_sets, input_mask, device)
+    embeds = torch.cat([input_embeds, embed(layout.ids).to(dtype)], dim=1)  # (B, Q, H)
+    mask = additive_mask(torch.cat([layout.sees_past(past_owner), layout.sees_new()], dim=2), dtype)  # (B,1,Q,P+Q)
+    return layout, {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": layout.positions,
+                    "use_cache": cache is not None, **cache_kwargs(cache)}
 
 
 @dataclass

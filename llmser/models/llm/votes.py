@@ -1,7 +1,7 @@
 """Running an LLM branch's prompt-variant vote over a dataset: what the test report, ``collect-outputs``
 and ``llmser predict`` share.
 
-A model votes when it has ``vote_batch`` and ``voting_variants`` (both LLM branches) and its dataset
+A model votes when it is ``VotesOverPrompts`` (both LLM branches) and its dataset
 can be switched to voting examples (``with_voting``): every file once, with what each voting variant
 needs. The result keeps each variant's probabilities next to the vote, so every report can say what the
 vote is worth over a single variant.
@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from llmser.models.branch import VotesOverPrompts
 from llmser.schema import CLASS_CODES
 
 
 def votes(model: Any, dataset: Any) -> bool:
-    """Whether ``model`` votes over prompt variants on ``dataset``."""
-    return hasattr(model, "vote_batch") and hasattr(dataset, "with_voting")
+    """Whether ``model`` votes over prompt variants (``VotesOverPrompts``) on ``dataset``."""
+    return isinstance(model, VotesOverPrompts) and hasattr(dataset, "with_voting")
 
 
 @dataclass
@@ -180,7 +181,7 @@ def choose_voting(dev: Votes, utterances: Sequence) -> tuple[list[str], str, lis
 def adopt_saved_voting(model: Any, directory: str | Path) -> None:
     """Put the vote saved with a model's weights (chosen on dev when training ended) in place of the recipe's
     (``voting.variants: auto`` in a recipe means "whatever dev chose", and only the saved config knows it)."""
-    if not hasattr(getattr(model, "config", None), "voting") or not (Path(directory) / "llmser_config.json").is_file():
+    if not isinstance(model, VotesOverPrompts) or not (Path(directory) / "llmser_config.json").is_file():
         return
     saved = type(model.config).load(directory).voting
     if saved != model.config.voting:

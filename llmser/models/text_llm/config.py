@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Literal
 
 from llmser.config import check_ranges, load_branch_config, save_branch_config
-from llmser.models.llm.config import LLMConfig
+from llmser.models.llm.config import CONFIG_NAME, LLMConfig
 
 DEFAULT_TEXT_PROMPTS = ["text_plain", "text_definitions", "text_shuffled", "text_annotator", "text_short"]
-CONFIG_NAME = "llmser_config.json"
 
 
 @dataclass

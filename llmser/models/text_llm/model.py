@@ -19,7 +19,6 @@ Saved layout (``save_pretrained``), a folder that plain peft understands::
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,13 +26,10 @@ from torch import nn
 
 from llmser.models.layers import EmotionHeads, EmotionOutput
 from llmser.models.llm import layer_cache
-from llmser.models.llm.adapter import attach_lora, load_lora, save_lora
 from llmser.models.llm.compat import cache_kwargs
-from llmser.models.llm.identity import canonical_name
-from llmser.models.llm.loading import load_causal_lm
-from llmser.models.llm.prefix_cache import PrefixCache
+from llmser.models.llm.member import LoRAMember
 from llmser.models.llm.scoring import prefix_positions
-from llmser.models.text_llm.config import CONFIG_NAME, TextLLMBranchConfig
+from llmser.models.text_llm.config import TextLLMBranchConfig
 from llmser.models.voting import VotedOutput, voted_output
 from llmser.utils.logging import get_logger
 
@@ -42,32 +38,28 @@ logger = get_logger(__name__)
 HEADS_NAME = "heads.safetensors"
 
 
-class TextLLMEmotionModel(nn.Module):
-    """LLM + LoRA + emotion heads. Build with ``from_config``; reload with ``from_pretrained``."""
+class TextLLMEmotionModel(LoRAMember):
+    """LLM + LoRA + emotion heads. Build with ``from_config``; reload with ``from_pretrained`` (``LoRAMember``)."""
+
+    config_cls = TextLLMBranchConfig
+    modules_file = HEADS_NAME
+    saved_by = "TextLLMEmotionModel"
 
     def __init__(self, config: TextLLMBranchConfig, llm: Any, tokenizer: Any, base_name: str):
-        super().__init__()
-        self.config = config
-        self.llm = llm  # a peft PeftModel around the causal LM
-        self.tokenizer = tokenizer
-        self.base_name = base_name
-        self.vote_cache = PrefixCache()  # the voting variants' instructions (vote_batch); cleared when weights change
+        super().__init__(config, llm, tokenizer, base_name)
         hidden = llm.get_base_model().config.hidden_size
         self.heads = EmotionHeads(hidden, config.head_hidden_size, config.dropout,
                                   classes=config.class_head, attributes=config.attribute_head,
                                   standardize_inputs=config.head_standardize)
 
-    @classmethod
-    def from_config(cls, config: TextLLMBranchConfig) -> TextLLMEmotionModel:
-        loaded = _load_base(config)
-        return cls(config, attach_lora(loaded.model, config), loaded.tokenizer, loaded.name)
+    def trained_modules(self) -> nn.Module:
+        return self.heads
+
+    @property
+    def variant_names(self) -> list[str]:
+        return list(self.config.prompts)
 
     # ------------------------------------------------------------------ forward
-
-    def decoder(self) -> nn.Module:
-        """The transformer stack without the LM head (LoRA layers included)."""
-        base = self.llm.get_base_model()
-        return base.get_decoder() if hasattr(base, "get_decoder") else base.model
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) left-padded prompts -> (B, H) float32 state of each prompt's last token."""
@@ -117,18 +109,13 @@ class TextLLMEmotionModel(nn.Module):
 
     # ------------------------------------------------------------------ voting
 
-    @property
-    def voting_variants(self) -> list[str]:
-        """The prompt variants that vote (``config.voting.variants``), in order."""
-        return self.config.voting.select(list(self.config.prompts))
-
     @torch.no_grad()
     def vote_batch(self, vote_input_ids: torch.Tensor, vote_attention_mask: torch.Tensor,
                    vote_prefixes: list[list[int]] | None = None, **_: object) -> VotedOutput:
         """The configured vote on (B*K, T) prompts, row b*K + k = file b through voting variant k, all in one
         forward: the heads read each row, the variants' class probabilities vote, attributes and the
         (standardised) embedding are the variants' means. With ``vote_prefixes`` (each row's instruction
-        ids) the rows hold only what follows the instruction, whose states come from ``vote_cache``:
+        ids) the rows hold only what follows the instruction, whose states come from ``prefix_cache``:
         computed once per variant for the whole run, not per file."""
         self.eval()
         names = self.voting_variants
@@ -150,82 +137,8 @@ class TextLLMEmotionModel(nn.Module):
     def _embed_after(self, prefixes: list[list[int]], input_ids: torch.Tensor, attention_mask: torch.Tensor
                      ) -> torch.Tensor:
         """(N, H) last-token state of prompts = cached instruction ``prefixes[n]`` + left-padded rest (N, T)."""
-        cache, prefix_mask = self.vote_cache.batch(self.llm, prefixes)
+        cache, prefix_mask = self.prefix_cache.batch(self.llm, prefixes)
         positions = prefix_mask.sum(-1, keepdim=True) + prefix_positions(attention_mask)
         out = self.decoder()(input_ids=input_ids, attention_mask=torch.cat([prefix_mask, attention_mask], dim=1),
                              position_ids=positions, use_cache=True, **cache_kwargs(cache))
         return out.last_hidden_state[:, -1].float()
-
-    def train(self, mode: bool = True) -> TextLLMEmotionModel:
-        if mode:
-            self.vote_cache.clear()  # the weights may change from here on: cached instruction states go stale
-        return super().train(mode)
-
-    # ------------------------------------------------------------------ save / load
-
-    def save_pretrained(self, directory: str | Path) -> Path:
-        from llmser.utils.weights import save_safetensors
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_lora(self.llm, directory, self.base_name)
-        save_safetensors(self.heads.state_dict(), directory / HEADS_NAME)
-        self.tokenizer.save_pretrained(str(directory))
-        self.config.save(directory)
-        return directory
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, *, base: str | None = None,
-                        trainable: bool = False, revision: str | None = None) -> TextLLMEmotionModel:
-        """Rebuild from a saved folder or a Hub id (``revision``; offline from the cache); ``base`` loads the
-        adapter onto another copy of the same base (e.g. a local folder of the Hub model) and is checked
-        against the adapter's record."""
-        from transformers import AutoTokenizer
-
-        from llmser.utils.hub import resolve_pretrained
-
-        directory = _require_folder(resolve_pretrained(directory, revision))
-        config = TextLLMBranchConfig.load(directory)
-        if base is not None:
-            config.llm = base
-        tokenizer = AutoTokenizer.from_pretrained(str(directory))
-        loaded = _load_base(config, tokenizer=tokenizer)
-        llm = load_lora(loaded.model, directory, config.llm, trainable=trainable)
-        model = cls(config, llm, tokenizer, loaded.name)
-        model.load_heads(directory)
-        return model
-
-    def load_heads(self, directory: str | Path) -> None:
-        from llmser.utils.weights import load_state_checked
-
-        load_state_checked(self.heads, Path(directory) / HEADS_NAME)
-
-    def load_trained_weights(self, directory: str | Path) -> None:
-        """Load a saved folder's adapter and heads into this model in place (no base reload)."""
-        from peft import set_peft_model_state_dict
-
-        from llmser.models.llm.adapter import adapter_state, check_adapter_base
-
-        check_adapter_base(directory, self.base_name)
-        set_peft_model_state_dict(self.llm, adapter_state(self.llm, directory))
-        self.vote_cache.clear()
-        self.load_heads(directory)
-
-    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
-        self.vote_cache.clear()
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
-
-def _load_base(config: TextLLMBranchConfig, tokenizer: Any = None):
-    loaded = load_causal_lm(config.llm, revision=config.revision, dtype=config.dtype,
-                            quantization=config.quantization, quant_type=config.quant_type, tokenizer=tokenizer)
-    loaded.name = canonical_name(loaded.name)
-    return loaded
-
-
-def _require_folder(directory: str | Path) -> Path:
-    directory = Path(directory)
-    if not (directory / CONFIG_NAME).is_file():
-        raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}; is it a folder saved by "
-                                "TextLLMEmotionModel.save_pretrained (or pull it from the Hub first)?")
-    return directory
