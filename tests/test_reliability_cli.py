@@ -212,3 +212,41 @@ def test_an_unreadable_audio_file_is_a_permission_problem_not_a_bad_format(tmp_p
         load_audio(wav)
     with pytest.raises(CorpusError, match="no permission to read"):
         MSPPodcast.from_folder(corpus)
+
+
+def _wavlm_system(tmp: Path, max_seconds: float = 6.0) -> Path:
+    import torch
+
+    from llmser.config import save_config
+    from llmser.inference.system import build_system
+    from llmser.models.wavlm.config import WavLMBranchConfig
+    from llmser.models.wavlm.model import WavLMEmotionModel
+    from llmser.recipe import Recipe
+
+    torch.manual_seed(0)
+    section = {"encoder": "tiny", "encoder_mode": "finetune", "head_hidden_size": 16}
+    WavLMEmotionModel.from_config(WavLMBranchConfig(**section)).save_pretrained(tmp / "wavlm" / "best")
+    save_config(Recipe(branch="wavlm", model=section, data={"max_seconds": max_seconds}),
+                tmp / "wavlm" / "best" / "recipe.yaml")
+    return build_system(tmp / "system", {"wavlm": tmp / "wavlm"}, method="average")
+
+
+def test_a_long_file_whose_speech_is_only_at_its_end_is_predicted_from_its_speech(tmp_path):
+    """Its first window was silent, so the whole file was skipped as "silent"; silent windows are now left out
+    of the average, and a file is silent only if every window is."""
+    import numpy as np
+    import soundfile as sf
+
+    from llmser.inference.predictor import Predictor
+
+    system = _wavlm_system(tmp_path)
+    t = np.arange(16000 * 6) / 16000
+    speech = (0.2 * np.sin(2 * np.pi * 180 * t) + 0.02 * np.random.default_rng(0).standard_normal(len(t)))
+    sf.write(tmp_path / "late.wav", np.concatenate([np.zeros(16000 * 12), speech]).astype(np.float32), 16000)
+    sf.write(tmp_path / "speech.wav", speech.astype(np.float32), 16000)
+    sf.write(tmp_path / "quiet.wav", np.zeros(16000 * 14, dtype=np.float32), 16000)
+    predictor = Predictor.from_pretrained(system)
+    result = predictor([tmp_path / "late.wav", tmp_path / "quiet.wav"], progress=False)
+    assert list(result.skipped) == ["quiet.wav"] and "every window" in result.skipped["quiet.wav"]
+    alone = predictor([tmp_path / "speech.wav"], progress=False).predictions
+    np.testing.assert_allclose(result.predictions.probs[0], alone.probs[0], rtol=1e-4, atol=1e-6)

@@ -33,6 +33,10 @@ class AudioError(ValueError):
     """An audio file llmser cannot use; the message names the file and what to do."""
 
 
+class SilentAudioError(AudioError):
+    """The audio (or the window read) is silent: a long file's caller may leave that window out and go on."""
+
+
 def _info(path: Path):
     import soundfile as sf
 
@@ -173,5 +177,5 @@ def _to_mono_16k(data: np.ndarray, rate: int, target: int, path: Path, min_rms: 
         wave = soxr.resample(wave, rate, target)
     wave = np.ascontiguousarray(wave, dtype=np.float32)
     if float(np.sqrt(np.mean(wave.astype(np.float64) ** 2))) < min_rms:
-        raise AudioError(f"{path}: the audio is silent (RMS below {min_rms}); check the recording or remove it")
+        raise SilentAudioError(f"{path}: the audio is silent (RMS below {min_rms}); check the recording or remove it")
     return wave

@@ -16,7 +16,8 @@ Long recordings are never cropped silently. A file longer than a member's window
 ``long_audio="windows"`` (the default), cut into consecutive windows of that length (a last sliver
 under 0.5 s joins nothing and is dropped, unless it is all there is); each window is predicted and the
 member's probabilities, attributes and embedding are the mean over windows weighted by window
-length (fusion frame sequences are concatenated). ``"crop"`` reads the first window only, as training
+length (fusion frame sequences are concatenated); a silent window is left out of that average, and the
+file is skipped as silent only if every window is. ``"crop"`` reads the first window only, as training
 does; ``"error"`` refuses the run, naming the file and its length. The count of long files is logged.
 """
 
@@ -217,22 +218,25 @@ class Predictor:
                         skipped: dict[str, str]) -> dict[str, Any] | None:
         """``member``'s outputs for the files in ``keep`` (which loses the unreadable ones): one row per file,
         long files predicted window by window and averaged by window length."""
-        from llmser.data.audio import AudioError
+        from llmser.data.audio import AudioError, SilentAudioError
 
         pieces, owner, weight = self._pieces(member, utterances, keep, skipped)
         dataset, collate = member.spec.predict_data_fn(member.model, member.recipe, pieces)
         if votes(member.model, dataset):  # LLM members: their recipe's prompt vote (model.voting)
             dataset = dataset.with_voting(member.model.voting_variants)
-        examples = []
+        examples, silent = [], {}
         for j in range(len(pieces)):
             if owner[j] not in keep:
                 continue  # another window of this file was unreadable
             try:
                 examples.append(dataset[j])
+            except SilentAudioError as exc:  # left out of the file's average; fatal only if every window is
+                silent.setdefault(owner[j], str(exc))
             except (AudioError, OSError, ValueError) as exc:
                 skipped[utterances[owner[j]].file_name] = str(exc)
                 keep.remove(owner[j])
         examples = [e for e in examples if owner[e["index"]] in keep]
+        _skip_silent(silent, {owner[e["index"]] for e in examples}, owner, utterances, keep, skipped)
         if not examples:
             return None
         size = max(len(utterances), 1)  # windows run in batches no larger than the files' batch
@@ -416,6 +420,18 @@ def _revote(model: Any, outputs: dict[str, Any]) -> torch.Tensor:
     names = outputs["variant_names"][0]
     rule = model.config.voting.rule if isinstance(model, VotesOverPrompts) else "plurality"
     return torch.from_numpy(vote(per_variant, names, rule).labels)
+
+
+def _skip_silent(silent: dict[int, str], heard: set[int], owner: list[int], utterances: list, keep: list[int],
+                 skipped: dict[str, str]) -> None:
+    """Skip the files none of whose windows has sound (a long file with some sound is averaged over it)."""
+    for i, why in silent.items():
+        if i in keep and i not in heard:
+            if owner.count(i) > 1:
+                why = (f"{utterances[i].audio_path}: every window ({owner.count(i)}) of the file is silent; "
+                       "check the recording or remove it")
+            skipped[utterances[i].file_name] = why
+            keep.remove(i)
 
 
 def _average_windows(rows: dict[str, Any], owner: list[int], weight: list[float]) -> dict[str, Any]:
