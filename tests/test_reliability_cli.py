@@ -250,3 +250,28 @@ def test_a_long_file_whose_speech_is_only_at_its_end_is_predicted_from_its_speec
     assert list(result.skipped) == ["quiet.wav"] and "every window" in result.skipped["quiet.wav"]
     alone = predictor([tmp_path / "speech.wav"], progress=False).predictions
     np.testing.assert_allclose(result.predictions.probs[0], alone.probs[0], rtol=1e-4, atol=1e-6)
+
+
+def test_a_weights_folder_holding_only_a_pickle_is_refused_naming_the_file_and_the_conversion(tmp_path, capsys):
+    """build-system copied the folder without its pickle and then reported model.safetensors missing; loading
+    named the pickle but not how to convert it."""
+    import numpy as np
+    import soundfile as sf
+
+    from llmser.models.wavlm.model import WavLMEmotionModel
+    from llmser.utils.weights import WeightsError
+
+    system = _wavlm_system(tmp_path)
+    convert = "safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors')"
+    for folder in (tmp_path / "wavlm" / "best", system / "wavlm"):
+        (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+    with pytest.raises(WeightsError, match="pytorch_model.bin") as caught:
+        WavLMEmotionModel.from_pretrained(tmp_path / "wavlm" / "best")
+    assert convert in str(caught.value)
+    sf.write(tmp_path / "a.wav", (0.1 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32), 16000)
+    for argv, out in ((["build-system", "--member", f"wavlm={tmp_path / 'wavlm'}"], tmp_path / "s2"),
+                      (["predict", "--model", str(system), "--audio", str(tmp_path / "a.wav")], tmp_path / "p.csv")):
+        assert main([*argv, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and "pytorch_model.bin" in err and convert in err, err
+        assert not out.exists() and not list(tmp_path.glob(".s2*"))

@@ -32,6 +32,18 @@ def _best_folder(run_dir: str | Path) -> Path:
     return best
 
 
+def _checked_best(run: str | Path) -> Path:
+    """A run's best/ folder, checked before anything is written: no links out of the run (copytree follows
+    them), and no folder holding only pickles (the copy leaves pickles out, so it would end up empty)."""
+    from llmser.utils.weights import check_no_outside_links, refuse_pickles
+
+    best = _best_folder(run)
+    check_no_outside_links(best, boundary=run)
+    for folder in (best, *(p for p in best.iterdir() if p.is_dir())):
+        refuse_pickles(folder)
+    return best
+
+
 def _member_entry(name: str, best: Path) -> tuple[Any, dict[str, str]]:
     from llmser.hub.manifest import BaseModelRef, Member
     from llmser.models.registry import branch_config, load_recipe
@@ -78,7 +90,6 @@ def build_system(out_dir: str | Path, members: dict[str, str | Path], *, fusion:
     fitted ``StackingEnsemble`` (method stacking), ``selection`` the dev table it was chosen from (``auto``)."""
     from llmser.hub.manifest import SystemManifest
     from llmser.utils.io import replace_dir
-    from llmser.utils.weights import check_no_outside_links
 
     method = method or ("fusion" if fusion is not None else "average")
     if method not in METHODS:
@@ -88,13 +99,12 @@ def build_system(out_dir: str | Path, members: dict[str, str | Path], *, fusion:
     if method == "stacking" and stacker is None:
         raise ValueError("method stacking needs a fitted StackingEnsemble (build-system --method auto fits one on dev)")
     out_dir = Path(out_dir)
+    bests = {name: _checked_best(run) for name, run in {**members, **({"fusion": fusion} if fusion else {})}.items()}
     tmp = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     entries, prompts, voting = [], {}, {}
-    for name, run in {**members, **({"fusion": fusion} if fusion else {})}.items():
-        best = _best_folder(run)
-        check_no_outside_links(best, boundary=run)  # copytree follows links: nothing from outside the run
+    for name, best in bests.items():
         shutil.copytree(best, tmp / name, ignore=shutil.ignore_patterns(*_SKIP))
         member, used = _member_entry(name, best)
         entries.append(member)

@@ -84,8 +84,8 @@ def check_safe_folder(folder: str | Path) -> Path:
         shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
         raise UnsafeFolderError(
             f"{folder} holds pickle weight files ({shown}); llmser loads and shares safetensors only, because "
-            "unpickling can run arbitrary code. Re-save them with save_pretrained(..., safe_serialization=True) "
-            "or safetensors.torch.save_file, then delete the pickle files")
+            "unpickling can run arbitrary code. Re-save them with save_pretrained(..., safe_serialization=True); "
+            f"{_CONVERT_HINT}; then delete the pickle files")
     return folder
 
 
