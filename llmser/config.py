@@ -403,10 +403,43 @@ def load_branch_config(cls: type[T], path: str | Path, branch: str, saved_by: st
     ``saved_by`` completes "is <folder> a folder saved by ...?"; ``kind`` completes "not ...".
     """
     path = Path(path)
+    check_branch(path.parent, branch, kind)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; is {path.parent} a folder saved by {saved_by}?")
     data = json.loads(path.read_text(encoding="utf-8"))
     found = data.pop("branch", branch)
     if found != branch:
-        raise ValueError(f"{path.parent} holds a {found!r} model, not {kind}")
+        raise BranchMismatchError(branch_mismatch(path.parent, found, branch, kind))
     return from_dict(cls, data, source=str(path))
+
+
+class BranchMismatchError(ValueError):
+    """A saved model folder of another branch than the one asked for."""
+
+
+BRANCH_CONFIG_FILES = ("llmser_config.json", "config.json")  # where each branch's save_pretrained tags its branch
+
+
+def saved_branch(folder: str | Path) -> str | None:
+    """The branch tag of a saved llmser model folder (None: untagged, or not an llmser folder)."""
+    for name in BRANCH_CONFIG_FILES:
+        path = Path(folder) / name
+        try:
+            data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("branch"), str):
+            return data["branch"]
+    return None
+
+
+def branch_mismatch(folder: str | Path, found: str, branch: str, kind: str) -> str:
+    return (f"{folder} holds a {found!r}-branch model, not {kind} (a {branch!r}-branch model); give the folder of "
+            f"a {branch} run, or load this one as a {found} member")
+
+
+def check_branch(folder: str | Path, branch: str, kind: str) -> None:
+    """Refuse a folder tagged with another branch before reading its weights, naming both branches."""
+    found = saved_branch(folder)
+    if found is not None and found != branch:
+        raise BranchMismatchError(branch_mismatch(folder, found, branch, kind))

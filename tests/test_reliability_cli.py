@@ -275,3 +275,42 @@ def test_a_weights_folder_holding_only_a_pickle_is_refused_naming_the_file_and_t
         err = capsys.readouterr().err
         assert "Traceback" not in err and "pytorch_model.bin" in err and convert in err, err
         assert not out.exists() and not list(tmp_path.glob(".s2*"))
+
+
+def test_a_member_folder_of_another_branch_is_refused_naming_both_branches(tmp_path, capsys):
+    """A WavLM folder loaded as a text or audio LLM was only "missing llmser_config.json"; build-system took a
+    WavLM run as the fusion adapter and wrote a system that could not load."""
+    import json
+    import shutil
+
+    from llmser.models.audio_llm.model import AudioLLMEmotionModel
+    from llmser.models.text_llm.model import TextLLMEmotionModel
+    from llmser.models.wavlm.model import WavLMEmotionModel
+
+    system = _wavlm_system(tmp_path)
+    best = tmp_path / "wavlm" / "best"
+    for cls, branch in ((TextLLMEmotionModel, "text_llm"), (AudioLLMEmotionModel, "audio_llm")):
+        with pytest.raises(ValueError, match=f"holds a 'wavlm'-branch model, not .*'{branch}'-branch model"):
+            cls.from_pretrained(best)
+    text_like = tmp_path / "text_like"
+    shutil.copytree(best, text_like)
+    (text_like / "config.json").unlink()
+    (text_like / "llmser_config.json").write_text(json.dumps({"branch": "text_llm", "llm": "tiny"}))
+    with pytest.raises(ValueError, match="holds a 'text_llm'-branch model, not .*'wavlm'-branch model"):
+        WavLMEmotionModel.from_pretrained(text_like)
+
+    out = tmp_path / "s2"
+    assert main(["build-system", "--member", f"wavlm={tmp_path / 'wavlm'}", "--fusion", str(tmp_path / "wavlm"),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "'wavlm'" in err and "'fusion'" in err and "Traceback" not in err, err
+    assert not out.exists() and not list(tmp_path.glob(".s2*"))
+    import numpy as np
+    import soundfile as sf
+
+    sf.write(tmp_path / "a.wav", (0.1 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32), 16000)
+    (system / "wavlm" / "llmser_config.json").write_text(json.dumps({"branch": "audio_llm"}))  # (was a traceback)
+    assert main(["predict", "--model", str(system), "--audio", str(tmp_path / "a.wav"), "--out", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "'audio_llm'-branch" in err and "'wavlm'-branch" in err and "Traceback" not in err, err
+    assert not (tmp_path / "p.csv").exists()

@@ -58,7 +58,7 @@ OUTPUTS: dict[str, tuple[str, str]] = {
 
 #: module -> exception class names that mean "bad input": printed as a message, exit code 2.
 USER_ERRORS: dict[str, tuple[str, ...]] = {
-    "llmser.config": ("ConfigError",),
+    "llmser.config": ("ConfigError", "BranchMismatchError"),
     "llmser.data.msp_podcast": ("CorpusError",),
     "llmser.data.splits": ("SplitRoleError",),
     "llmser.data.audio": ("AudioError",),

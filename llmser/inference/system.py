@@ -32,15 +32,27 @@ def _best_folder(run_dir: str | Path) -> Path:
     return best
 
 
-def _checked_best(run: str | Path) -> Path:
+def _checked_best(run: str | Path, fusion: bool) -> Path:
     """A run's best/ folder, checked before anything is written: no links out of the run (copytree follows
-    them), and no folder holding only pickles (the copy leaves pickles out, so it would end up empty)."""
+    them), no folder holding only pickles (the copy leaves pickles out, so it would end up empty), and a
+    branch that fits its place (a fusion adapter for ``--fusion``, a member for ``--member``)."""
+    from llmser.config import BranchMismatchError, branch_mismatch, saved_branch
+    from llmser.models.registry import load_recipe
     from llmser.utils.weights import check_no_outside_links, refuse_pickles
 
     best = _best_folder(run)
     check_no_outside_links(best, boundary=run)
     for folder in (best, *(p for p in best.iterdir() if p.is_dir())):
         refuse_pickles(folder)
+    branch, saved = load_recipe(best / "recipe.yaml").branch, saved_branch(best)
+    if saved is not None and saved != branch:
+        raise BranchMismatchError(f"{best}: its recipe.yaml is a {branch!r}-branch recipe but its weights are a "
+                                  f"{saved!r}-branch model; copy the run's best/ folder again")
+    if fusion and branch != "fusion":
+        raise BranchMismatchError(branch_mismatch(best, branch, "fusion", "a fusion adapter, for --fusion"))
+    if not fusion and branch == "fusion":
+        raise BranchMismatchError(f"{best} holds a 'fusion'-branch model, where a member ('wavlm', 'text_llm' or "
+                                  "'audio_llm') is expected; give it as --fusion RUN_DIR")
     return best
 
 
@@ -99,7 +111,9 @@ def build_system(out_dir: str | Path, members: dict[str, str | Path], *, fusion:
     if method == "stacking" and stacker is None:
         raise ValueError("method stacking needs a fitted StackingEnsemble (build-system --method auto fits one on dev)")
     out_dir = Path(out_dir)
-    bests = {name: _checked_best(run) for name, run in {**members, **({"fusion": fusion} if fusion else {})}.items()}
+    bests = {name: _checked_best(run, fusion=False) for name, run in members.items()}
+    if fusion is not None:
+        bests["fusion"] = _checked_best(fusion, fusion=True)
     tmp = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -313,6 +313,7 @@ class AudioLLMEmotionModel(LoRAMember):
     config_cls = AudioLLMBranchConfig
     modules_file = SPEECH_MODULES
     saved_by = "AudioLLMEmotionModel"
+    branch_kind = ("audio_llm", "an audio-LLM model")
 
     def __init__(self, config: AudioLLMBranchConfig, encoders: SpeechEncoders, llm: Any, tokenizer: Any, base_name: str):
         super().__init__(config, llm, tokenizer, base_name)

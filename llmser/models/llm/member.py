@@ -38,6 +38,7 @@ class LoRAMember(nn.Module):
     config_cls: ClassVar[Any]
     modules_file: ClassVar[str]
     saved_by: ClassVar[str]
+    branch_kind: ClassVar[tuple[str, str]]  # (branch tag, how errors call it): another branch's folder is refused
 
     def __init__(self, config: Any, llm: Any, tokenizer: Any, base_name: str):
         super().__init__()
@@ -113,10 +114,12 @@ class LoRAMember(nn.Module):
         ``base`` loads the adapter onto another copy of the same base (checked against the adapter's record)."""
         from transformers import AutoTokenizer
 
+        from llmser.config import check_branch
         from llmser.models.llm.config import CONFIG_NAME
         from llmser.utils.hub import resolve_pretrained
 
         directory = resolve_pretrained(directory, revision)
+        check_branch(directory, *cls.branch_kind)
         if not (directory / CONFIG_NAME).is_file():
             raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}; is it a folder saved by "
                                     f"{cls.saved_by}.save_pretrained (or pull it from the Hub first)?")

@@ -44,6 +44,7 @@ class TextLLMEmotionModel(LoRAMember):
     config_cls = TextLLMBranchConfig
     modules_file = HEADS_NAME
     saved_by = "TextLLMEmotionModel"
+    branch_kind = ("text_llm", "a text-LLM model")
 
     def __init__(self, config: TextLLMBranchConfig, llm: Any, tokenizer: Any, base_name: str):
         super().__init__(config, llm, tokenizer, base_name)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from llmser.config import check_ranges, from_dict, to_dict
+from llmser.config import check_branch, check_ranges, from_dict, to_dict
 from llmser.models import presets
 
 #: A randomly initialised WavLMModel of the same class as the real one, small enough to train from scratch on
@@ -95,8 +95,7 @@ class WavLMBranchConfig:
 
     @classmethod
     def load(cls, directory: str | Path) -> WavLMBranchConfig:
+        check_branch(directory, "wavlm", "a WavLM-branch model")
         data = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))
-        branch = data.pop("branch", "wavlm")
-        if branch != "wavlm":
-            raise ValueError(f"{directory} holds a {branch!r} model, not a WavLM-branch model")
+        data.pop("branch", None)
         return from_dict(cls, data, source=str(Path(directory) / "config.json"))

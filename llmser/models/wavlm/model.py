@@ -230,10 +230,12 @@ class WavLMEmotionModel(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path, revision: str | None = None) -> WavLMEmotionModel:
         """Rebuild from a folder saved by ``save_pretrained`` or a Hub id (offline from the HF cache too)."""
+        from llmser.config import check_branch
         from llmser.utils.hub import resolve_pretrained
         from llmser.utils.weights import WeightsError, load_state_checked
 
         directory = resolve_pretrained(directory, revision)
+        check_branch(directory, "wavlm", "a WavLM-branch model")
         if not (directory / "config.json").is_file():
             raise FileNotFoundError(f"{directory} has no config.json; is it a folder saved by "
                                     "WavLMEmotionModel.save_pretrained?")
