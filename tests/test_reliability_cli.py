@@ -314,3 +314,35 @@ def test_a_member_folder_of_another_branch_is_refused_naming_both_branches(tmp_p
     err = capsys.readouterr().err
     assert "'audio_llm'-branch" in err and "'wavlm'-branch" in err and "Traceback" not in err, err
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_full_disk_during_training_says_so_and_leaves_no_partial_checkpoint(tmp_path, capsys, monkeypatch):
+    """ENOSPC while a checkpoint was written ended in a traceback with checkpoint-4.partial left behind."""
+    import errno
+
+    from corpus_factory import good_rows, write_corpus
+
+    import llmser.utils.weights as weights
+    from llmser.utils.io import atomic_open
+
+    real = weights.atomic_write_bytes
+
+    def fills_up(path, data):
+        if "checkpoint-4" not in str(path):
+            return real(path, data)
+        with atomic_open(path, "wb") as handle:  # a real write: half the bytes, then the disk is full
+            handle.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(weights, "atomic_write_bytes", fills_up)
+    corpus = write_corpus(tmp_path / "corpus", good_rows())
+    out = tmp_path / "run"
+    status = main(["train", RECIPE, f"data.corpus={corpus}", f"train.output_dir={out}", "train.max_steps=4",
+                   "train.eval_every=2", "train.save_every=2", "data.batch_size=2", "data.max_seconds=1.0",
+                   "optim.warmup_steps=0"])
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err, err
+    assert f"disk full: free space in {out} and rerun with --resume" in err
+    left = sorted(p.name for p in out.iterdir())
+    assert "checkpoint-2" in left and not [n for n in left if "checkpoint-4" in n or "partial" in n], left
+    assert not list(out.rglob("*.tmp"))

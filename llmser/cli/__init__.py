@@ -64,6 +64,7 @@ USER_ERRORS: dict[str, tuple[str, ...]] = {
     "llmser.data.audio": ("AudioError",),
     "llmser.data.text": ("TranscriptError",),
     "llmser.utils.outputs": ("OutputError",),
+    "llmser.utils.io": ("DiskFullError",),
     "llmser.data.demo_corpus": ("DemoCorpusError",),
     "llmser.baselines": ("BaselineError",),
     "llmser.evaluation.submission": ("SubmissionError",),

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from llmser.utils.io import atomic_write_json, recover_dir, replace_dir
+from llmser.utils.io import atomic_write_json, partial_dir, recover_dir, replace_dir
 from llmser.utils.weights import WeightsError, load_safetensors, refuse_pickles, save_safetensors
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -89,23 +89,24 @@ def save_checkpoint(directory: Path, *, model: torch.nn.Module, optimizer: torch
                     barrier: Any = None) -> Path:
     """Write ``directory`` atomically (main process writes shared files; each rank its RNG state)."""
     tmp = directory.with_name(directory.name + ".partial")
-    if is_main:
-        if tmp.exists():
-            shutil.rmtree(tmp)  # left by a kill mid-save; never loaded
-        tmp.mkdir(parents=True)
-        save_safetensors(trainable_state_dict(model), tmp / "trainable.safetensors")
-        tensors, meta = _optimizer_to_files(optimizer)
-        save_safetensors(tensors, tmp / "optimizer.safetensors")
-        atomic_write_json(tmp / "optimizer.json", meta)
-        atomic_write_json(tmp / "scheduler.json", scheduler.state_dict())
-        atomic_write_json(tmp / "trainer_state.json", trainer_state)
-    if barrier is not None:
-        barrier()
-    atomic_write_json(tmp / f"rng_rank{rank}.json", rng_state())
-    if barrier is not None:
-        barrier()
-    if is_main:
-        replace_dir(tmp, directory)  # an existing folder of that step stays until the new one is in place
+    with partial_dir(tmp, owner=directory.parent):  # a failed save (a full disk) leaves no half checkpoint
+        if is_main:
+            if tmp.exists():
+                shutil.rmtree(tmp)  # left by a kill mid-save; never loaded
+            tmp.mkdir(parents=True)
+            save_safetensors(trainable_state_dict(model), tmp / "trainable.safetensors")
+            tensors, meta = _optimizer_to_files(optimizer)
+            save_safetensors(tensors, tmp / "optimizer.safetensors")
+            atomic_write_json(tmp / "optimizer.json", meta)
+            atomic_write_json(tmp / "scheduler.json", scheduler.state_dict())
+            atomic_write_json(tmp / "trainer_state.json", trainer_state)
+        if barrier is not None:
+            barrier()
+        atomic_write_json(tmp / f"rng_rank{rank}.json", rng_state())
+        if barrier is not None:
+            barrier()
+        if is_main:
+            replace_dir(tmp, directory)  # an existing folder of that step stays until the new one is in place
     if barrier is not None:
         barrier()
     return directory

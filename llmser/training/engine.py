@@ -36,7 +36,7 @@ from llmser.training.batching import ShuffledBatchSampler
 from llmser.training.losses import MultiTaskLoss
 from llmser.training.optim import build_optimizer, build_scheduler
 from llmser.utils.budget import budget_batches
-from llmser.utils.io import atomic_write_json
+from llmser.utils.io import atomic_write_json, disk_full_says
 from llmser.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -196,7 +196,8 @@ class Trainer:
             self._save_best()  # no dev split: the last model is the model
         acc.wait_for_everyone()
         if self.is_main:
-            atomic_write_json(self.output_dir / "trainer_state.json", self.state)
+            with disk_full_says(self.output_dir):
+                atomic_write_json(self.output_dir / "trainer_state.json", self.state)
         # Not acc.end_training() here: it tears down the process group, and the caller may still
         # evaluate the test split on every process (llmser.training.run.run calls it when everything is done).
         return self.state
@@ -314,12 +315,13 @@ class Trainer:
             import shutil
 
             shutil.rmtree(tmp)
-        model.save_pretrained(tmp)
         from llmser.config import save_config
-        from llmser.utils.io import replace_dir
+        from llmser.utils.io import partial_dir, replace_dir
 
-        save_config(self.recipe, tmp / "recipe.yaml")
-        replace_dir(tmp, best_dir)  # a kill at any point leaves a complete best/ (or its backup)
+        with partial_dir(tmp, owner=self.output_dir):
+            model.save_pretrained(tmp)
+            save_config(self.recipe, tmp / "recipe.yaml")
+            replace_dir(tmp, best_dir)  # a kill at any point leaves a complete best/ (or its backup)
 
     def save_checkpoint(self) -> Path:
         acc = self.accelerator

@@ -8,6 +8,7 @@ target (atomic on POSIX and Windows for files on one filesystem).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -37,6 +38,39 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        raise
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(OSError):
+    """The disk (or quota) filled while writing; the message names the folder and how to go on."""
+
+
+@contextlib.contextmanager
+def disk_full_says(folder: str | Path, then: str = "rerun with --resume") -> Iterator[None]:
+    """Turn a full disk inside the block into one message naming ``folder`` (it was an OSError traceback)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in DISK_FULL or isinstance(exc, DiskFullError):
+            raise
+        error = DiskFullError(f"disk full: free space in {folder} and {then}")
+        error.errno = exc.errno
+        raise error from None
+
+
+@contextlib.contextmanager
+def partial_dir(tmp: str | Path, owner: str | Path) -> Iterator[Path]:
+    """``tmp``, a folder written before it is renamed into place: removed if the writing fails, so nothing
+    half-written is left for a reader or a resume; a full disk is said as such, naming ``owner``."""
+    tmp = Path(tmp)
+    try:
+        with disk_full_says(owner):
+            yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
