@@ -346,3 +346,28 @@ def test_a_full_disk_during_training_says_so_and_leaves_no_partial_checkpoint(tm
     left = sorted(p.name for p in out.iterdir())
     assert "checkpoint-2" in left and not [n for n in left if "checkpoint-4" in n or "partial" in n], left
     assert not list(out.rglob("*.tmp"))
+
+
+def test_a_run_trained_with_allow_test_fit_says_so_on_the_system_card(tmp_path, capsys):
+    """metrics.json recorded the opt-in (data.allow_test_fit) but the system's model card did not."""
+    import json
+
+    from corpus_factory import good_rows, write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus", good_rows())
+    runs = {}
+    for name, extra in (("fair", []), ("refit", ["data.eval_split=test", "data.allow_test_fit=true"])):
+        runs[name] = tmp_path / name
+        assert main(["train", RECIPE, f"data.corpus={corpus}", f"train.output_dir={runs[name]}", "train.max_steps=2",
+                     "train.eval_every=2", "train.save_every=2", "data.batch_size=2", "data.max_seconds=1.0",
+                     "optim.warmup_steps=0", "train.predict_test=false", *extra]) == 0
+    recorded = json.loads((runs["refit"] / "metrics.json").read_text())["test_fit"]
+    assert recorded and not json.loads((runs["fair"] / "metrics.json").read_text()).get("test_fit")
+    capsys.readouterr()
+    for members, out in ((["fair"], tmp_path / "s_fair"), (["fair", "refit"], tmp_path / "s_refit")):
+        argv = [a for m in members for a in ("--member", f"{m}={runs[m]}")]
+        assert main(["build-system", *argv, "--out", str(out)]) == 0
+    card = (tmp_path / "s_refit" / "README.md").read_text()
+    assert "Test data was used for training" in card and f"| refit | {recorded[0]} |" in card, card
+    assert "not a held-out result" in card
+    assert "Test data was used" not in (tmp_path / "s_fair" / "README.md").read_text()

@@ -151,6 +151,7 @@ def _body(manifest: SystemManifest, report: dict[str, Any] | None, repo_id: str,
              description or ("An llmser speech emotion recognition system for "
                              "the MSP-Podcast challenge: eight emotion classes (task 1, macro-F1) and arousal, "
                              "valence and dominance on a 1-7 scale (task 2, CCC)."), ""]
+    lines += _test_fit_section(manifest)
     lines += _members_section(manifest)
     lines += _base_weights_section(base_weights or {})
     lines += _selection_section(manifest)
@@ -192,6 +193,20 @@ def _base_weights_section(base_weights: dict[str, list[dict]]) -> list[str]:
         lines += ["", "A converted base is not the Hub model of the same name: load these adapters onto the same "
                   "converted weights (llmser builds them offline for its `smol` preset; the sha256 above is the "
                   "source file's). llmser warns when they are loaded onto other weights."]
+    return lines + [""]
+
+
+def _test_fit_section(manifest: SystemManifest) -> list[str]:
+    """A member trained with the explicit test opt-in (``data.allow_test_fit``): said first, since its test
+    scores are then not a held-out result."""
+    test_fit = (manifest.ensemble or {}).get("test_fit") or {}
+    if not test_fit:
+        return []
+    lines = ["## Warning: Test data was used for training", "",
+             "These members were trained with `data.allow_test_fit=true` (a deliberate final refit): they learned "
+             "from, or were selected on, the test split, so any score on that split is not a held-out result.", "",
+             "| member | test used as |", "|---|---|"]
+    lines += [f"| {member} | {use} |" for member, uses in test_fit.items() for use in uses]
     return lines + [""]
 
 

@@ -56,6 +56,22 @@ def _checked_best(run: str | Path, fusion: bool) -> Path:
     return best
 
 
+def _test_fit(best: Path) -> list[str]:
+    """What the run's ``metrics.json`` records as test used for more than a report (``data.allow_test_fit``),
+    so the system's card says it; [] for a run without the opt-in (or without metrics.json)."""
+    import json
+
+    from llmser.config import ConfigError
+
+    path = (best.parent if best.name == "best" else best) / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not valid JSON ({exc}); it records whether the run trained on test, so fix "
+                         "or restore it (llmser train writes it at the end of a run)") from None
+    return list(metrics.get("test_fit") or []) if isinstance(metrics, dict) else []
+
+
 def _member_entry(name: str, best: Path) -> tuple[Any, dict[str, str]]:
     from llmser.hub.manifest import BaseModelRef, Member
     from llmser.models.registry import branch_config, load_recipe
@@ -125,8 +141,9 @@ def build_system(out_dir: str | Path, members: dict[str, str | Path], *, fusion:
         prompts.update(used)
         if member.kind in ("text_llm", "audio_llm"):
             voting[name] = _voting_entry(best)
+    test_fit = {name: used for name, best in bests.items() if (used := _test_fit(best))}
     ensemble = {"method": method, "members": list(members), "fusion_frame_stride": fusion_frame_stride,
-                **(settings or {}), **({"voting": voting} if voting else {})}
+                **(settings or {}), **({"voting": voting} if voting else {}), **({"test_fit": test_fit} if test_fit else {})}
     if stacker is not None:
         stacker.save(tmp / "stacking")
         ensemble["stacking"] = "stacking"
