@@ -371,3 +371,20 @@ def test_a_run_trained_with_allow_test_fit_says_so_on_the_system_card(tmp_path, 
     assert "Test data was used for training" in card and f"| refit | {recorded[0]} |" in card, card
     assert "not a held-out result" in card
     assert "Test data was used" not in (tmp_path / "s_fair" / "README.md").read_text()
+
+
+def test_a_full_disk_in_any_command_is_one_message_not_a_traceback(tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+
+    corpus = _corpus(tmp_path, ["Train", "Development", "Test1"])
+    out = tmp_path / "p.csv"
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    assert main(["predict-prior", "--corpus", str(corpus), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"disk full while writing in {tmp_path}: free space there and rerun" in err, err
+    assert not out.exists() and not list(tmp_path.glob(".p.csv*.tmp"))

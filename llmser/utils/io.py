@@ -35,9 +35,11 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
             os.fsync(handle.fileno())
         os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL and not isinstance(exc, DiskFullError):
+            raise _disk_full(exc, f"disk full while writing in {path.parent}: free space there and rerun") from None
         raise
 
 
@@ -54,11 +56,15 @@ def disk_full_says(folder: str | Path, then: str = "rerun with --resume") -> Ite
     try:
         yield
     except OSError as exc:
-        if exc.errno not in DISK_FULL or isinstance(exc, DiskFullError):
+        if exc.errno not in DISK_FULL:
             raise
-        error = DiskFullError(f"disk full: free space in {folder} and {then}")
-        error.errno = exc.errno
-        raise error from None
+        raise _disk_full(exc, f"disk full: free space in {folder} and {then}") from None
+
+
+def _disk_full(exc: OSError, message: str) -> DiskFullError:
+    error = DiskFullError(message)
+    error.errno = exc.errno
+    return error
 
 
 @contextlib.contextmanager
