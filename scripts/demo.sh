@@ -10,7 +10,9 @@
 #      stage 1 trains the Q-Former and its speech heads alone on the cached frames, then the LLM trains
 #      (--audio-inputs speech+transcript: it also reads the words),
 #   7. the fusion adapter (and its concatenation baseline) on the branches' cached outputs, the ensembles
-#      (plurality vote, averaging, RandomForest stacking), and the whole system on raw audio (build-system + predict),
+#      (plurality vote, averaging, RandomForest stacking), and the whole system on raw audio: build-system --method
+#      auto ships whichever candidate (a branch alone, an ensemble, a fusion adapter) scores best on dev out of fold,
+#      then predict,
 #   8. one table of every system's dev scores (what choices are made on; runs/demo/summary_dev.json) and one of
 #      every system's test scores, the only place test is shown (runs/demo/summary.json and summary.png).
 #
@@ -58,7 +60,7 @@ while [ $# -gt 0 ]; do
     --train-seed) TRAIN_SEED="$2"; shift 2 ;;   # internal: one seed of --seeds
     --no-summary) SUMMARY=0; shift ;;          # internal: --seeds writes one table over all seeds
     --asr-transcripts) ASR_INTERNAL=1; shift ;; # internal: the corpus is already the --drop-transcripts copy
-    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
     *) echo "demo.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
