@@ -388,3 +388,16 @@ def test_a_full_disk_in_any_command_is_one_message_not_a_traceback(tmp_path, cap
     err = capsys.readouterr().err
     assert "Traceback" not in err and f"disk full while writing in {tmp_path}: free space there and rerun" in err, err
     assert not out.exists() and not list(tmp_path.glob(".p.csv*.tmp"))
+
+
+def test_a_batch_larger_than_the_training_set_is_a_recipe_error_not_a_traceback(tmp_path, capsys):
+    from llmser.cli import main
+    from tests.corpus_factory import transcribed_corpus
+
+    corpus = transcribed_corpus(tmp_path / "corpus")  # 10 train files
+    status = main(["train", str(Path(__file__).resolve().parents[1] / "adapters" / "wavlm_tiny.yaml"),
+                   f"data.corpus={corpus}", "data.batch_size=64", f"train.output_dir={tmp_path / 'run'}",
+                   "data.test_split="])
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err
+    assert "data.batch_size 64" in err and "at most 10" in err

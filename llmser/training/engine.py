@@ -124,6 +124,13 @@ class Trainer:
                                              num_replicas=acc.num_processes, rank=acc.process_index,
                                              power=data.sampler_power,
                                              unlabelled_share=data.sampler_unlabelled_share)
+        if len(self.train_set) < data.batch_size * acc.num_processes:  # before any work, as a recipe error
+            from llmser.config import ConfigError
+
+            raise ConfigError(f"the global batch {data.batch_size * acc.num_processes} (data.batch_size "
+                              f"{data.batch_size} x {acc.num_processes} process(es)) is larger than the "
+                              f"{len(self.train_set)} training items of {data.train_split!r}; set data.batch_size to "
+                              f"at most {len(self.train_set) // acc.num_processes}")
         return ShuffledBatchSampler(len(self.train_set), data.batch_size, num_replicas=acc.num_processes,
                                     rank=acc.process_index, seed=self.recipe.train.seed)
 
