@@ -143,3 +143,20 @@ def test_weighted_average_leaves_out_the_members_its_weights_drop():
     assert table["weighted_average"].scores == dev_scores(members["speech"], refs)
     assert table["average"].scores["combined"] < table["weighted_average"].scores["combined"]
 
+
+def test_out_of_fold_joins_folds_whose_models_read_different_members():
+    """A fold's weights may drop a member the next fold keeps: its vote columns differ, the join must not care."""
+    from llmser.ensemble.selection import _out_of_fold, dev_folds, weighted_average
+
+    refs = _references()
+    members = {"a": _member(refs, 0.7, 1.0, 1), "b": _member(refs, 0.5, 1.0, 2)}
+    folds = dev_folds(refs, 4)
+    calls = []
+
+    def fit_predict(fit_members, fit_refs, held):
+        calls.append(1)
+        return weighted_average(held, {"a": 1.0} if len(calls) % 2 else {"a": 1.0, "b": 1.0})
+
+    joined = _out_of_fold(fit_predict, members, refs, folds)
+    assert sorted(joined.file_names) == sorted(r.file_name for r in refs) and len(calls) == 4
+

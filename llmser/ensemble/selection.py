@@ -116,7 +116,9 @@ def _out_of_fold(fit_predict: Any, members: Mapping[str, Predictions], reference
     for k in sorted(set(folds.values())):
         held = [n for n in order if folds[n] == k]
         fit_refs = [r for r in references if folds[r.file_name] != k]
-        parts.append(fit_predict(_subset(members, [r.file_name for r in fit_refs]), fit_refs, _subset(members, held)))
+        part = fit_predict(_subset(members, [r.file_name for r in fit_refs]), fit_refs, _subset(members, held))
+        part.extras = {}  # vote columns differ between folds (a fold's weights may drop a member); not scored
+        parts.append(part)
     return concat_predictions(parts).subset(order)
 
 
