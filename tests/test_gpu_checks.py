@@ -65,3 +65,16 @@ def test_dry_run_prints_a_line_per_check_and_writes_the_row(tmp_path):
     header = written.index("| date | machine | result |")
     assert written[header + 2].startswith(row) and "15 pass, 0 fail, 0 skip" in written[header + 2]
     assert (ROOT / "docs" / "gpu-checks.md").read_text(encoding="utf-8") == real  # the real docs untouched
+
+
+@pytest.mark.slow
+def test_whole_run_dry_run_trains_evaluates_and_reports_on_long_transcripts(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("gpu_whole_run", ROOT / "scripts" / "gpu_whole_run.py")
+    whole = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(whole)
+    assert whole.main(["adapters/text_llama3_8b.yaml", "--dry-run", "--work", str(tmp_path), "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "RESULT adapters/text_llama3_8b.yaml: exit 0" in out and "peak phase" in out
+    texts = list((tmp_path / "corpus" / "Transcripts").glob("*.txt"))
+    assert len(texts) == 9 * 4 * 3 and all(len(t.read_text().split()) == 40 for t in texts)
+    assert (tmp_path / "run" / "test" / "report.json").is_file()  # the report split ran, every variant voting
