@@ -172,3 +172,27 @@ def test_llmser_train_with_the_cache_writes_the_voting_test_report(tmp_path):
     assert result["step"] == 2 and (out / "test" / "report.md").is_file()
     voting = json.loads((out / "test" / "voting.json").read_text())
     assert {"dev", "test"} <= set(voting)
+
+
+def test_frozen_fingerprint_is_the_same_at_any_thread_count():
+    """The states' cache key hashes the frozen weights' bytes, so torch's thread count cannot change it (a float
+    sum of the weights did)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=4000, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)
+    decoder = LlamaForCausalLM(config).model
+    threads = torch.get_num_threads()
+    try:
+        keys = set()
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            keys.add(frozen_fingerprint(decoder, 1))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(keys) == 1
+    with torch.no_grad():
+        decoder.layers[0].mlp.up_proj.weight[7, 11] += 1e-3
+    assert frozen_fingerprint(decoder, 1) not in keys
+    assert frozen_fingerprint(decoder, 2) != frozen_fingerprint(decoder, 1)

@@ -137,3 +137,22 @@ def test_cached_hidden_states_give_the_same_outputs(pretrained_dir, tmp_path):
     assert encoder_fingerprint(other.encoder) != encoder_fingerprint(model.encoder)
     assert FeatureCache(tmp_path / "cache", "x", {"max_seconds": 8}).path_for(wav) != \
         FeatureCache(tmp_path / "cache", "x", {"max_seconds": 4}).path_for(wav)
+
+
+def test_encoder_fingerprint_is_the_same_at_any_thread_count_and_sees_one_changed_weight():
+    """The cache key must not depend on torch's thread count (a float sum of the weights did: OMP_NUM_THREADS=1 and
+    2 gave two keys and the corpus was encoded twice), and it must still see a single changed value."""
+    torch.manual_seed(0)
+    encoder = torch.nn.Sequential(torch.nn.Linear(2000, 2000), torch.nn.Linear(2000, 8).to(torch.bfloat16))
+    threads = torch.get_num_threads()
+    try:
+        keys = set()
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            keys.add(encoder_fingerprint(encoder))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(keys) == 1
+    with torch.no_grad():
+        encoder[0].weight[1234, 567] += 1e-3  # not on any sampled stride
+    assert encoder_fingerprint(encoder) not in keys

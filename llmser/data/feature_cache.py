@@ -21,22 +21,22 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from llmser.utils.hashing import hash_weights
 from llmser.utils.weights import save_safetensors
 
 
 def encoder_fingerprint(encoder: torch.nn.Module) -> str:
-    """Stable id of an encoder's architecture and weights (cheap: samples each tensor's values)."""
+    """Stable id of an encoder's architecture and weights: every tensor's bytes are hashed.
+
+    Exact bytes, not a float sum: a sum's rounding depends on the reduction order, which changes with the
+    thread count, so the same weights got another key under OMP_NUM_THREADS=1 than under 2 and the corpus was
+    encoded again (``llmser.utils.hashing.hash_weights``)."""
     digest = hashlib.sha256()
     digest.update(type(encoder).__name__.encode())
     config = getattr(encoder, "config", None)
     if config is not None and hasattr(config, "to_json_string"):
         digest.update(config.to_json_string(use_diff=False).encode())
-    for name, tensor in sorted(encoder.state_dict().items()):
-        flat = tensor.detach().reshape(-1)
-        sample = flat[:: max(1, flat.numel() // 256)][:256].float().cpu()
-        digest.update(name.encode())
-        digest.update(sample.numpy().tobytes())
-        digest.update(str(float(flat.float().sum())).encode())
+    hash_weights(digest, encoder)
     return digest.hexdigest()[:16]
 
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from llmser.models.llm.compat import cache_kwargs, mask_cache_kwargs
 from llmser.models.llm.scoring import prefix_positions
+from llmser.utils.hashing import hash_weights
 
 
 def decoder_layers(decoder: nn.Module) -> nn.ModuleList:
@@ -63,19 +64,14 @@ def upper_states(decoder: nn.Module, hidden: torch.Tensor, attention_mask: torch
 
 def frozen_fingerprint(decoder: nn.Module, split: int) -> str:
     """Id of what the cached states depend on: the embeddings and layers below ``split`` (class, config,
-    sampled weights) and ``split`` itself. LoRA on the upper layers does not enter it."""
+    weights, byte for byte) and ``split`` itself. LoRA on the upper layers does not enter it."""
     digest = hashlib.sha256(f"{type(decoder).__name__}|{split}".encode())
     config = getattr(decoder, "config", None)
     if config is not None and hasattr(config, "to_json_string"):
         digest.update(config.to_json_string(use_diff=False).encode())
     parts = {"embed_tokens": decoder.embed_tokens, **{f"layers.{i}": decoder_layers(decoder)[i] for i in range(split)}}
     for prefix, module in parts.items():
-        for name, tensor in sorted(module.state_dict().items()):
-            flat = tensor.detach().reshape(-1)
-            sample = flat[:: max(1, flat.numel() // 256)][:256].float().cpu()
-            digest.update(f"{prefix}.{name}".encode())
-            digest.update(sample.numpy().tobytes())
-            digest.update(str(float(flat.float().sum())).encode())
+        hash_weights(digest, module, prefix=f"{prefix}.")
     return digest.hexdigest()[:16]
 
 
