@@ -13,6 +13,7 @@ import math
 import resource
 import time
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -452,7 +453,8 @@ def test_shipped_recipes_plan_as_they_train():
                           "text_llama3_8b", "wavlm_large")}
     audio = plans["audio_smol"]
     assert [c.name.split(" (")[0] for c in audio.components] == [
-        "Whisper encoder", "window Q-Former", "projection 384 -> 576", "LLM"]
+        "Whisper encoder", "window Q-Former", "projection 384 -> 576", "layer weights + speech/LLM-state heads",
+        "LLM"]  # the recipe's head mode
     assert audio.workload["encoder_frames"] == 400  # max_audio_seconds: 8 crops the 30-s window
     assert "WavLM" not in " ".join(c.name for c in plans["audio_llama3_8b"].components)
     speech = plans["wavlm_smol"]
@@ -532,3 +534,41 @@ def test_recipe_plans_read_the_branch_config(tmp_path):
     assert get_branch("text_llm").plan_fn.__module__ == "llmser.models.text_llm.plan"
     with pytest.raises(NotImplementedError, match="no plan"):
         _ = get_branch("fusion").plan_fn
+
+
+def test_audio_llm_head_mode_and_every_whisper_layer_are_planned(tmp_path):
+    """The audio-LLM's recipe default (mode: head, encoder_layers: all) is what the plan sizes: its heads are a
+    component with the real model's parameter count, no logits are planned in training, the vote is the heads'
+    prompt vote, and keeping every Whisper layer per frame costs memory in the encoder phase and the step."""
+    from llmser.models.registry import branch_config, get_branch, load_recipe
+
+    recipe = tmp_path / "audio.yaml"
+    recipe.write_text((Path(__file__).resolve().parents[1] / "adapters" / "audio_smol.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    head_all = spec_from_recipe_with(recipe, ["model.mode=head", "model.encoder_layers=all"])
+    answer_last = spec_from_recipe_with(recipe, ["model.mode=answer", "model.encoder_layers=last"])
+    assert (head_all.llm_mode, answer_last.llm_mode) == ("head", "answer")
+    whisper_layers = resolve_config(head_all.whisper, "whisper").encoder_layers
+    assert (head_all.encoder_hidden_states, answer_last.encoder_hidden_states) == (whisper_layers + 1, 1)
+
+    loaded = load_recipe(recipe, ["model.mode=head", "model.encoder_layers=all"])
+    model = get_branch("audio_llm").model_cls.from_config(branch_config(loaded))
+    real = sum(p.numel() for m in (model.heads, model.speech.layer_weights) for p in m.parameters())
+    plan, other = build_plan(head_all), build_plan(answer_last)
+    heads = [c for c in plan.components if "head mode" in c.name]
+    assert len(heads) == 1 and heads[0].counts["lora"].trained == real
+    assert not any("head mode" in c.name for c in other.components)
+
+    parts = plan.estimate("lora", False).detail
+    assert "activations: LLM final norm + backward working set" in parts and "activations: LLM logits + loss" not in parts
+    assert "activations: LLM logits + loss" in other.estimate("lora", False).detail
+    assert "prompt voting" in plan.phases[("lora", False)] and "label scoring" in other.phases[("lora", False)]
+    last = build_plan(dataclasses.replace(head_all, encoder_hidden_states=1))
+    for phase in ("speech encoder", "train step"):
+        assert plan.phases[("lora", False)][phase] > last.phases[("lora", False)][phase]
+
+
+def spec_from_recipe_with(path, overrides):
+    from llmser.models.registry import branch_config, get_branch, load_recipe
+
+    recipe = load_recipe(path, overrides)
+    return get_branch(recipe.branch).plan_fn(recipe, branch_config(recipe), str(path))

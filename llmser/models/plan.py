@@ -62,7 +62,9 @@ class PlanSpec:
     audio_seconds: float = 15.0  # per example
     gradient_checkpointing: bool | None = None  # None: estimate both
     # Phases other than the training step (LLM branches): evaluation, voting / label scoring, generation
-    llm_mode: Literal["head", "sft"] = "head"  # head: heads read the last hidden state (no logits); sft: LM loss
+    llm_mode: Literal["head", "sft", "answer"] = "head"  # head: heads read the last hidden state (no logits);
+    # sft: LM loss; answer (the audio-LLM's answer-token route): logits, loss on the answer tokens
+    encoder_hidden_states: int = 1  # audio_llm: Whisper hidden states per frame (encoder_layers: all -> layers + 1)
     eval_batch_size: int = 16  # data.eval_batch_size: files per evaluation / voting forward
     eval_max_tokens: int | None = None  # data.eval_max_tokens: rows x padded tokens of one such forward
     vote_variants: int = 5  # prompt variants that vote (K rows per file)

@@ -725,7 +725,7 @@ def _llm_activations(spec: PlanSpec, config: Any, lora_inputs: dict[str, list[in
         layers = (depth * residual * dims.hidden + per_layer) * n
     else:
         layers = depth * per_layer * n
-    if spec.branch == "text_llm" and spec.llm_mode == "head":
+    if spec.llm_mode == "head":
         # The heads read the last hidden state: no LM head runs. The final norm keeps its fp32 input, and
         # the backward of the top layer works on the gradient of the residual stream and of the MLP.
         residual = FP32 if fp32_residual else BF16
@@ -790,6 +790,8 @@ def _audio_llm_branch(spec: PlanSpec, assumptions: Assumptions):
     proj = q_cfg.hidden_size * llm_cfg.hidden_size + llm_cfg.hidden_size
     components.append(_trained_component(f"projection {q_cfg.hidden_size} -> {llm_cfg.hidden_size}",
                                          "nn.Linear", proj))
+    if spec.llm_mode == "head":
+        components.append(_speech_llm_heads_component(spec, encoder_dim, llm_cfg.hidden_size))
     components.append(body)
 
     # seconds of audio -> Whisper frames (50/s, every input padded to 30 s, or to a cropped window) -> windows
@@ -813,14 +815,30 @@ def _audio_llm_branch(spec: PlanSpec, assumptions: Assumptions):
     def activations(method: str, gc: bool) -> dict[str, float]:
         b = spec.batch_size
         # The frozen encoders run without autograd: only their outputs stay, plus the speech
-        # LayerNorm's output (its input is the encoders' output).
-        encoders = b * frames * BF16 * encoder_dim * 2
+        # LayerNorm's output (its input is the encoders' output). With every Whisper hidden state per frame
+        # (encoder_layers: all) the batch holds all of them and the layer weighting keeps its stacked copy.
+        states = spec.encoder_hidden_states
+        encoders = b * frames * BF16 * encoder_dim * (2 + (2 * states if states > 1 else 0))
         qf = b * (qformer_bytes(q_cfg, windows, kernel) + windows * spec.queries_per_window * BF16 * q_cfg.hidden_size)
         parts = {"speech encoder outputs": encoders, "Q-Former + projection": qf}
         parts.update(_llm_activations(spec, llm_cfg, lora_inputs, assumptions, method, gc, llm_tokens))
         return parts
 
     return components, activations, workload, unit
+
+
+def _speech_llm_heads_component(spec: PlanSpec, speech_size: int, llm_size: int) -> Component:
+    """The audio-LLM's head mode: the speech head on attentively pooled frames and the LLM-state head."""
+    import torch
+
+    from llmser.models.audio_llm.heads import SpeechLLMHeads
+    from llmser.models.layers import LayerWeightedSum
+
+    with torch.device("meta"):
+        heads = SpeechLLMHeads(speech_size, llm_size, spec.head_hidden_size, 0.0, True, spec.pooling_attention_size)
+        weights = LayerWeightedSum(spec.encoder_hidden_states) if spec.encoder_hidden_states > 1 else None
+    n = sum(p.numel() for m in (heads, weights) if m is not None for p in m.parameters())
+    return _trained_component("layer weights + speech/LLM-state heads (head mode)", "llmser.models.audio_llm.heads", n)
 
 
 def _speech_heads_component(spec: PlanSpec, hidden: int, layers: int) -> Component:
@@ -994,7 +1012,7 @@ def llm_phases(plan: Any, method: str, gc: bool) -> dict[str, float]:
     vote_rows = rows_per_forward(spec.eval_batch_size * k, suffix, spec.eval_max_tokens, group=k)
     keys = dims.layers * 2 * dims.kv_dim * residual * vote_rows * (spec.prefix_tokens + suffix)
     mask = vote_rows * suffix * (spec.prefix_tokens + suffix)  # the 4-D boolean attention mask
-    name = "prompt voting" if (spec.branch == "text_llm" and spec.llm_mode == "head") else "label scoring"
+    name = "prompt voting" if spec.llm_mode == "head" else "label scoring"
     logits = 0.0
     if name == "label scoring":  # logits at the read positions: model dtype + fp32 log-softmax
         logits = vote_rows * (1 + spec.answer_tokens) * dims.vocab * (BF16 + FP32)
@@ -1024,6 +1042,9 @@ def speech_encoder_bytes(plan: Any, rows: int) -> float:
     frames = plan.workload["encoder_frames"]
     outputs = plan.workload.get("encoder_width", whisper.d_model)
     per_frame = BF16 * (2 * whisper.d_model + 2 * whisper.encoder_ffn_dim + outputs)
+    if spec.encoder_hidden_states > 1:  # encoder_layers: all: every layer's output is kept, concatenated, in fp32
+        per_frame = BF16 * (2 * whisper.d_model + 2 * whisper.encoder_ffn_dim) \
+            + spec.encoder_hidden_states * whisper.d_model * (BF16 + BF16 + FP32)
     return rows * frames * per_frame
 
 
