@@ -119,3 +119,18 @@ def test_two_processes_train_and_predict_the_text_branch(corpus, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["step"] == 4 and "macro_f1" in metrics["test"]["metrics"]
     assert (out / "best" / "adapter_model.safetensors").is_file() and (out / "test" / "report.md").is_file()
+
+
+def test_a_second_run_in_the_same_process_may_use_another_precision(corpus, tmp_path):
+    """accelerate keeps one AcceleratorState per process; a second `llmser train` in the same Python process with
+    another train.mixed_precision stopped on "AcceleratorState has already been initialized ... restart your
+    runtime" (found by the test suite, where an earlier test had made the state with 'no')."""
+    from accelerate import Accelerator
+
+    Accelerator(cpu=True, mixed_precision="no")  # the state an earlier run in this process left
+    out = tmp_path / "bf16"
+    result = run(ROOT / "adapters/wavlm_tiny.yaml", _overrides(corpus, out, steps=2, **{"train.mixed_precision": "bf16"}))
+    assert result["step"] == 2 and (out / "best" / "model.safetensors").is_file()
+    out = tmp_path / "auto"  # 'no' on a CPU (an override 'no' reads as YAML's false)
+    result = run(ROOT / "adapters/wavlm_tiny.yaml", _overrides(corpus, out, steps=2, **{"train.mixed_precision": "auto"}))
+    assert result["step"] == 2

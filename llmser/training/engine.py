@@ -83,15 +83,10 @@ class Trainer:
     def __init__(self, recipe: Recipe, model: torch.nn.Module, train_set: Dataset, eval_set: Dataset | None,
                  collate_fn: Callable, *, class_counts: list[int] | None = None,
                  train_labels: list[int] | None = None, accelerator: Any = None):
-        from accelerate import Accelerator
 
         self.recipe = recipe
         self.output_dir = Path(recipe.train.output_dir)
-        self.accelerator = accelerator or Accelerator(
-            cpu=not torch.cuda.is_available(),  # without it, launched CPU processes each run alone
-            mixed_precision=_mixed_precision(recipe.train.mixed_precision),
-            log_with=_available_trackers(recipe.train.log_with) or None,
-            project_dir=str(self.output_dir), kwargs_handlers=ddp_kwargs(recipe))
+        self.accelerator = accelerator or make_accelerator(recipe)
         self.train_set = train_set
         self.eval_set = eval_set
         self.collate_fn = collate_fn
@@ -388,6 +383,31 @@ def ddp_kwargs(recipe: Recipe) -> list:
     from accelerate.utils import DistributedDataParallelKwargs
 
     return [DistributedDataParallelKwargs(find_unused_parameters=recipe.train.ddp_find_unused_parameters)]
+
+
+def make_accelerator(recipe: Recipe) -> Any:
+    """The run's ``Accelerator``: the recipe's precision and trackers, CPU-only where there is no GPU (without
+    it, launched CPU processes each think they are alone)."""
+    from accelerate import Accelerator
+
+    mixed_precision = _mixed_precision(recipe.train.mixed_precision)
+    _release_single_process_state(mixed_precision)
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision,
+                       log_with=_available_trackers(recipe.train.log_with) or None,
+                       project_dir=str(recipe.train.output_dir), kwargs_handlers=ddp_kwargs(recipe))
+
+
+def _release_single_process_state(mixed_precision: str) -> None:
+    """Let a second run in the same Python process (a notebook, a script training two recipes) use another
+    precision: accelerate keeps one AcceleratorState per process and refuses a new Accelerator whose
+    mixed_precision differs ("restart your runtime completely"). In a single process nothing else holds that
+    state, so it is cleared; under a distributed launch it is left alone (every rank shares it)."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    if not AcceleratorState._shared_state or PartialState().num_processes > 1:
+        return
+    if AcceleratorState().mixed_precision != mixed_precision:
+        AcceleratorState._reset_state()
 
 
 def _mixed_precision(setting: str) -> str:

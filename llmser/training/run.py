@@ -26,12 +26,11 @@ logger = get_logger(__name__)
 
 def run(recipe_path: str | Path, overrides: list[str] | None = None, resume: str | None = None) -> dict[str, Any]:
     """Train, then predict and report the test split; returns the final metrics."""
-    import torch
     from accelerate.utils import set_seed
 
     from llmser.data.msp_podcast import MSPPodcast, ReaderConfig
     from llmser.models.registry import branch_config, get_branch, load_recipe
-    from llmser.training.engine import Trainer, _available_trackers, _mixed_precision, ddp_kwargs
+    from llmser.training.engine import Trainer, make_accelerator
     from llmser.utils.outputs import check_output_dir
 
     recipe = load_recipe(recipe_path, overrides)
@@ -43,13 +42,7 @@ def run(recipe_path: str | Path, overrides: list[str] | None = None, resume: str
     model_config = branch_config(recipe)
     if getattr(model_config, "mode", None) == "sft":  # instruction tuning runs in trl's own trainer
         return _run_sft(recipe, model_config, corpus, resume, roles)
-    from accelerate import Accelerator
-
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(),  # else 2 CPU processes each think they are alone
-                              mixed_precision=_mixed_precision(recipe.train.mixed_precision),
-                              log_with=_available_trackers(recipe.train.log_with) or None,
-                              project_dir=recipe.train.output_dir,
-                              kwargs_handlers=ddp_kwargs(recipe))
+    accelerator = make_accelerator(recipe)
     spec = get_branch(recipe.branch)
     setup = spec.prepare_fn(recipe, model_config, corpus, accelerator)
     warmup = {}
