@@ -544,8 +544,8 @@ def test_audio_llm_head_mode_and_every_whisper_layer_are_planned(tmp_path):
 
     recipe = tmp_path / "audio.yaml"
     recipe.write_text((Path(__file__).resolve().parents[1] / "adapters" / "audio_smol.yaml").read_text(encoding="utf-8"), encoding="utf-8")
-    head_all = spec_from_recipe_with(recipe, ["model.mode=head", "model.encoder_layers=all"])
-    answer_last = spec_from_recipe_with(recipe, ["model.mode=answer", "model.encoder_layers=last"])
+    head_all = spec_from_recipe(recipe, ["model.mode=head", "model.encoder_layers=all"])
+    answer_last = spec_from_recipe(recipe, ["model.mode=answer", "model.encoder_layers=last"])
     assert (head_all.llm_mode, answer_last.llm_mode) == ("head", "answer")
     whisper_layers = resolve_config(head_all.whisper, "whisper").encoder_layers
     assert (head_all.encoder_hidden_states, answer_last.encoder_hidden_states) == (whisper_layers + 1, 1)
@@ -565,10 +565,3 @@ def test_audio_llm_head_mode_and_every_whisper_layer_are_planned(tmp_path):
     last = build_plan(dataclasses.replace(head_all, encoder_hidden_states=1))
     for phase in ("speech encoder", "train step"):
         assert plan.phases[("lora", False)][phase] > last.phases[("lora", False)][phase]
-
-
-def spec_from_recipe_with(path, overrides):
-    from llmser.models.registry import branch_config, get_branch, load_recipe
-
-    recipe = load_recipe(path, overrides)
-    return get_branch(recipe.branch).plan_fn(recipe, branch_config(recipe), str(path))

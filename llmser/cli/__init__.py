@@ -17,7 +17,6 @@ bad recipes) are printed as one clear message and exit with status 2, never as a
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import sys
 from collections.abc import Sequence
@@ -132,7 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, _user_errors()):
             print(f"llmser {args.command}: error: {exc}", file=sys.stderr)
             return EXIT_USER_ERROR
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):  # a write outside atomic_open
+        from llmser.utils.io import DISK_FULL
+
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:  # a write outside atomic_open
             print(f"llmser {args.command}: error: disk full ({exc}); free space there and rerun", file=sys.stderr)
             return EXIT_USER_ERROR
         raise

@@ -16,7 +16,7 @@ Heavy imports (torch, transformers, peft) happen inside the functions, so ``--he
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +56,13 @@ PRESETS: dict[str, Callable[[], Any]] = {name: _named_plan(name) for name in REC
 # Recipes
 
 
-def spec_from_recipe(path: str | Path) -> Any:
-    """A PlanSpec from a training recipe, read as ``llmser train`` reads it (``load_recipe``: every section
-    typed and checked) and turned into a plan by the branch's own plan function (``BranchSpec.plan``)."""
+def spec_from_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Any:
+    """A PlanSpec from a training recipe and ``overrides`` (``key=value``), read as ``llmser train`` reads them
+    (``load_recipe``: every section typed and checked) and turned into a plan by the branch's own plan function
+    (``BranchSpec.plan``)."""
     from llmser.models.registry import branch_config, get_branch, load_recipe
 
-    recipe = load_recipe(path)
+    recipe = load_recipe(path, list(overrides))
     spec = get_branch(recipe.branch)
     if spec.plan is None:
         raise ConfigError(f"{path}: branch {recipe.branch!r} has no plan; llmser plan sizes the text_llm, "

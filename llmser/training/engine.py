@@ -83,7 +83,6 @@ class Trainer:
     def __init__(self, recipe: Recipe, model: torch.nn.Module, train_set: Dataset, eval_set: Dataset | None,
                  collate_fn: Callable, *, class_counts: list[int] | None = None,
                  train_labels: list[int] | None = None, accelerator: Any = None):
-
         self.recipe = recipe
         self.output_dir = Path(recipe.train.output_dir)
         self.accelerator = accelerator or make_accelerator(recipe)
