@@ -108,6 +108,9 @@ class ScheduleConfig:
     save_every: int = field(default=100, metadata={"help": "optimiser steps between resumable checkpoints", "min": 1})
     log_every: int = field(default=10, metadata={"help": "optimiser steps between log lines", "min": 1})
     early_stopping_patience: int = field(default=0, metadata={"help": "evaluations without improvement before stopping; 0 = off", "min": 0})
+    # As transformers' TrainingArguments.eval_on_start: the model before the first step (a staged branch's stage-1
+    # model, a warm start) is scored on dev and is a candidate for best/ like any later step.
+    eval_on_start: bool = field(default=False, metadata={"help": "score dev before the first step too: the starting model can be the best"})
     metric_for_best: Literal["macro_f1", "ccc_mean", "combined"] = field(default="combined", metadata={"help": "combined = mean of the two"})
     seed: int = field(default=0, metadata={"help": "seed of model initialisation, data order and augmentation", "min": 0, "max": 2**32 - 1})
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] = field(default="auto", metadata={"help": "auto: bf16 where the GPU has it"})

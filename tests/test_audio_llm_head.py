@@ -174,3 +174,89 @@ def test_head_mode_is_refused_with_a_typo_naming_the_choices():
         AudioLLMBranchConfig(llm="tiny", whisper="tiny", mode="heads")
     with pytest.raises(ValueError, match="encoder_layers must be 'last' or 'all'"):
         AudioLLMBranchConfig(llm="tiny", whisper="tiny", encoder_layers="every")
+
+
+def _head_setup(tmp_path, *overrides: str):
+    from accelerate import Accelerator
+
+    from llmser.data.msp_podcast import MSPPodcast
+    from llmser.models.audio_llm.branch import prepare
+    from llmser.models.registry import branch_config, load_recipe
+    from tests.corpus_factory import transcribed_corpus
+
+    corpus_dir = transcribed_corpus(tmp_path / "corpus")
+    recipe = load_recipe(ROOT / "adapters" / "audio_tiny.yaml",
+                         [f"data.corpus={corpus_dir}", f"train.output_dir={tmp_path / 'run'}", "data.batch_size=4",
+                          "model.mode=head", "model.encoder_layers=all", f"data.cache_dir={tmp_path / 'cache'}",
+                          *overrides])
+    torch.manual_seed(0)
+    return recipe, prepare(recipe, branch_config(recipe), MSPPodcast.from_folder(corpus_dir), Accelerator(cpu=True))
+
+
+def test_stage_one_ends_on_its_best_dev_state_not_its_last(tmp_path, monkeypatch):
+    """speech_warmup_eval_every: stage 1 is scored on dev and the front end it hands stage 2 is the best one."""
+    from llmser.training import warmup
+
+    recipe, setup = _head_setup(tmp_path, "model.speech_warmup_steps=3", "model.speech_warmup_eval_every=1",
+                                "train.metric_for_best=combined")
+    assert setup.warmup_eval_every == 1
+    scripted, seen = iter([0.1, 0.9, 0.2]), []
+
+    def score(setup_, recipe_, device):  # the dev scores of steps 1, 2, 3; step 2 is the best
+        seen.append({n: p.detach().clone() for n, p in setup_.model.named_parameters() if n.startswith("heads.speech.")})
+        return {"combined": next(scripted), "macro_f1": 0.5}
+
+    monkeypatch.setattr(warmup, "_score_front_end", score)
+    result = warmup.warm_up(setup, recipe, progress=False)
+    assert result["warmup_best_step"] == 2 and result["warmup_dev"]["combined"] == 0.9
+    assert len(seen) == 3 and not all(torch.equal(seen[1][n], seen[2][n]) for n in seen[1])
+    now = dict(setup.model.named_parameters())
+    for name, value in seen[1].items():
+        torch.testing.assert_close(now[name].detach(), value, rtol=0, atol=0)
+
+
+def test_stage_one_dev_scores_are_the_front_ends_own(tmp_path):
+    """The real scorer: what stage 1 reports for its kept step is what its front end scores on dev afterwards."""
+    from llmser.training.warmup import _score_front_end, warm_up
+
+    recipe, setup = _head_setup(tmp_path, "model.speech_warmup_steps=4", "model.speech_warmup_eval_every=2")
+    result = warm_up(setup, recipe, progress=False)
+    assert result["warmup_best_step"] in (2, 4)
+    again = _score_front_end(setup, recipe, "cpu")
+    assert again["combined"] == pytest.approx(result["warmup_dev"]["combined"], abs=1e-6)
+
+
+def test_freeze_speech_head_trains_the_speech_side_in_stage_one_only(tmp_path):
+    """freeze_speech_head: stage 1 moves the speech head, its pooling and the layer weights; stage 2 (the engine)
+    leaves them as stage 1 did and trains the Q-Former, LoRA and the LLM head added to them."""
+    from accelerate import Accelerator
+
+    from llmser.training.engine import Trainer
+    from llmser.training.warmup import warm_up
+
+    recipe, setup = _head_setup(tmp_path, "model.speech_warmup_steps=3", "model.freeze_speech_head=true",
+                                "train.max_steps=2", "train.eval_every=2", "train.save_every=2")
+    model = setup.model
+    kept = ("heads.speech.", "heads.pooling.", "speech.layer_weights.")
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    warm_up(setup, recipe, progress=False)
+    for prefix in kept:
+        assert any(n.startswith(prefix) and not torch.equal(p.detach(), start[n]) for n, p in model.named_parameters())
+    assert not any(p.requires_grad for n, p in model.named_parameters() if n.startswith(kept))
+    after_one = {n: p.detach().clone() for n, p in model.named_parameters()}
+    Trainer(recipe, model, setup.train_set, setup.eval_set, setup.collate_fn, class_counts=setup.class_counts,
+            accelerator=Accelerator(cpu=True)).fit()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), after_one[n])}
+    assert not any(n.startswith(kept) for n in changed), changed
+    for prefix in ("speech.qformer.", "heads.llm."):
+        assert any(n.startswith(prefix) for n in changed), prefix
+    assert any("lora_B" in n for n in changed)
+
+
+def test_freeze_speech_head_needs_head_mode_and_stage_one():
+    from llmser.models.audio_llm.config import AudioLLMBranchConfig
+
+    with pytest.raises(ValueError, match="freeze_speech_head"):
+        AudioLLMBranchConfig(llm="tiny", whisper="tiny", mode="head", freeze_speech_head=True)
+    with pytest.raises(ValueError, match="freeze_speech_head"):
+        AudioLLMBranchConfig(llm="tiny", whisper="tiny", mode="answer", speech_warmup_steps=5, freeze_speech_head=True)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -134,3 +135,30 @@ def test_a_second_run_in_the_same_process_may_use_another_precision(corpus, tmp_
     out = tmp_path / "auto"  # 'no' on a CPU (an override 'no' reads as YAML's false)
     result = run(ROOT / "adapters/wavlm_tiny.yaml", _overrides(corpus, out, steps=2, **{"train.mixed_precision": "auto"}))
     assert result["step"] == 2
+
+
+def test_eval_on_start_makes_the_starting_model_a_candidate_for_best(corpus, tmp_path, monkeypatch):
+    """train.eval_on_start: dev is scored before the first step, and when nothing later beats it, best/ is the
+    model the run started from (a staged branch's stage-1 model)."""
+    from llmser.training.engine import EvalOutput, Trainer
+
+    scripted, evaluated = iter([0.9, 0.1, 0.2]), []
+
+    def evaluate(self, dataset, desc="eval"):
+        evaluated.append(self.state["step"])
+        if not evaluated[1:]:  # the starting weights, as best/ should hold them
+            model = self.accelerator.unwrap_model(self.model)
+            evaluated.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+        value = next(scripted)
+        return EvalOutput(np.zeros(0), None, None, np.zeros(0), np.zeros((0, 3)), metrics={"combined": value})
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    out = tmp_path / "run"
+    result = run(ROOT / "adapters/wavlm_tiny.yaml", _overrides(corpus, out, **{"train.eval_on_start": "true",
+                                                                               "train.predict_test": "false"}))
+    start_weights = evaluated.pop(1)
+    assert evaluated == [0, 3, 6] and result["best_step"] == 0 and result["step"] == 6
+    best = _weights(out)
+    compared = [name for name in start_weights if name in best]
+    assert len(compared) > 10
+    assert all(torch.equal(best[name], start_weights[name]) for name in compared)

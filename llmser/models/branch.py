@@ -52,6 +52,8 @@ class BranchSetup:
     # ``warmup_outputs(**batch)`` (an EmotionOutput) on the train set, nothing else moves.
     warmup_steps: int = 0
     warmup_lr: float = 1.0e-3
+    # > 0: stage 1 scores ``warmup_outputs`` on eval_set this often and ends on its best state (train.metric_for_best).
+    warmup_eval_every: int = 0
 
 
 @runtime_checkable

@@ -159,6 +159,8 @@ class Trainer:
         started = time.perf_counter()
         running: list[float] = []
         stop = self.state["step"] >= cfg.max_steps
+        if cfg.eval_on_start and self.eval_set is not None and self.state["step"] == 0:
+            stop = self._evaluate_and_track(progress) or stop
         while not stop:
             loader = self._loader(self.state["epoch"], self.state["batch_in_epoch"])
             batches = iter(loader)

@@ -65,7 +65,8 @@ def prepare(recipe: Recipe, config: AudioLLMBranchConfig, corpus: Any, accelerat
                        collate_fn=SpeechPromptCollator(model.tokenizer), test_utterances=test_utts,
                        class_counts=class_counts(train_utts),
                        train_labels=class_labels(train_utts),
-                       warmup_steps=config.speech_warmup_steps, warmup_lr=config.speech_warmup_lr)
+                       warmup_steps=config.speech_warmup_steps, warmup_lr=config.speech_warmup_lr,
+                       warmup_eval_every=config.speech_warmup_eval_every)
 
 
 @torch.no_grad()

@@ -70,6 +70,12 @@ class AudioLLMBranchConfig(LLMConfig):
     # tokens the LLM first sees already carry emotion (as SALMONN aligns its connector before instruction tuning).
     speech_warmup_steps: int = field(default=0, metadata={"help": "stage 1: steps training the Q-Former and the speech heads alone on cached frames before the LLM (0 = none; needs attribute_head or speech_class_head)", "min": 0})
     speech_warmup_lr: float = field(default=1.0e-3, metadata={"help": "learning rate of stage 1 (AdamW, constant)", "gt": 0, "max": 10})
+    # Stage 1 scored on dev every N steps, ending on its best state (train.metric_for_best), as the engine keeps
+    # its best step: stage 2 then starts from (and in head mode, with freeze_speech_head, keeps) that front end.
+    speech_warmup_eval_every: int = field(default=0, metadata={"help": "stage 1: score the front end on dev every N steps and keep its best state (0 = keep the last)", "min": 0})
+    # Head mode: the speech head, its pooling and the encoder layer weights learn in stage 1 only; stage 2 trains the
+    # Q-Former, LoRA and the LLM head, whose output is added to the speech head's - the model keeps stage 1's front end.
+    freeze_speech_head: bool = field(default=False, metadata={"help": "head mode: the speech head, its pooling and the layer weights learn in stage 1 only"})
     # After training, fit each answer's prior on the dev split and divide it out at inference (AnswerCalibration).
     calibrate: bool = field(default=True, metadata={"help": "fit each prompt variant's answer prior on the dev split after training and divide it out"})
     pooling_attention_size: int = field(default=64, metadata={"help": "head mode: attention size of the speech head's attentive statistics pooling", "min": 1})
@@ -94,6 +100,9 @@ class AudioLLMBranchConfig(LLMConfig):
         if self.speech_warmup_steps and self.mode == "answer" and not (self.attribute_head or self.speech_class_head):
             issues.append("speech_warmup_steps > 0 trains the speech heads, but attribute_head and speech_class_head are "
                           "both off; turn one on or set speech_warmup_steps=0")
+        if self.freeze_speech_head and (self.mode != "head" or not self.speech_warmup_steps):
+            issues.append("freeze_speech_head keeps the speech head that stage 1 trains in head mode; set model.mode=head "
+                          "and model.speech_warmup_steps > 0, or freeze_speech_head=false")
         if issues:
             raise ValueError("\n".join(issues))
 

@@ -330,6 +330,8 @@ class AudioLLMEmotionModel(LoRAMember):
             if config.attribute_head and not self.head_mode else None
         self.speech_class_head = (EmotionHeads(dq, config.head_hidden_size, config.dropout, attributes=False)
                                   if config.speech_class_head else None)
+        for module in self.stage_one_only_modules():  # trained by stage 1 (warmup_parameters), kept in stage 2
+            module.requires_grad_(False)
         self.templates = class_templates(config)
         # answer priors fitted on dev (answer mode; the head mode's class loss is already class-weighted)
         self.calibration = None if self.head_mode else AnswerCalibration(len(self.templates), NUM_CLASSES)
@@ -367,10 +369,18 @@ class AudioLLMEmotionModel(LoRAMember):
         logits = self.speech_class_head(pooled)[0] if self.speech_class_head is not None else None
         return attributes, pooled, logits
 
+    def stage_one_only_modules(self) -> list[nn.Module]:
+        """``freeze_speech_head``: the speech head, its pooling and the layer weights, which only stage 1 trains."""
+        if not (self.head_mode and self.config.freeze_speech_head):
+            return []
+        return [m for m in (self.heads.speech, self.heads.pooling, self.speech.layer_weights) if m is not None]
+
     def warmup_parameters(self) -> list[nn.Parameter]:
-        """What stage 1 trains (``speech_warmup_steps``): the Q-Former side and the speech heads, not LoRA."""
+        """What stage 1 trains (``speech_warmup_steps``): the Q-Former side and the speech heads, not LoRA (with
+        ``freeze_speech_head`` also the speech side that stage 2 keeps frozen)."""
+        kept = {id(p) for m in self.stage_one_only_modules() for p in m.parameters()}
         return [p for name, module in self.trained_modules().items() if name != "calibration"
-                for p in module.parameters() if p.requires_grad]
+                for p in module.parameters() if p.requires_grad or id(p) in kept]
 
     def warmup_outputs(self, speech_frames: torch.Tensor, frame_mask: torch.Tensor, **_: object) -> EmotionOutput:
         """Stage 1's outputs, with no LLM forward. Answer mode: the auxiliary class head's logits stand as the
