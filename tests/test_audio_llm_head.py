@@ -203,14 +203,17 @@ def test_stage_one_ends_on_its_best_dev_state_not_its_last(tmp_path, monkeypatch
     scripted, seen = iter([0.1, 0.9, 0.2]), []
 
     def score(setup_, recipe_, device):  # the dev scores of steps 1, 2, 3; step 2 is the best
-        seen.append({n: p.detach().clone() for n, p in setup_.model.named_parameters() if n.startswith("heads.speech.")})
+        model = setup_.model
+        seen.append({n: t.detach().clone() for n, t in [*model.named_parameters(), *model.named_buffers()]
+                     if n.startswith("heads.speech.")})
         return {"combined": next(scripted), "macro_f1": 0.5}
 
     monkeypatch.setattr(warmup, "_score_front_end", score)
     result = warmup.warm_up(setup, recipe, progress=False)
     assert result["warmup_best_step"] == 2 and result["warmup_dev"]["combined"] == 0.9
     assert len(seen) == 3 and not all(torch.equal(seen[1][n], seen[2][n]) for n in seen[1])
-    now = dict(setup.model.named_parameters())
+    now = dict([*setup.model.named_parameters(), *setup.model.named_buffers()])
+    assert any("running_mean" in name for name in seen[1])  # the standardisation statistics come back too
     for name, value in seen[1].items():
         torch.testing.assert_close(now[name].detach(), value, rtol=0, atol=0)
 

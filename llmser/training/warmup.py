@@ -55,7 +55,7 @@ def warm_up(setup: Any, recipe: Any, device: torch.device | str = "cpu", progres
     for p in stage_one_only:
         p.requires_grad_(True)
     eval_every = getattr(setup, "warmup_eval_every", 0) if setup.eval_set is not None else 0
-    selection = _Selection(recipe.train.metric_for_best, params)
+    selection = _Selection(recipe.train.metric_for_best, model, params)
     model.train()
     losses: list[float] = []
     start, epoch = time.perf_counter(), 0
@@ -102,10 +102,12 @@ def warm_up(setup: Any, recipe: Any, device: torch.device | str = "cpu", progres
 
 
 class _Selection:
-    """The best front-end state seen on dev (by ``metric``), kept on the CPU and put back at the end."""
+    """The best front-end state seen on dev (by ``metric``), kept on the CPU and put back at the end: the moving
+    parameters and every buffer (the heads' running standardisation statistics move in train mode too)."""
 
-    def __init__(self, metric: str, params: list[torch.nn.Parameter]):
+    def __init__(self, metric: str, model: torch.nn.Module, params: list[torch.nn.Parameter]):
         self.metric, self.params = metric, params
+        self.buffers = [b for b in model.buffers() if b.is_floating_point() or b.dtype == torch.long]
         self.best_step: int | None = None
         self.best_metrics: dict[str, float] = {}
         self.best_value = float("-inf")
@@ -115,12 +117,12 @@ class _Selection:
         value = metrics.get(self.metric, float("nan"))
         if value > self.best_value:  # NaN (dev lacks the metric's targets) never is: as the engine, the last state stays
             self.best_step, self.best_metrics, self.best_value = step, metrics, value
-            self.state = [p.detach().to("cpu", copy=True) for p in self.params]
+            self.state = [t.detach().to("cpu", copy=True) for t in (*self.params, *self.buffers)]
 
     def restore(self) -> None:
         with torch.no_grad():
-            for param, saved in zip(self.params, self.state):
-                param.copy_(saved.to(param.device))
+            for tensor, saved in zip((*self.params, *self.buffers), self.state):
+                tensor.copy_(saved.to(tensor.device))
 
 
 @torch.no_grad()
