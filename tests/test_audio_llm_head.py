@@ -256,10 +256,10 @@ def test_freeze_speech_head_trains_the_speech_side_in_stage_one_only(tmp_path):
     assert any("lora_B" in n for n in changed)
 
 
-def test_freeze_speech_head_needs_head_mode_and_stage_one():
+def test_freeze_speech_head_needs_stage_one_in_head_mode():
     from llmser.models.audio_llm.config import AudioLLMBranchConfig
 
     with pytest.raises(ValueError, match="freeze_speech_head"):
         AudioLLMBranchConfig(llm="tiny", whisper="tiny", mode="head", freeze_speech_head=True)
-    with pytest.raises(ValueError, match="freeze_speech_head"):
-        AudioLLMBranchConfig(llm="tiny", whisper="tiny", mode="answer", speech_warmup_steps=5, freeze_speech_head=True)
+    # the smol recipe switched to answer mode (its header says how) still loads: there is no speech head to keep
+    AudioLLMBranchConfig(llm="tiny", whisper="tiny", mode="answer", speech_warmup_steps=5, freeze_speech_head=True)

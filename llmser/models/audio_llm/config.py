@@ -75,7 +75,7 @@ class AudioLLMBranchConfig(LLMConfig):
     speech_warmup_eval_every: int = field(default=0, metadata={"help": "stage 1: score the front end on dev every N steps and keep its best state (0 = keep the last)", "min": 0})
     # Head mode: the speech head, its pooling and the encoder layer weights learn in stage 1 only; stage 2 trains the
     # Q-Former, LoRA and the LLM head, whose output is added to the speech head's - the model keeps stage 1's front end.
-    freeze_speech_head: bool = field(default=False, metadata={"help": "head mode: the speech head, its pooling and the layer weights learn in stage 1 only"})
+    freeze_speech_head: bool = field(default=False, metadata={"help": "head mode: the speech head, its pooling and the layer weights learn in stage 1 only (answer mode has no speech head: ignored)"})
     # After training, fit each answer's prior on the dev split and divide it out at inference (AnswerCalibration).
     calibrate: bool = field(default=True, metadata={"help": "fit each prompt variant's answer prior on the dev split after training and divide it out"})
     pooling_attention_size: int = field(default=64, metadata={"help": "head mode: attention size of the speech head's attentive statistics pooling", "min": 1})
@@ -100,9 +100,9 @@ class AudioLLMBranchConfig(LLMConfig):
         if self.speech_warmup_steps and self.mode == "answer" and not (self.attribute_head or self.speech_class_head):
             issues.append("speech_warmup_steps > 0 trains the speech heads, but attribute_head and speech_class_head are "
                           "both off; turn one on or set speech_warmup_steps=0")
-        if self.freeze_speech_head and (self.mode != "head" or not self.speech_warmup_steps):
-            issues.append("freeze_speech_head keeps the speech head that stage 1 trains in head mode; set model.mode=head "
-                          "and model.speech_warmup_steps > 0, or freeze_speech_head=false")
+        if self.freeze_speech_head and self.mode == "head" and not self.speech_warmup_steps:
+            issues.append("freeze_speech_head keeps the speech head that stage 1 trains, but speech_warmup_steps is 0: it "
+                          "would never learn; set model.speech_warmup_steps > 0 or model.freeze_speech_head=false")
         if issues:
             raise ValueError("\n".join(issues))
 
