@@ -54,7 +54,7 @@ def warm_up(setup: Any, recipe: Any, device: torch.device | str = "cpu", progres
         p.requires_grad_(False)
     for p in stage_one_only:
         p.requires_grad_(True)
-    eval_every = getattr(setup, "warmup_eval_every", 0) if setup.eval_set is not None else 0
+    eval_every = setup.warmup_eval_every if setup.eval_set is not None else 0
     selection = _Selection(recipe.train.metric_for_best, model, params)
     model.train()
     losses: list[float] = []
@@ -103,11 +103,14 @@ def warm_up(setup: Any, recipe: Any, device: torch.device | str = "cpu", progres
 
 class _Selection:
     """The best front-end state seen on dev (by ``metric``), kept on the CPU and put back at the end: the moving
-    parameters and every buffer (the heads' running standardisation statistics move in train mode too)."""
+    parameters and the buffers of the model's parts that hold them (the heads' running standardisation statistics
+    move in train mode too; the frozen LLM and encoders are not copied)."""
 
     def __init__(self, metric: str, model: torch.nn.Module, params: list[torch.nn.Parameter]):
         self.metric, self.params = metric, params
-        self.buffers = [b for b in model.buffers() if b.is_floating_point() or b.dtype == torch.long]
+        moving = {id(p) for p in params}
+        parts = [child for child in model.children() if any(id(p) in moving for p in child.parameters())]
+        self.buffers = [b for part in parts for b in part.buffers()]
         self.best_step: int | None = None
         self.best_metrics: dict[str, float] = {}
         self.best_value = float("-inf")
