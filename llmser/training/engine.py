@@ -54,6 +54,34 @@ class EvalOutput:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+# One scored example: (dataset index, class probabilities, attributes, label, attribute targets).
+EvalRow = tuple[int, list | None, list | None, int, list]
+
+
+def output_rows(idx: list[int], out: Any, batch: dict) -> list[EvalRow]:
+    """A batch's model outputs (``class_logits``/``attributes``) and targets as rows, one per example."""
+    probs = torch.softmax(out.class_logits.float(), -1).cpu().tolist() if out.class_logits is not None else None
+    attrs = out.attributes.float().cpu().tolist() if out.attributes is not None else None
+    labels = batch["label"].cpu().tolist()
+    targets = batch["attributes"].float().cpu().tolist()
+    return [(i, probs[k] if probs else None, attrs[k] if attrs else None, labels[k], targets[k])
+            for k, i in enumerate(idx)]
+
+
+def scored_output(rows: list[EvalRow]) -> EvalOutput:
+    """Rows (any order) -> an ``EvalOutput`` in dataset order with its metrics."""
+    rows = sorted(rows, key=lambda r: r[0])
+    out = EvalOutput(
+        indices=np.array([r[0] for r in rows]),
+        probs=np.array([r[1] for r in rows]) if rows and rows[0][1] is not None else None,
+        attributes=np.array([r[2] for r in rows]) if rows and rows[0][2] is not None else None,
+        labels=np.array([r[3] for r in rows]),
+        targets=np.array([r[4] for r in rows], dtype=np.float64).reshape(-1, 3),
+    )
+    out.metrics = score(out.labels, out.probs, out.targets, out.attributes)
+    return out
+
+
 def score(labels: np.ndarray, probs: np.ndarray | None, targets: np.ndarray,
           attributes: np.ndarray | None) -> dict[str, float]:
     """Macro-F1 over labelled examples, CCC per attribute, and the model-selection summaries."""
@@ -210,7 +238,7 @@ class Trainer:
         model.train()
         total = 0.0
         for i, batch in enumerate(micro_batches):
-            batch = _to_device(batch, acc.device)
+            batch = to_device(batch, acc.device)
             last = i == len(micro_batches) - 1
             sync = acc.no_sync(model) if (not last and acc.num_processes > 1) else _nullcontext()
             with sync, acc.autocast():
@@ -276,37 +304,23 @@ class Trainer:
         n = len(dataset)
         shard = np.array_split(np.arange(n), acc.num_processes)[acc.process_index]
         bs = self.recipe.data.eval_batch_size
-        rows: list[tuple[int, list | None, list | None, int, list]] = []
+        rows: list[EvalRow] = []
         for start in _progress(range(0, len(shard), bs), disable=not self.is_main, desc=desc, leave=False):
             indexed = [(i, dataset[i]) for i in shard[start:start + bs].tolist()]
             # data.eval_max_tokens: split a batch whose rows x padded length would exceed the budget
             for part, batch in budget_batches(indexed, lambda group: self.collate_fn([e for _, e in group]),
                                               self.recipe.data.eval_max_tokens):
-                rows += self._eval_rows([i for i, _ in part], _to_device(batch, acc.device))
+                rows += self._eval_rows([i for i, _ in part], to_device(batch, acc.device))
         if acc.num_processes > 1:
             from accelerate.utils import gather_object
 
             rows = gather_object(rows)  # every process's rows, concatenated
-        rows.sort(key=lambda r: r[0])
-        out = EvalOutput(
-            indices=np.array([r[0] for r in rows]),
-            probs=np.array([r[1] for r in rows]) if rows and rows[0][1] is not None else None,
-            attributes=np.array([r[2] for r in rows]) if rows and rows[0][2] is not None else None,
-            labels=np.array([r[3] for r in rows]),
-            targets=np.array([r[4] for r in rows], dtype=np.float64).reshape(-1, 3),
-        )
-        out.metrics = score(out.labels, out.probs, out.targets, out.attributes)
-        return out
+        return scored_output(rows)
 
-    def _eval_rows(self, idx: list[int], batch: dict) -> list[tuple[int, list | None, list | None, int, list]]:
+    def _eval_rows(self, idx: list[int], batch: dict) -> list[EvalRow]:
         with self.accelerator.autocast():
             out = self.model(**batch)
-        probs = torch.softmax(out.class_logits.float(), -1).cpu().tolist() if out.class_logits is not None else None
-        attrs = out.attributes.float().cpu().tolist() if out.attributes is not None else None
-        labels = batch["label"].cpu().tolist()
-        targets = batch["attributes"].float().cpu().tolist()
-        return [(i, probs[k] if probs else None, attrs[k] if attrs else None, labels[k], targets[k])
-                for k, i in enumerate(idx)]
+        return output_rows(idx, out, batch)
 
     # ------------------------------------------------------------------ saving
 
@@ -368,7 +382,7 @@ def _log_soft_label_rows(loss: Any, train_labels: Sequence[int] | None) -> None:
                     unlabelled)
 
 
-def _to_device(batch: dict, device: torch.device) -> dict:
+def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 

@@ -35,6 +35,7 @@ def warm_up(setup: Any, recipe: Any, device: torch.device | str = "cpu", progres
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
+    from llmser.training.engine import to_device
     from llmser.training.losses import MultiTaskLoss
 
     model, steps = setup.model, setup.warmup_steps
@@ -65,7 +66,7 @@ def warm_up(setup: Any, recipe: Any, device: torch.device | str = "cpu", progres
             if hasattr(setup.train_set, "set_epoch"):
                 setup.train_set.set_epoch(epoch)
             for batch in loader:
-                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                batch = to_device(batch, device)
                 out = model.warmup_outputs(**batch)
                 loss = criterion(out.class_logits, out.attributes, batch, out.auxiliary_class_logits)["loss"]
                 optimizer.zero_grad(set_to_none=True)
@@ -131,22 +132,13 @@ class _Selection:
 @torch.no_grad()
 def _score_front_end(setup: Any, recipe: Any, device: torch.device | str) -> dict[str, float]:
     """Dev scores of stage 1's outputs (``warmup_outputs``), as the engine scores a whole model."""
-    import numpy as np
+    from llmser.training.engine import output_rows, scored_output, to_device
 
-    from llmser.training.engine import score
-
-    model = setup.model
+    model, dataset, bs = setup.model, setup.eval_set, recipe.data.eval_batch_size
     model.eval()
-    labels, probs, targets, attributes = [], [], [], []
-    bs = recipe.data.eval_batch_size
-    for start in range(0, len(setup.eval_set), bs):
-        batch = setup.collate_fn([setup.eval_set[i] for i in range(start, min(start + bs, len(setup.eval_set)))])
-        out = model.warmup_outputs(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
-        if out.class_logits is not None:
-            probs.append(torch.softmax(out.class_logits.float(), -1).cpu().numpy())
-        if out.attributes is not None:
-            attributes.append(out.attributes.float().cpu().numpy())
-        labels.append(batch["label"].numpy())
-        targets.append(batch["attributes"].float().numpy())
-    return score(np.concatenate(labels), np.concatenate(probs) if probs else None, np.concatenate(targets),
-                 np.concatenate(attributes) if attributes else None)
+    rows = []
+    for start in range(0, len(dataset), bs):
+        idx = list(range(start, min(start + bs, len(dataset))))
+        batch = to_device(setup.collate_fn([dataset[i] for i in idx]), device)
+        rows += output_rows(idx, model.warmup_outputs(**batch), batch)
+    return scored_output(rows).metrics
