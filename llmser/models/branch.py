@@ -54,6 +54,9 @@ class BranchSetup:
     warmup_lr: float = 1.0e-3
     # > 0: stage 1 scores ``warmup_outputs`` on eval_set this often and ends on its best state (train.metric_for_best).
     warmup_eval_every: int = 0
+    # The model has a closed-form readout (``heads.readout``, ``llmser.models.readout``) that the engine fits on
+    # ``readout_inputs`` of the train split (penalty chosen on eval_set) before stage 1 and training.
+    fit_readout: bool = False
 
 
 @runtime_checkable

@@ -124,6 +124,13 @@ def bounded_attributes(raw: torch.Tensor) -> torch.Tensor:
     return ATTRIBUTE_MIN + (ATTRIBUTE_MAX - ATTRIBUTE_MIN) * torch.sigmoid(raw)
 
 
+def unbounded_attributes(attributes: torch.Tensor, margin: float = 1e-3) -> torch.Tensor:
+    """The inverse of ``bounded_attributes``: (B, 3) values on the 1-7 scale -> the raw outputs that give them
+    (values at or beyond the scale's ends are taken ``margin`` of the range inside it)."""
+    unit = ((attributes - ATTRIBUTE_MIN) / (ATTRIBUTE_MAX - ATTRIBUTE_MIN)).clamp(margin, 1.0 - margin)
+    return torch.logit(unit)
+
+
 def _mlp(input_size: int, hidden_size: int, output_size: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(nn.Dropout(dropout), nn.Linear(input_size, hidden_size), nn.GELU(),
                          nn.Dropout(dropout), nn.Linear(hidden_size, output_size))

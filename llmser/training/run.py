@@ -46,10 +46,14 @@ def run(recipe_path: str | Path, overrides: list[str] | None = None, resume: str
     spec = get_branch(recipe.branch)
     setup = spec.prepare_fn(recipe, model_config, corpus, accelerator)
     warmup = {}
+    if setup.fit_readout and resume is None:  # a resumed run's checkpoint already holds the fitted readout
+        from llmser.training.readout import fit_readout
+
+        warmup.update(fit_readout(setup, recipe, accelerator.device, progress=accelerator.is_main_process))
     if setup.warmup_steps and resume is None:  # a resumed run's checkpoint already holds the stage-1 weights
         from llmser.training.warmup import warm_up
 
-        warmup = warm_up(setup, recipe, accelerator.device, progress=accelerator.is_main_process)
+        warmup.update(warm_up(setup, recipe, accelerator.device, progress=accelerator.is_main_process))
     trainer = Trainer(recipe, setup.model, setup.train_set, setup.eval_set, setup.collate_fn,
                       class_counts=setup.class_counts, train_labels=setup.train_labels, accelerator=accelerator)
     state = trainer.fit(resume=resume)

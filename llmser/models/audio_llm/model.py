@@ -324,8 +324,11 @@ class AudioLLMEmotionModel(LoRAMember):
         dq = self.speech.queries.shape[-1]
         self.head_mode = config.mode == "head"
         # head mode: heads on the pooled speech + the LLM state; answer mode: an attribute head on the speech tokens
+        readout_size = (encoders.whisper_layers * encoders.whisper_size + encoders.second_size
+                        if config.attribute_readout == "ridge" else None)
         self.heads = SpeechLLMHeads(encoders.whisper_size, hidden, config.head_hidden_size, config.dropout,
-                                    config.attribute_head, config.pooling_attention_size) if self.head_mode else None
+                                    config.attribute_head, config.pooling_attention_size,
+                                    readout_size) if self.head_mode else None
         self.attribute_head = AttributeHead(dq, config.head_hidden_size, config.dropout) \
             if config.attribute_head and not self.head_mode else None
         self.speech_class_head = (EmotionHeads(dq, config.head_hidden_size, config.dropout, attributes=False)
@@ -388,7 +391,7 @@ class AudioLLMEmotionModel(LoRAMember):
         state. Head mode: the speech head's outputs (pooled encoder frames), the auxiliary head on the Q-Former."""
         if self.head_mode:
             pooled = self.pool_speech(speech_frames, frame_mask)
-            logits, attributes = self.heads.speech_only(pooled)
+            logits, attributes = self.heads.speech_only(pooled, self.readout_inputs(speech_frames, frame_mask))
             return EmotionOutput(class_logits=logits, attributes=attributes, embedding=pooled,
                                  auxiliary_class_logits=self._auxiliary(speech_frames, frame_mask))
         _, token_mask, states = self.speech(speech_frames, frame_mask)
@@ -399,6 +402,13 @@ class AudioLLMEmotionModel(LoRAMember):
         """Head mode: (B, T, D) cached frames -> (B, 2Dw) attentive statistics of the layer-weighted Whisper frames."""
         frames = self.speech.combine(speech_frames.float())[..., : self.speech.whisper_size]
         return self.heads.pool(frames, frame_mask)
+
+    def readout_inputs(self, speech_frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor | None:
+        """Head mode with ``attribute_readout: ridge``: (B, T, D) cached frames -> (B, D) their clip means (every
+        Whisper layer, and the second encoder, side by side): what the ridge readout reads. None otherwise."""
+        if self.heads is None or self.heads.readout is None:
+            return None
+        return _masked_mean(speech_frames.float(), frame_mask)
 
     def _auxiliary(self, speech_frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor | None:
         """The auxiliary class head's logits on the mean Q-Former state (trains the Q-Former in stage 1)."""
@@ -476,7 +486,7 @@ class AudioLLMEmotionModel(LoRAMember):
         else:
             pieces = (before_ids, before_mask, after_ids, after_mask)
             state = self.last_state(*self.splice_with_segments(tokens, token_mask, *pieces))
-        logits, attributes = self.heads(pooled, state)
+        logits, attributes = self.heads(pooled, state, self.readout_inputs(speech_frames, frame_mask))
         auxiliary = self.speech_class_head(_masked_mean(states, token_mask))[0] if self.speech_class_head else None
         return EmotionOutput(class_logits=logits, attributes=attributes, embedding=self.heads.embedding(pooled, state),
                              auxiliary_class_logits=auxiliary)
@@ -576,8 +586,10 @@ class AudioLLMEmotionModel(LoRAMember):
                 tokens, token_mask, *pad_pieces(self.tokenizer, [row[j] for row in pieces], device=tokens.device)))
                 for j in range(k)], dim=1)
         pooled = pooled.repeat_interleave(k, dim=0)  # (B*K, 2Dw), row b*K + j
+        readout = self.readout_inputs(speech_frames, frame_mask)
+        readout = readout.repeat_interleave(k, dim=0) if readout is not None else None
         flat = states.reshape(batch * k, -1)
-        logits, attributes = self.heads(pooled, flat)
+        logits, attributes = self.heads(pooled, flat, readout)
         probs = logits.float().softmax(-1).view(batch, k, -1).transpose(0, 1).cpu().numpy()
         per_variant = attributes.view(batch, k, -1) if attributes is not None else None
         return probs, per_variant, self.heads.embedding(pooled, flat).view(batch, k, -1).mean(1)

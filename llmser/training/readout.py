@@ -1,0 +1,59 @@
+"""Fit a branch's closed-form readout before any gradient step (``BranchSetup.fit_readout``).
+
+The audio-LLM's ``attribute_readout: ridge`` reads arousal/valence/dominance from the clip means of the frozen
+encoder's cached frames (``llmser.models.readout``). Those features never change during training, so the readout
+is fitted once, first: on the train split, its ridge penalty chosen per attribute on dev (the classical baseline
+chooses its own the same way), or by leave-one-out on train when the run has no dev split. Stage 1 and the full
+training then run with it fixed, and the model saves it with its other weights.
+
+Every process fits the same readout on the same whole splits (closed form, deterministic), so no rank differs.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from llmser.schema import ATTRIBUTES
+from llmser.utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+
+def fit_readout(setup: Any, recipe: Any, device: torch.device | str = "cpu", progress: bool = True) -> dict[str, Any]:
+    """Fit ``setup.model``'s readout on the train split (penalty on dev when there is one); returns what it chose."""
+    start = time.perf_counter()
+    model = setup.model
+    x_train, y_train = _clip_features(model, setup.train_set, setup.collate_fn, recipe, device, progress, "train")
+    dev = (_clip_features(model, setup.eval_set, setup.collate_fn, recipe, device, progress, "dev")
+           if setup.eval_set is not None else (None, None))
+    report = model.heads.readout.fit(x_train, y_train, *dev, alphas=model.config.readout_alphas)
+    chosen = {name: choice for name, choice in zip(ATTRIBUTES, report)}
+    seconds = time.perf_counter() - start
+    logger.info("ridge readout fitted in %.1f s on %d train clips x %d features: %s", seconds, x_train.shape[0],
+                x_train.shape[1], ", ".join(f"{name} alpha={c['alpha']:g} ({_score(c)})" for name, c in chosen.items()))
+    return {"readout": chosen, "readout_seconds": seconds}
+
+
+def _score(choice: dict) -> str:
+    return f"dev CCC {choice['dev_ccc']:.3f}" if "dev_ccc" in choice else f"leave-one-out CCC {choice['loo_ccc']:.3f}"
+
+
+@torch.no_grad()
+def _clip_features(model: Any, dataset: Any, collate_fn: Any, recipe: Any, device: torch.device | str,
+                   progress: bool, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, F) readout inputs and (N, 3) attribute targets (NaN where a clip has none) of a whole split."""
+    from tqdm.auto import tqdm
+
+    from llmser.training.engine import to_device
+
+    features, targets = [], []
+    size = recipe.data.eval_batch_size
+    for start in tqdm(range(0, len(dataset), size), desc=f"ridge readout: {split} clips", disable=not progress,
+                      leave=False):
+        batch = to_device(collate_fn([dataset[i] for i in range(start, min(start + size, len(dataset)))]), device)
+        features.append(model.readout_inputs(batch["speech_frames"], batch["frame_mask"]).cpu())
+        targets.append(batch["attributes"].float().cpu())
+    return torch.cat(features), torch.cat(targets)
