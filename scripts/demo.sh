@@ -7,6 +7,7 @@
 #   5. the text branch on transcripts with SmolLM2-135M-Instruct: zero-shot prompt voting and LoRA + head
 #      (the training engine); with --sft also LoRA instruction tuning (trl SFT) with prompt voting (+~10 min),
 #   6. the SALMONN-style audio-LLM (Whisper tiny.en -> window-level Q-Former -> SmolLM2 + LoRA) from speech only;
+#      its attributes come from a ridge readout of the cached frames, fitted in closed form first (penalty on dev);
 #      stage 1 trains the Q-Former and its speech heads alone on the cached frames (its best dev state is kept),
 #      then the LLM trains; the stage-1 model is a best-step candidate too (--audio-inputs speech+transcript:
 #      it also reads the words),
@@ -61,7 +62,7 @@ while [ $# -gt 0 ]; do
     --train-seed) TRAIN_SEED="$2"; shift 2 ;;   # internal: one seed of --seeds
     --no-summary) SUMMARY=0; shift ;;          # internal: --seeds writes one table over all seeds
     --asr-transcripts) ASR_INTERNAL=1; shift ;; # internal: the corpus is already the --drop-transcripts copy
-    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 0 ;;  # the header comment, whole
     *) echo "demo.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
