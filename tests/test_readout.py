@@ -175,11 +175,18 @@ def test_the_engine_fits_the_readout_before_stage_one(tmp_path):
     assert set(result["readout"]) == {"arousal", "valence", "dominance"} and "warmup_loss" in result
 
 
-def test_the_ridge_readout_is_refused_outside_head_mode():
-    from llmser.models.audio_llm.config import AudioLLMBranchConfig
+def test_the_ridge_readout_is_ignored_in_answer_mode_and_bad_settings_are_refused():
+    """One recipe serves both modes (as freeze_speech_head): answer mode has no speech head, so no readout is built
+    or fitted there."""
+    import tiny_models  # noqa: E402 - the tests folder is on sys.path under pytest
 
-    with pytest.raises(ValueError, match="attribute_readout: ridge is the head mode's"):
-        AudioLLMBranchConfig(llm="tiny", whisper="tiny", attribute_readout="ridge")
+    from llmser.models.audio_llm.config import AudioLLMBranchConfig
+    from llmser.models.audio_llm.model import AudioLLMEmotionModel
+
+    answer = AudioLLMEmotionModel.from_config(tiny_models.config("audio_llm", attribute_readout="ridge"))
+    assert not answer.has_readout and answer.heads is None
+    head = AudioLLMEmotionModel.from_config(tiny_models.config("audio_llm", mode="head", attribute_readout="ridge"))
+    assert head.has_readout
     with pytest.raises(ValueError, match="attribute_readout must be 'head' or 'ridge'"):
         AudioLLMBranchConfig(llm="tiny", whisper="tiny", mode="head", attribute_readout="lasso")
     with pytest.raises(ValueError, match="readout_alphas must list positive"):

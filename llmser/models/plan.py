@@ -56,6 +56,7 @@ class PlanSpec:
     encoder_window_seconds: float | None = None  # Whisper's input window when cropped below 30 s (None: 30 s)
     layer_weighting: bool = True
     pooling_attention_size: int = 128
+    ridge_readout: bool = False  # audio_llm head mode, attribute_readout: ridge (no speech attribute MLP to train)
     head_hidden_size: int = 256
     batch_size: int = 8  # per process
     seq_len: int = 512  # text tokens per example (prompt + answer)

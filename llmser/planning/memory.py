@@ -835,7 +835,9 @@ def _speech_llm_heads_component(spec: PlanSpec, speech_size: int, llm_size: int)
     from llmser.models.layers import LayerWeightedSum
 
     with torch.device("meta"):
-        heads = SpeechLLMHeads(speech_size, llm_size, spec.head_hidden_size, 0.0, True, spec.pooling_attention_size)
+        readout = spec.encoder_hidden_states * speech_size if spec.ridge_readout else None  # buffers, not trained
+        heads = SpeechLLMHeads(speech_size, llm_size, spec.head_hidden_size, 0.0, True, spec.pooling_attention_size,
+                               readout)
         weights = LayerWeightedSum(spec.encoder_hidden_states) if spec.encoder_hidden_states > 1 else None
     n = sum(p.numel() for m in (heads, weights) if m is not None for p in m.parameters())
     return _trained_component("layer weights + speech/LLM-state heads (head mode)", "llmser.models.audio_llm.heads", n)

@@ -67,7 +67,7 @@ def prepare(recipe: Recipe, config: AudioLLMBranchConfig, corpus: Any, accelerat
                        train_labels=class_labels(train_utts),
                        warmup_steps=config.speech_warmup_steps, warmup_lr=config.speech_warmup_lr,
                        warmup_eval_every=config.speech_warmup_eval_every,
-                       fit_readout=config.mode == "head" and config.attribute_readout == "ridge")
+                       fit_readout=model.has_readout)
 
 
 @torch.no_grad()

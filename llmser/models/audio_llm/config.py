@@ -64,7 +64,8 @@ class AudioLLMBranchConfig(LLMConfig):
     # Head mode: where the speech side's arousal/valence/dominance come from. head: the speech head's MLP, trained in
     # stage 1. ridge: a ridge regression on the clip means of every cached encoder feature, fitted in closed form
     # before stage 1 with its penalty chosen per attribute on dev (models/readout.py); the LLM head still adds to it.
-    attribute_readout: Literal["head", "ridge"] = field(default="head", metadata={"help": "head mode: attributes from the speech head's MLP (head) or a closed-form ridge readout of the clip-mean encoder features (ridge)"})
+    # Answer mode (and attribute_head: false) has no speech head: ignored there, so one recipe serves both modes.
+    attribute_readout: Literal["head", "ridge"] = field(default="head", metadata={"help": "head mode: attributes from the speech head's MLP (head) or a closed-form ridge readout of the clip-mean encoder features (ridge); ignored in answer mode"})
     readout_alphas: list[float] = field(default_factory=lambda: [1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0], metadata={"help": "ridge penalties the readout chooses from per attribute (on dev; leave-one-out on train without dev)"})
     # An auxiliary class head on the mean Q-Former state, trained with weight loss.auxiliary_class_weight: it gives
     # the Q-Former a direct emotion signal instead of only the one that comes back through all LLM layers
@@ -107,9 +108,6 @@ class AudioLLMBranchConfig(LLMConfig):
                           "both off; turn one on or set speech_warmup_steps=0")
         if self.attribute_readout not in ("head", "ridge"):
             issues.append(f"attribute_readout must be 'head' or 'ridge', got {self.attribute_readout!r}")
-        if self.attribute_readout == "ridge" and (self.mode != "head" or not self.attribute_head):
-            issues.append("attribute_readout: ridge is the head mode's attribute readout; set model.mode=head and "
-                          "model.attribute_head=true, or model.attribute_readout=head")
         if not self.readout_alphas or min(self.readout_alphas) <= 0:
             issues.append(f"readout_alphas must list positive ridge penalties, got {self.readout_alphas}")
         if self.freeze_speech_head and self.mode == "head" and not self.speech_warmup_steps:

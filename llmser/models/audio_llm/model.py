@@ -325,7 +325,7 @@ class AudioLLMEmotionModel(LoRAMember):
         self.head_mode = config.mode == "head"
         # head mode: heads on the pooled speech + the LLM state; answer mode: an attribute head on the speech tokens
         readout_size = (encoders.whisper_layers * encoders.whisper_size + encoders.second_size
-                        if config.attribute_readout == "ridge" else None)
+                        if config.attribute_readout == "ridge" else None)  # head mode only (SpeechLLMHeads)
         self.heads = SpeechLLMHeads(encoders.whisper_size, hidden, config.head_hidden_size, config.dropout,
                                     config.attribute_head, config.pooling_attention_size,
                                     readout_size) if self.head_mode else None
@@ -403,10 +403,15 @@ class AudioLLMEmotionModel(LoRAMember):
         frames = self.speech.combine(speech_frames.float())[..., : self.speech.whisper_size]
         return self.heads.pool(frames, frame_mask)
 
+    @property
+    def has_readout(self) -> bool:
+        """Head mode with ``attribute_readout: ridge`` (and attributes): training fits ``heads.readout`` first."""
+        return self.heads is not None and self.heads.readout is not None
+
     def readout_inputs(self, speech_frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor | None:
-        """Head mode with ``attribute_readout: ridge``: (B, T, D) cached frames -> (B, D) their clip means (every
-        Whisper layer, and the second encoder, side by side): what the ridge readout reads. None otherwise."""
-        if self.heads is None or self.heads.readout is None:
+        """With a readout: (B, T, D) cached frames -> (B, D) their clip means (every Whisper layer, and the second
+        encoder, side by side): what the ridge readout reads. None otherwise."""
+        if not self.has_readout:
             return None
         return _masked_mean(speech_frames.float(), frame_mask)
 

@@ -26,4 +26,5 @@ def plan_spec(recipe: Recipe, config: AudioLLMBranchConfig, name: str) -> PlanSp
                     encoder_window_seconds=config.encoder_window_seconds, seq_len=text,
                     llm_mode="head" if config.mode == "head" else "answer", encoder_hidden_states=states,
                     head_hidden_size=config.head_hidden_size, pooling_attention_size=config.pooling_attention_size,
+                    ridge_readout=config.attribute_readout == "ridge",
                     audio_seconds=min(recipe.data.max_seconds, config.max_audio_seconds))
