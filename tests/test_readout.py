@@ -81,7 +81,7 @@ def test_rows_without_a_target_are_left_out_of_that_attribute_only():
     few = y.clone()
     few[2:, 2] = float("nan")
     with pytest.raises(ValueError, match="output 2 has 2 train rows"):
-        RidgeReadout(x.shape[1]).fit(x, few)
+        RidgeReadout(x.shape[1]).fit(x, few, alphas=(1.0,))
 
 
 def test_an_unfitted_readout_refuses_to_predict_and_a_fitted_one_saves_as_buffers(tmp_path):
@@ -91,14 +91,14 @@ def test_an_unfitted_readout_refuses_to_predict_and_a_fitted_one_saves_as_buffer
     readout = RidgeReadout(x.shape[1])
     with pytest.raises(RuntimeError, match="has not been fitted"):
         readout(x)
-    readout.fit(x, y)
+    readout.fit(x, y, alphas=(1.0, 100.0))
     assert not list(readout.parameters())  # nothing for an optimizer: the closed form is the training
     save_file(readout.state_dict(), str(tmp_path / "readout.safetensors"))
     again = RidgeReadout(x.shape[1])
     again.load_state_dict(load_file(str(tmp_path / "readout.safetensors")))
     torch.testing.assert_close(again(x), readout(x))
     with pytest.raises(ValueError, match="features must be"):
-        readout.fit(x, y[:, :2])
+        readout.fit(x, y[:, :2], alphas=(1.0,))
 
 
 def test_unbounded_attributes_inverts_the_bounding_sigmoid():

@@ -22,8 +22,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-DEFAULT_ALPHAS = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)
-
 
 class RidgeReadout(nn.Module):
     """``outputs`` linear regressions on standardised features; ``forward`` (B, F) -> (B, outputs)."""
@@ -46,9 +44,10 @@ class RidgeReadout(nn.Module):
 
     @torch.no_grad()
     def fit(self, features: torch.Tensor, targets: torch.Tensor, dev_features: torch.Tensor | None = None,
-            dev_targets: torch.Tensor | None = None, alphas: Sequence[float] = DEFAULT_ALPHAS) -> list[dict]:
-        """Fit every output on (N, F) features and (N, outputs) targets; returns per output the penalty chosen and
-        the score that chose it (``dev_ccc`` or ``loo_ccc``)."""
+            dev_targets: torch.Tensor | None = None, *, alphas: Sequence[float]) -> list[dict]:
+        """Fit every output on (N, F) features and (N, outputs) targets, trying each penalty in ``alphas`` (the
+        audio-LLM's grid is ``model.readout_alphas``); returns per output the penalty chosen and the score that
+        chose it (``dev_ccc`` or ``loo_ccc``)."""
         if features.ndim != 2 or targets.ndim != 2 or targets.shape != (features.shape[0], self.weight.shape[1]):
             raise ValueError(f"ridge readout: features must be (N, {self.weight.shape[0]}) and targets (N, "
                              f"{self.weight.shape[1]}), got {tuple(features.shape)} and {tuple(targets.shape)}")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -384,6 +384,15 @@ def _log_soft_label_rows(loss: Any, train_labels: Sequence[int] | None) -> None:
 
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def ordered_batches(dataset: Any, collate_fn: Any, batch_size: int, device: torch.device | str
+                    ) -> Iterator[tuple[list[int], dict]]:
+    """A whole split in dataset order, ``batch_size`` examples at a time, on ``device``: (indices, batch) pairs,
+    for the passes over a split that run outside ``Trainer.evaluate`` (stage 1's dev score, the readout's fit)."""
+    for start in range(0, len(dataset), batch_size):
+        idx = list(range(start, min(start + batch_size, len(dataset))))
+        yield idx, to_device(collate_fn([dataset[i] for i in idx]), device)
 
 
 class _nullcontext:

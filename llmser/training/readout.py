@@ -30,7 +30,7 @@ def fit_readout(setup: Any, recipe: Any, device: torch.device | str = "cpu", pro
     dev = (_clip_features(model, setup.eval_set, setup.collate_fn, recipe, device, progress, "dev")
            if setup.eval_set is not None else (None, None))
     report = model.heads.readout.fit(x_train, y_train, *dev, alphas=model.config.readout_alphas)
-    chosen = {name: choice for name, choice in zip(ATTRIBUTES, report)}
+    chosen = dict(zip(ATTRIBUTES, report))
     seconds = time.perf_counter() - start
     logger.info("ridge readout fitted in %.1f s on %d train clips x %d features: %s", seconds, x_train.shape[0],
                 x_train.shape[1], ", ".join(f"{name} alpha={c['alpha']:g} ({_score(c)})" for name, c in chosen.items()))
@@ -47,13 +47,12 @@ def _clip_features(model: Any, dataset: Any, collate_fn: Any, recipe: Any, devic
     """(N, F) readout inputs and (N, 3) attribute targets (NaN where a clip has none) of a whole split."""
     from tqdm.auto import tqdm
 
-    from llmser.training.engine import to_device
+    from llmser.training.engine import ordered_batches
 
     features, targets = [], []
     size = recipe.data.eval_batch_size
-    for start in tqdm(range(0, len(dataset), size), desc=f"ridge readout: {split} clips", disable=not progress,
-                      leave=False):
-        batch = to_device(collate_fn([dataset[i] for i in range(start, min(start + size, len(dataset)))]), device)
+    for _, batch in tqdm(ordered_batches(dataset, collate_fn, size, device), total=-(-len(dataset) // size),
+                         desc=f"ridge readout: {split} clips", disable=not progress, leave=False):
         features.append(model.readout_inputs(batch["speech_frames"], batch["frame_mask"]).cpu())
         targets.append(batch["attributes"].float().cpu())
     return torch.cat(features), torch.cat(targets)

@@ -132,13 +132,11 @@ class _Selection:
 @torch.no_grad()
 def _score_front_end(setup: Any, recipe: Any, device: torch.device | str) -> dict[str, float]:
     """Dev scores of stage 1's outputs (``warmup_outputs``), as the engine scores a whole model."""
-    from llmser.training.engine import output_rows, scored_output, to_device
+    from llmser.training.engine import ordered_batches, output_rows, scored_output
 
-    model, dataset, bs = setup.model, setup.eval_set, recipe.data.eval_batch_size
+    model = setup.model
     model.eval()
     rows = []
-    for start in range(0, len(dataset), bs):
-        idx = list(range(start, min(start + bs, len(dataset))))
-        batch = to_device(setup.collate_fn([dataset[i] for i in idx]), device)
+    for idx, batch in ordered_batches(setup.eval_set, setup.collate_fn, recipe.data.eval_batch_size, device):
         rows += output_rows(idx, model.warmup_outputs(**batch), batch)
     return scored_output(rows).metrics
