@@ -35,9 +35,9 @@ def test_the_fit_is_the_textbook_ridge_solution_at_the_penalty_chosen_on_dev():
     x, y = _data(n=70, noise=0.5)
     x, y, dev_x, dev_y = x[:40], y[:40], x[40:], y[40:]
     readout = RidgeReadout(x.shape[1])
-    report = readout.fit(x, y, dev_x, dev_y, alphas=(0.1, 10.0, 1000.0))
+    report = readout.fit(x, y, dev_x, dev_y, alphas=(0.1, 10.0, 1000.0), rescale=False)
     for k, choice in enumerate(report):
-        assert set(choice) == {"alpha", "dev_ccc"} and choice["alpha"] == pytest.approx(float(readout.alpha[k]))
+        assert set(choice) == {"alpha", "dev_ccc", "scale"} and choice["scale"] == 1.0 and choice["alpha"] == pytest.approx(float(readout.alpha[k]))
         torch.testing.assert_close(readout(x)[:, k].double(), _explicit_ridge(x, y[:, k], choice["alpha"]),
                                    atol=1e-4, rtol=1e-4)
     # the chosen penalty is the one with the best dev CCC among those offered
@@ -46,7 +46,7 @@ def test_the_fit_is_the_textbook_ridge_solution_at_the_penalty_chosen_on_dev():
         scores = {}
         for alpha in (0.1, 10.0, 1000.0):
             other = RidgeReadout(x.shape[1])
-            other.fit(x, y, dev_x, dev_y, alphas=(alpha,))
+            other.fit(x, y, dev_x, dev_y, alphas=(alpha,), rescale=False)
             scores[alpha] = concordance(other(dev_x)[:, k], dev_y[:, k])
         assert report[k]["alpha"] == max(scores, key=scores.get)
         assert report[k]["dev_ccc"] == pytest.approx(max(scores.values()), abs=1e-5)
@@ -64,8 +64,51 @@ def test_without_dev_the_penalty_is_chosen_by_exact_leave_one_out_predictions():
         w = torch.linalg.solve(zc.T @ zc + 2.0 * torch.eye(z.shape[1], dtype=z.dtype), zc.T @ (yi - yi.mean()))
         assert float(loo[i]) == pytest.approx(float(z[i] @ w + yi.mean() - zi.mean(0) @ w), abs=1e-8)
     readout = RidgeReadout(x.shape[1])
-    report = readout.fit(x, y, alphas=(0.01, 2.0, 500.0))
+    report = readout.fit(x, y, alphas=(0.01, 2.0, 500.0), rescale=False)
     assert all("loo_ccc" in choice and "dev_ccc" not in choice for choice in report)
+
+
+def _explicit_leave_one_out(x: torch.Tensor, y: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Refit without each row in turn, on the standardisation of the whole train set (as the readout does)."""
+    z = (x.double() - x.double().mean(0)) / x.double().std(0, unbiased=False)
+    out = torch.empty(len(y), dtype=torch.float64)
+    for i in range(len(y)):
+        keep = torch.arange(len(y)) != i
+        zi, yi = z[keep], y[keep].double()
+        zc = zi - zi.mean(0)
+        w = torch.linalg.solve(zc.T @ zc + alpha * torch.eye(z.shape[1], dtype=z.dtype), zc.T @ (yi - yi.mean()))
+        out[i] = z[i] @ w + yi.mean() - zi.mean(0) @ w
+    return out
+
+
+def test_rescaling_stretches_each_output_to_the_spread_of_its_targets_out_of_sample():
+    """CCC punishes ridge's shrinkage: with rescale the weights are the plain ridge's times std(y) / std(the
+    leave-one-out predictions), the mean kept, and the penalty is chosen on the rescaled dev predictions."""
+    x, y = _data(n=60, noise=1.5, seed=3)
+    x, y, dev_x, dev_y = x[:30], y[:30], x[30:], y[30:]
+    alphas = (1.0, 30.0, 1000.0)
+    plain, stretched = RidgeReadout(x.shape[1]), RidgeReadout(x.shape[1])
+    stretched_report = stretched.fit(x, y, dev_x, dev_y, alphas=alphas, rescale=True)
+    from llmser.models.readout import concordance
+    for k, choice in enumerate(stretched_report):
+        alpha = choice["alpha"]
+        plain.fit(x, y, alphas=(alpha,), rescale=False)
+        loo = _explicit_leave_one_out(x, y[:, k], alpha)
+        scale = float(y[:, k].double().std(unbiased=False) / loo.std(unbiased=False))
+        assert choice["scale"] == pytest.approx(scale, rel=1e-6) and scale > 1.0  # ridge shrank: stretched
+        expected = y[:, k].double().mean() + scale * (plain(dev_x)[:, k].double() - y[:, k].double().mean())
+        torch.testing.assert_close(stretched(dev_x)[:, k].double(), expected, atol=1e-4, rtol=1e-4)
+        dev_scores = {}
+        for other_alpha in alphas:
+            other = RidgeReadout(x.shape[1])
+            other.fit(x, y, alphas=(other_alpha,), rescale=True)
+            dev_scores[other_alpha] = concordance(other(dev_x)[:, k], dev_y[:, k])
+        assert alpha == max(dev_scores, key=dev_scores.get)
+    # without dev, the rescaled leave-one-out predictions are what choose; they spread as the targets do
+    path = _RidgePath((x.double() - x.double().mean(0)) / x.double().std(0, unbiased=False), y[:, 0].double(),
+                      rescale=True)
+    assert float(path.leave_one_out(30.0).std(unbiased=False)) == pytest.approx(
+        float(y[:, 0].double().std(unbiased=False)), rel=1e-6)
 
 
 def test_rows_without_a_target_are_left_out_of_that_attribute_only():
@@ -73,15 +116,15 @@ def test_rows_without_a_target_are_left_out_of_that_attribute_only():
     holes = y.clone()
     holes[:10, 1] = float("nan")
     readout, reference = RidgeReadout(x.shape[1]), RidgeReadout(x.shape[1])
-    readout.fit(x, holes, alphas=(1.0,))
-    reference.fit(x[10:], y[10:], alphas=(1.0,))
+    readout.fit(x, holes, alphas=(1.0,), rescale=False)
+    reference.fit(x[10:], y[10:], alphas=(1.0,), rescale=False)
     assert torch.isfinite(readout(x)).all()
     # attribute 1 saw rows 10-39 only; the standardisation still uses every row, so compare predictions' order
     assert torch.corrcoef(torch.stack([readout(x)[:, 1], reference(x)[:, 1]]))[0, 1] > 0.999
     few = y.clone()
     few[2:, 2] = float("nan")
     with pytest.raises(ValueError, match="output 2 has 2 train rows"):
-        RidgeReadout(x.shape[1]).fit(x, few, alphas=(1.0,))
+        RidgeReadout(x.shape[1]).fit(x, few, alphas=(1.0,), rescale=False)
 
 
 def test_an_unfitted_readout_refuses_to_predict_and_a_fitted_one_saves_as_buffers(tmp_path):
@@ -91,14 +134,14 @@ def test_an_unfitted_readout_refuses_to_predict_and_a_fitted_one_saves_as_buffer
     readout = RidgeReadout(x.shape[1])
     with pytest.raises(RuntimeError, match="has not been fitted"):
         readout(x)
-    readout.fit(x, y, alphas=(1.0, 100.0))
+    readout.fit(x, y, alphas=(1.0, 100.0), rescale=False)
     assert not list(readout.parameters())  # nothing for an optimizer: the closed form is the training
     save_file(readout.state_dict(), str(tmp_path / "readout.safetensors"))
     again = RidgeReadout(x.shape[1])
     again.load_state_dict(load_file(str(tmp_path / "readout.safetensors")))
     torch.testing.assert_close(again(x), readout(x))
     with pytest.raises(ValueError, match="features must be"):
-        readout.fit(x, y[:, :2], alphas=(1.0,))
+        readout.fit(x, y[:, :2], alphas=(1.0,), rescale=False)
 
 
 def test_unbounded_attributes_inverts_the_bounding_sigmoid():

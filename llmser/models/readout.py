@@ -8,6 +8,14 @@ A non-linear head trained by a few hundred steps of 1 - CCC on 180-240 clips doe
 with a well-chosen L2 penalty finds; the closed form finds it exactly, in well under a second, with nothing to
 tune but the penalty. (``docs/audio_llm.md`` has the measurements.)
 
+Rescaled for CCC (``rescale=True``). Ridge shrinks its predictions toward the mean, and CCC punishes a spread
+that is too narrow: for a given correlation, CCC is highest when the predictions spread as widely as the
+targets. So each output's weights are multiplied by ``std(targets) / std(leave-one-out predictions)`` on train
+(out-of-sample predictions: the in-sample ones spread too widely), and the penalty is then chosen on the
+rescaled predictions. Measured on dev, clip means of all Whisper tiny.en layers, against the plain ridge:
+arousal / valence / dominance CCC 0.832 / 0.517 / 0.403 vs 0.823 / 0.497 / 0.313 (demo corpus) and
+0.769 / 0.583 / 0.511 vs 0.760 / 0.585 / 0.434 (corpus 2).
+
 The fit keeps everything in the module's buffers, so ``state_dict`` / safetensors carry it like any weight;
 nothing here is trained by gradient steps. ``fit`` takes train features and targets, and dev ones to choose
 the penalty per attribute by dev CCC; without dev it is chosen by the CCC of the leave-one-out predictions on
@@ -44,10 +52,11 @@ class RidgeReadout(nn.Module):
 
     @torch.no_grad()
     def fit(self, features: torch.Tensor, targets: torch.Tensor, dev_features: torch.Tensor | None = None,
-            dev_targets: torch.Tensor | None = None, *, alphas: Sequence[float]) -> list[dict]:
+            dev_targets: torch.Tensor | None = None, *, alphas: Sequence[float], rescale: bool) -> list[dict]:
         """Fit every output on (N, F) features and (N, outputs) targets, trying each penalty in ``alphas`` (the
-        audio-LLM's grid is ``model.readout_alphas``); returns per output the penalty chosen and the score that
-        chose it (``dev_ccc`` or ``loo_ccc``)."""
+        audio-LLM's grid is ``model.readout_alphas``), rescaled for CCC when ``rescale`` (``model.readout_rescale``);
+        returns per output the penalty chosen, the score that chose it (``dev_ccc`` or ``loo_ccc``) and the
+        ``scale`` applied (1.0 without rescaling)."""
         if features.ndim != 2 or targets.ndim != 2 or targets.shape != (features.shape[0], self.weight.shape[1]):
             raise ValueError(f"ridge readout: features must be (N, {self.weight.shape[0]}) and targets (N, "
                              f"{self.weight.shape[1]}), got {tuple(features.shape)} and {tuple(targets.shape)}")
@@ -64,9 +73,10 @@ class RidgeReadout(nn.Module):
             if int(keep.sum()) < 3:
                 raise ValueError(f"ridge readout: output {k} has {int(keep.sum())} train rows with a target; it needs "
                                  "at least 3 (does the train split carry the attribute labels?)")
-            path = _RidgePath(z[keep], targets[keep, k].double())
+            path = _RidgePath(z[keep], targets[keep, k].double(), rescale=rescale)
             choice = self._choose(path, alphas, dev_z, dev_targets[:, k] if dev_targets is not None else None)
             weight, bias = path.solution(choice["alpha"])
+            choice["scale"] = path.scale(choice["alpha"])
             self.weight[:, k] = weight.to(self.weight)
             self.bias[k] = float(bias)
             self.alpha[k] = choice["alpha"]
@@ -93,9 +103,11 @@ class RidgeReadout(nn.Module):
 
 
 class _RidgePath:
-    """Ridge solutions for any penalty from one thin SVD of the standardised features (intercept by centring)."""
+    """Ridge solutions for any penalty from one thin SVD of the standardised features (intercept by centring);
+    with ``rescale`` every solution's weights are stretched by :meth:`scale` (the predictions' mean is kept)."""
 
-    def __init__(self, z: torch.Tensor, y: torch.Tensor):
+    def __init__(self, z: torch.Tensor, y: torch.Tensor, rescale: bool = False):
+        self.rescale = rescale
         self.y, self.y_mean = y, y.mean()
         self.z_mean = z.mean(0)
         self.u, self.s, vh = torch.linalg.svd(z - self.z_mean, full_matrices=False)
@@ -104,11 +116,25 @@ class _RidgePath:
 
     def solution(self, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(F,) weights and the intercept on standardised (not re-centred) features."""
-        weight = self.v @ (self.s / (self.s ** 2 + alpha) * self.uy)
+        weight = self.v @ (self.s / (self.s ** 2 + alpha) * self.uy) * self.scale(alpha)
         return weight, self.y_mean - self.z_mean @ weight
 
+    def scale(self, alpha: float) -> float:
+        """The CCC rescaling of penalty ``alpha``: std(y) / std(leave-one-out predictions), 1.0 when not rescaling
+        (or when the out-of-sample predictions do not vary: nothing to stretch)."""
+        if not self.rescale:
+            return 1.0
+        spread = float(self._plain_leave_one_out(alpha).std(unbiased=False))
+        return float(self.y.std(unbiased=False)) / spread if spread > 1e-12 else 1.0
+
     def leave_one_out(self, alpha: float) -> torch.Tensor:
-        """Exact leave-one-out predictions: y - residual / (1 - leverage), leverage including the intercept's 1/N."""
+        """Exact leave-one-out predictions, ``y - residual / (1 - leverage)`` with the intercept's 1/N in the
+        leverage; where the path rescales they are stretched about the target mean by :meth:`scale` (the scale
+        of all of train standing in for each left-out fit's own)."""
+        plain = self._plain_leave_one_out(alpha)
+        return self.y_mean + self.scale(alpha) * (plain - self.y_mean) if self.rescale else plain
+
+    def _plain_leave_one_out(self, alpha: float) -> torch.Tensor:
         shrink = self.s ** 2 / (self.s ** 2 + alpha)
         fitted = self.u @ (shrink * self.uy) + self.y_mean
         leverage = (self.u ** 2) @ shrink + 1.0 / self.y.numel()

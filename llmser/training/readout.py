@@ -29,11 +29,12 @@ def fit_readout(setup: Any, recipe: Any, device: torch.device | str = "cpu", pro
     x_train, y_train = _clip_features(model, setup.train_set, setup.collate_fn, recipe, device, progress, "train")
     dev = (_clip_features(model, setup.eval_set, setup.collate_fn, recipe, device, progress, "dev")
            if setup.eval_set is not None else (None, None))
-    report = model.heads.readout.fit(x_train, y_train, *dev, alphas=model.config.readout_alphas)
+    report = model.heads.readout.fit(x_train, y_train, *dev, alphas=model.config.readout_alphas,
+                                       rescale=model.config.readout_rescale)
     chosen = dict(zip(ATTRIBUTES, report))
     seconds = time.perf_counter() - start
     logger.info("ridge readout fitted in %.1f s on %d train clips x %d features: %s", seconds, x_train.shape[0],
-                x_train.shape[1], ", ".join(f"{name} alpha={c['alpha']:g} ({_score(c)})" for name, c in chosen.items()))
+                x_train.shape[1], ", ".join(f"{name} alpha={c['alpha']:g} scale={c['scale']:.2f} ({_score(c)})" for name, c in chosen.items()))
     return {"readout": chosen, "readout_seconds": seconds}
 
 

@@ -66,6 +66,11 @@ class AudioLLMBranchConfig(LLMConfig):
     # before stage 1 with its penalty chosen per attribute on dev (models/readout.py); the LLM head still adds to it.
     # Answer mode (and attribute_head: false) has no speech head: ignored there, so one recipe serves both modes.
     attribute_readout: Literal["head", "ridge"] = field(default="head", metadata={"help": "head mode: attributes from the speech head's MLP (head) or a closed-form ridge readout of the clip-mean encoder features (ridge); ignored in answer mode"})
+    # Ridge shrinks toward the mean and CCC punishes that: each attribute's weights are stretched so its leave-one-out
+    # predictions on train spread as widely as the targets (models/readout.py). Dev, clip means of all Whisper
+    # tiny.en layers, A/V/D CCC: 0.832/0.517/0.403 vs 0.823/0.497/0.313 without (demo), 0.769/0.583/0.511 vs
+    # 0.760/0.585/0.434 (corpus 2).
+    readout_rescale: bool = field(default=True, metadata={"help": "stretch the ridge readout's predictions for CCC (to the targets' spread, measured out of sample on train)"})
     readout_alphas: list[float] = field(default_factory=lambda: [1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0], metadata={"help": "ridge penalties the readout chooses from per attribute (on dev; leave-one-out on train without dev)"})
     # An auxiliary class head on the mean Q-Former state, trained with weight loss.auxiliary_class_weight: it gives
     # the Q-Former a direct emotion signal instead of only the one that comes back through all LLM layers
