@@ -565,3 +565,17 @@ def test_audio_llm_head_mode_and_every_whisper_layer_are_planned(tmp_path):
     last = build_plan(dataclasses.replace(head_all, encoder_hidden_states=1))
     for phase in ("speech encoder", "train step"):
         assert plan.phases[("lora", False)][phase] > last.phases[("lora", False)][phase]
+    # the ridge readout's closed-form fit is planned in host memory, for the clip counts given, with the real
+    # model's readout width; answer mode has no readout and plans none
+    assert set(plan.host) == {"ridge readout fit"} and not other.host
+    from llmser.models.readout import RidgeReadout
+
+    width = model.heads.readout.mean.numel()
+    assert plan.workload["readout_features"] == width
+    assert plan.host["ridge readout fit"] == RidgeReadout.fit_bytes(85_000, 30_000, width)["total"]
+    small = build_plan(dataclasses.replace(head_all, train_clips=240, dev_clips=80))
+    assert small.host["ridge readout fit"] == RidgeReadout.fit_bytes(240, 80, width)["total"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert plan_main([str(recipe), "--train-clips", "240", "--dev-clips", "80"]) == 0
+    assert "host memory per process, planned: ridge readout fit 0.02 GiB (240 train + 80 dev clips x 1,920" in out.getvalue()

@@ -144,6 +144,39 @@ def test_an_unfitted_readout_refuses_to_predict_and_a_fitted_one_saves_as_buffer
         readout.fit(x, y[:, :2], alphas=(1.0,), rescale=False)
 
 
+@pytest.mark.parametrize("train, dev, features", [(150, 50, 400), (60, 20, 500), (300, 0, 200)])
+def test_the_fit_holds_the_tensors_its_memory_formula_counts(train, dev, features):
+    """``RidgeReadout.fit_bytes`` (what ``llmser plan`` and the fit's up-front check use) against the live tensor
+    storage of a real fit, wide (N < F) and tall (N > F), with and without dev; LAPACK's own copy and workspace
+    are outside what tensors show (scripts/bench_readout_memory.py measures the whole process)."""
+    from llmser.planning.measure import LiveStorage
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(train, features, generator=g), torch.randn(train, 3, generator=g)
+    dev_x, dev_y = (torch.randn(dev, features, generator=g), torch.randn(dev, 3, generator=g)) if dev else (None, None)
+    readout = RidgeReadout(features)
+    live = LiveStorage().hold([t for t in (x, y, dev_x, dev_y) if t is not None] + list(readout.buffers()))
+    held = live.current
+    with live:
+        readout.fit(x, y, dev_x, dev_y, alphas=(1.0, 10.0), rescale=True)
+    planned = RidgeReadout.fit_bytes(train, dev, features)
+    assert planned["tensors"] <= live.peak - held <= 1.03 * planned["tensors"]
+    assert planned["inputs"] == 4 * (train + dev) * features
+
+
+def test_the_fit_refuses_up_front_where_the_machine_lacks_the_memory(tmp_path, monkeypatch):
+    import llmser.training.readout as fitting
+
+    recipe, setup = _setup(tmp_path)
+    monkeypatch.setattr(fitting, "available_memory_bytes", lambda: 1024)
+    with pytest.raises(MemoryError, match=r"needs ~0\.0 GiB of host memory .* model.encoder_layers=last"):
+        fitting.fit_readout(setup, recipe, progress=False)
+    assert not setup.model.heads.readout.fitted
+    monkeypatch.setattr(fitting, "available_memory_bytes", lambda: None)  # unknown (not Linux): no refusal
+    fitting.fit_readout(setup, recipe, progress=False)
+    assert setup.model.heads.readout.fitted
+
+
 def test_unbounded_attributes_inverts_the_bounding_sigmoid():
     values = torch.tensor([[1.5, 4.0, 6.9], [2.0, 3.3, 5.0]])
     torch.testing.assert_close(bounded_attributes(unbounded_attributes(values)), values, atol=1e-5, rtol=1e-5)

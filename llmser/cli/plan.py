@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Any
 
-from llmser.cli.args import non_negative_float, positive_float, positive_int
+from llmser.cli.args import non_negative_float, non_negative_int, positive_float, positive_int
 from llmser.config import ConfigError
 from llmser.planning import PRESETS, format_plan, resolve_specs
 
@@ -47,6 +47,10 @@ def build_plan_parser(parser: argparse.ArgumentParser | None = None) -> argparse
     parser.add_argument("--no-kbit-upcast", action="store_true",
                         help="QLoRA: keep non-quantised weights in bf16 (peft's k-bit preparation casts them to fp32)")
     parser.add_argument("--overhead-gib", type=non_negative_float, default=1.0, help="CUDA context + fragmentation (default: 1)")
+    parser.add_argument("--train-clips", type=positive_int, default=None,
+                        help="train clips the ridge readout's fit reads at once (default: 85,000, MSP-Podcast's scale)")
+    parser.add_argument("--dev-clips", type=non_negative_int, default=None,
+                        help="dev clips the ridge readout's fit reads at once (default: 30,000)")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the plans as JSON")
     return parser
 
@@ -62,7 +66,8 @@ def run_plan(args: argparse.Namespace) -> list[Any]:
                               overhead_gib=args.overhead_gib)
     overrides = {key: value for key, value in (
         ("batch_size", args.batch_size), ("seq_len", args.seq_len), ("audio_seconds", args.audio_seconds),
-        ("gradient_checkpointing", args.gradient_checkpointing), ("lora_r", args.lora_r)) if value is not None}
+        ("gradient_checkpointing", args.gradient_checkpointing), ("lora_r", args.lora_r),
+        ("train_clips", args.train_clips), ("dev_clips", args.dev_clips)) if value is not None}
     if args.lora_targets:
         targets = [t.strip() for t in args.lora_targets.split(",") if t.strip()]
         overrides["lora_target_modules"] = targets[0] if targets == ["all-linear"] else targets

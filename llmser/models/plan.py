@@ -57,6 +57,10 @@ class PlanSpec:
     layer_weighting: bool = True
     pooling_attention_size: int = 128
     ridge_readout: bool = False  # audio_llm head mode, attribute_readout: ridge (no speech attribute MLP to train)
+    # The ridge readout's closed-form fit (host memory) reads every train and dev clip at once. An assumption of
+    # MSP-Podcast's scale unless the user gives theirs (llmser plan --train-clips / --dev-clips).
+    train_clips: int = 85_000
+    dev_clips: int = 30_000
     head_hidden_size: int = 256
     batch_size: int = 8  # per process
     seq_len: int = 512  # text tokens per example (prompt + answer)
@@ -87,9 +91,11 @@ class PlanSpec:
                           "use encoder_mode: frozen")
         needs = {"text_llm": ("llm",), "audio_llm": ("llm", "whisper"), "wavlm": ("wavlm",)}.get(self.branch, ())
         issues += [f"branch {self.branch} needs a {key} model" for key in needs if not getattr(self, key)]
-        for key in ("batch_size", "lora_r", "qformer_layers", "queries_per_window"):
+        for key in ("batch_size", "lora_r", "qformer_layers", "queries_per_window", "train_clips"):
             if getattr(self, key) < 1:
                 issues.append(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.dev_clips < 0:
+            issues.append(f"dev_clips must be >= 0, got {self.dev_clips}")
         if self.seq_len < 0 or self.audio_seconds <= 0 or self.window_seconds <= 0:
             issues.append("seq_len must be >= 0, audio_seconds and window_seconds > 0")
         if issues:

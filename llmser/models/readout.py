@@ -62,18 +62,24 @@ class RidgeReadout(nn.Module):
                              f"{self.weight.shape[1]}), got {tuple(features.shape)} and {tuple(targets.shape)}")
         if not alphas or min(alphas) <= 0:
             raise ValueError(f"ridge readout: the penalties to try must be positive numbers, got {list(alphas)}")
-        x = features.double()
-        mean, scale = x.mean(0), x.std(0, unbiased=False)
+        # Memory: one float64 copy of each split, standardised in place, then per set of rows one SVD (the
+        # outputs with the same rows share it); llmser.planning.memory.readout_fit_bytes counts it.
+        z = features.double()
+        mean, scale = z.mean(0), z.std(0, unbiased=False)
         scale = torch.where(scale > 1e-8, scale, torch.ones_like(scale))  # a constant feature stays 0
-        z = (x - mean) / scale
-        dev_z = (dev_features.double() - mean) / scale if dev_features is not None else None
+        z.sub_(mean).div_(scale)
+        dev_z = dev_features.double().sub_(mean).div_(scale) if dev_features is not None else None
+        bases: dict[bytes, _RidgeBasis] = {}
         report = []
         for k in range(targets.shape[1]):
             keep = torch.isfinite(targets[:, k])
             if int(keep.sum()) < 3:
                 raise ValueError(f"ridge readout: output {k} has {int(keep.sum())} train rows with a target; it needs "
                                  "at least 3 (does the train split carry the attribute labels?)")
-            path = _RidgePath(z[keep], targets[keep, k].double(), rescale=rescale)
+            rows = keep.numpy().tobytes()
+            if rows not in bases:
+                bases[rows] = _RidgeBasis(z if bool(keep.all()) else z[keep])
+            path = _RidgePath(bases[rows], targets[keep, k].double(), rescale=rescale)
             choice = self._choose(path, alphas, dev_z, dev_targets[:, k] if dev_targets is not None else None)
             weight, bias = path.solution(choice["alpha"])
             choice["scale"] = path.scale(choice["alpha"])
@@ -85,6 +91,25 @@ class RidgeReadout(nn.Module):
         self.scale.copy_(scale.to(self.scale))
         self.fitted.fill_(True)
         return report
+
+    @staticmethod
+    def fit_bytes(train_rows: int, dev_rows: int, features: int) -> dict[str, float]:
+        """Host memory of :meth:`fit` (and of holding its inputs), in bytes, for the common case of every train
+        row carrying every target (a missing attribute adds a float64 copy of the rows that have it).
+
+        ``tensors``: what ``llmser.planning.measure.LiveStorage`` counts over the fit (held inputs aside): the
+        float64 copies of train and dev, the centred copy the SVD reads, and its U and Vh (K = min(N, F));
+        measured within 1.5% of it (``tests/test_readout.py``). ``inputs``: the float32 clip means the fit reads.
+        ``lapack``: the SVD's own copy of its input and its workspace (~4 K^2 doubles), which no tensor shows.
+        ``total``: their sum, the process's peak resident memory above what it held before: measured / planned
+        1.01, 0.97, 1.01, 1.01 for N x F (dev rows) = 6,000 x 1,500 (2,000), 1,500 x 6,000 (500), 240 x 1,920 (80,
+        the demo's) and 10,000 x 1,280 (3,000), on the 2-core CPU machine (``scripts/bench_readout_memory.py``)."""
+        n, m, f = train_rows, dev_rows, features
+        k = min(n, f)
+        tensors = 8.0 * (2 * n * f + m * f + n * k + k * f)
+        inputs = 4.0 * (n + m) * f
+        lapack = 8.0 * (n * f + 4 * k * k)
+        return {"inputs": inputs, "tensors": tensors, "lapack": lapack, "total": inputs + tensors + lapack}
 
     @staticmethod
     def _choose(path: _RidgePath, alphas: Sequence[float], dev_z: torch.Tensor | None,
@@ -102,16 +127,25 @@ class RidgeReadout(nn.Module):
         return {"alpha": float(best), "loo_ccc": scores[best]}
 
 
-class _RidgePath:
-    """Ridge solutions for any penalty from one thin SVD of the standardised features (intercept by centring);
-    with ``rescale`` every solution's weights are stretched by :meth:`scale` (the predictions' mean is kept)."""
+class _RidgeBasis:
+    """One thin SVD of the centred standardised features: every output fitted on the same rows reuses it."""
 
-    def __init__(self, z: torch.Tensor, y: torch.Tensor, rescale: bool = False):
-        self.rescale = rescale
-        self.y, self.y_mean = y, y.mean()
+    def __init__(self, z: torch.Tensor):
         self.z_mean = z.mean(0)
         self.u, self.s, vh = torch.linalg.svd(z - self.z_mean, full_matrices=False)
         self.v = vh.T
+
+
+class _RidgePath:
+    """Ridge solutions for any penalty from the SVD of the standardised features (intercept by centring); with
+    ``rescale`` every solution's weights are stretched by :meth:`scale` (the predictions' mean is kept). Takes
+    the features ``z`` themselves or a :class:`_RidgeBasis` of them."""
+
+    def __init__(self, z: torch.Tensor | _RidgeBasis, y: torch.Tensor, rescale: bool = False):
+        basis = z if isinstance(z, _RidgeBasis) else _RidgeBasis(z)
+        self.rescale = rescale
+        self.y, self.y_mean = y, y.mean()
+        self.z_mean, self.u, self.s, self.v = basis.z_mean, basis.u, basis.s, basis.v
         self.uy = self.u.T @ (y - self.y_mean)
 
     def solution(self, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -145,7 +145,22 @@ def format_plan(plan: Any) -> str:
     lines.append(f"  {'fits on':<32}" + "".join(f"{fits_on(plan.estimate(m, gc).total):>{width}}" for m, gc in cols))
     lines.append("   " + _fit_summary(plan, labels))
     lines += _phase_lines(plan, labels, width)
+    lines += _host_lines(plan)
     return "\n".join(lines)
+
+
+def _host_lines(plan: Any) -> list[str]:
+    """Phases that need host (CPU) memory rather than GPU memory: the ridge readout's closed-form fit."""
+    from llmser.planning.memory import GIB
+
+    spec, lines = plan.spec, []
+    if "ridge readout fit" in plan.host:
+        features = plan.workload["readout_features"]
+        lines.append(f"   host memory per process, planned: ridge readout fit {plan.host['ridge readout fit'] / GIB:.2f} GiB "
+                     f"({spec.train_clips:,} train + {spec.dev_clips:,} dev clips x {features:,} features; "
+                     f"--train-clips / --dev-clips give your corpus's counts; model.encoder_layers=last reads "
+                     f"one layer's)")
+    return lines
 
 
 def _phase_lines(plan: Any, labels: list[str], width: int) -> list[str]:

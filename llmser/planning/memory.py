@@ -615,6 +615,7 @@ class Plan:
     estimates: dict[tuple[str, bool], MemoryEstimate]
     workload: dict[str, Any]  # derived sizes: speech tokens, frames, LLM tokens...
     phases: dict[tuple[str, bool], dict[str, float]] = field(default_factory=dict)  # (method, gc) -> phase -> bytes
+    host: dict[str, float] = field(default_factory=dict)  # phase -> host (CPU) memory bytes, where a phase needs much
 
     def peak_phase(self, method: str, gradient_checkpointing: bool) -> tuple[str, float]:
         """The phase with the most memory and its bytes (the training step when no other is modelled)."""
@@ -678,6 +679,11 @@ def build_plan(spec: PlanSpec, parallel: Parallelism | None = None,
     if spec.branch in ("text_llm", "audio_llm"):
         for method, gc in columns:
             plan.phases[(method, gc)] = llm_phases(plan, method, gc)
+    if "readout_features" in workload:
+        from llmser.models.readout import RidgeReadout
+
+        plan.host["ridge readout fit"] = RidgeReadout.fit_bytes(spec.train_clips, spec.dev_clips,
+                                                                workload["readout_features"])["total"]
     return plan
 
 
@@ -811,6 +817,8 @@ def _audio_llm_branch(spec: PlanSpec, assumptions: Assumptions):
                 "chunk_seconds": chunk_s,
                 "encoder_frames": frames, "frames_per_window": kernel, "windows": windows,
                 "speech_tokens": speech_tokens, "text_tokens": spec.seq_len, "llm_tokens": llm_tokens}
+    if spec.llm_mode == "head" and spec.ridge_readout:  # the clip means of every Whisper state, beside the second's
+        workload["readout_features"] = spec.encoder_hidden_states * whisper_cfg.d_model + encoder_dim - whisper_cfg.d_model
 
     def activations(method: str, gc: bool) -> dict[str, float]:
         b = spec.batch_size
