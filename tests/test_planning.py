@@ -555,7 +555,16 @@ def test_audio_llm_head_mode_and_every_whisper_layer_are_planned(tmp_path):
     real = sum(p.numel() for m in (model.heads, model.speech.layer_weights) for p in m.parameters())
     plan, other = build_plan(head_all), build_plan(answer_last)
     heads = [c for c in plan.components if "head mode" in c.name]
-    assert len(heads) == 1 and heads[0].counts["lora"].trained == real
+    assert len(heads) == 1 and heads[0].counts["lora"].total == real
+    # the recipe's freeze_speech_head: the LLM steps train the LLM-state head alone, as the engine's optimizer does
+    assert head_all.freeze_speech_head and model.stage_one_only_modules()
+    frozen = {id(p) for m in model.stage_one_only_modules() for p in m.parameters()}
+    stage_two = sum(p.numel() for m in (model.heads, model.speech.layer_weights) for p in m.parameters()
+                    if id(p) not in frozen)
+    assert heads[0].counts["lora"].trained == stage_two == sum(p.numel() for p in model.heads.llm.parameters())
+    unfrozen = build_plan(dataclasses.replace(head_all, freeze_speech_head=False))
+    assert [c for c in unfrozen.components if "head mode" in c.name][0].counts["lora"].trained == real
+    assert unfrozen.estimate("lora", False).optimizer > plan.estimate("lora", False).optimizer
     assert not any("head mode" in c.name for c in other.components)
 
     parts = plan.estimate("lora", False).detail

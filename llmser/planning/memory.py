@@ -848,7 +848,14 @@ def _speech_llm_heads_component(spec: PlanSpec, speech_size: int, llm_size: int)
                                readout)
         weights = LayerWeightedSum(spec.encoder_hidden_states) if spec.encoder_hidden_states > 1 else None
     n = sum(p.numel() for m in (heads, weights) if m is not None for p in m.parameters())
-    return _trained_component("layer weights + speech/LLM-state heads (head mode)", "llmser.models.audio_llm.heads", n)
+    if not spec.freeze_speech_head:
+        return _trained_component("layer weights + speech/LLM-state heads (head mode)", "llmser.models.audio_llm.heads", n)
+    # freeze_speech_head: the LLM steps (the training step planned) train the LLM-state head alone; the speech
+    # head, its pooling and the layer weights learned in stage 1 and hold still
+    trained = sum(p.numel() for p in heads.llm.parameters())
+    count = ParamCount(total=n, trainable=trained, frozen=n - trained)
+    return Component("layer weights + speech/LLM-state heads (head mode; speech side frozen after stage 1)",
+                     "llmser.models.audio_llm.heads", "trained", {m: count for m in METHODS})
 
 
 def _speech_heads_component(spec: PlanSpec, hidden: int, layers: int) -> Component:

@@ -27,4 +27,5 @@ def plan_spec(recipe: Recipe, config: AudioLLMBranchConfig, name: str) -> PlanSp
                     llm_mode="head" if config.mode == "head" else "answer", encoder_hidden_states=states,
                     head_hidden_size=config.head_hidden_size, pooling_attention_size=config.pooling_attention_size,
                     ridge_readout=config.attribute_readout == "ridge",
+                    freeze_speech_head=config.mode == "head" and config.freeze_speech_head,
                     audio_seconds=min(recipe.data.max_seconds, config.max_audio_seconds))
