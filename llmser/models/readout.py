@@ -99,7 +99,8 @@ class RidgeReadout(nn.Module):
 
         ``tensors``: what ``llmser.planning.measure.LiveStorage`` counts over the fit (held inputs aside): the
         float64 copies of train and dev, the centred copy the SVD reads, and its U and Vh (K = min(N, F));
-        measured within 1.5% of it (``tests/test_readout.py`` allows 3%). ``inputs``: the float32 clip means the fit reads.
+        measured within 1.5% of it (``tests/test_readout.py`` allows 3%). ``inputs``: the float32 clip means
+        the fit reads.
         ``lapack``: the SVD's own copy of its input and its workspace (~4 K^2 doubles), which no tensor shows.
         ``total``: their sum, the process's peak resident memory above what it held before: measured / planned
         1.01, 0.97, 1.01, 1.01 for N x F (dev rows) = 6,000 x 1,500 (2,000), 1,500 x 6,000 (500), 240 x 1,920 (80,
