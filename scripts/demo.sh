@@ -7,7 +7,8 @@
 #   5. the text branch on transcripts with SmolLM2-135M-Instruct: zero-shot prompt voting and LoRA + head
 #      (the training engine); with --sft also LoRA instruction tuning (trl SFT) with prompt voting (+~10 min),
 #   6. the SALMONN-style audio-LLM (Whisper tiny.en -> window-level Q-Former -> SmolLM2 + LoRA) from speech only;
-#      its attributes come from a ridge readout of the cached frames, fitted in closed form first (penalty on dev);
+#      its attributes come from a ridge readout of the cached frames, fitted in closed form first (penalty on dev,
+#      predictions stretched to the targets' spread for CCC);
 #      stage 1 trains the Q-Former and its speech heads alone on the cached frames (its best dev state is kept),
 #      then the LLM trains; the stage-1 model is a best-step candidate too (--audio-inputs speech+transcript:
 #      it also reads the words),
