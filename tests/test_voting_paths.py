@@ -332,3 +332,35 @@ def test_auto_voting_is_chosen_on_dev_saved_with_the_weights_and_read_by_collect
     assert result["dev_final"]["macro_f1"] == pytest.approx(dev_rows[0]["macro_f1"])
     collect_run_outputs(out, tmp_path / "outputs", ("dev",), progress=False)
     assert load_branch_outputs(tmp_path / "outputs", "text_llm", "dev").variant_names == choice["variants"]
+
+
+@pytest.mark.slow
+def test_cross_fitted_llm_outputs_vote_as_the_full_run_chose_whatever_each_fold_chose(tmp_path):
+    """With voting.variants: auto every fold model chooses its own vote on dev (found cross-fitting the demo's
+    text head: folds chose 1 and 3 variants, and joining their outputs failed). The out-of-fold outputs stand in
+    for the full run's, so every fold votes as the full run chose."""
+    from llmser.data.branch_outputs import load_branch_outputs
+    from llmser.models.text_llm.config import TextLLMBranchConfig
+    from llmser.models.voting import VotingConfig
+    from llmser.training.crossfit import cross_fit_outputs
+    from llmser.training.run import run
+
+    corpus = _tiny_corpus(tmp_path / "corpus")
+    out = tmp_path / "run"
+    steps = ["train.max_steps=2", "train.eval_every=2", "train.save_every=2", "data.batch_size=4"]
+    run(ROOT / "adapters/text_tiny.yaml", [f"data.corpus={corpus}", f"train.output_dir={out}", *steps,
+                                           "model.voting.variants=auto", "train.predict_test=false"])
+    full = TextLLMBranchConfig.load(out / "best").voting
+    for fold in range(2):  # the fold runs, as cross-fitting trains them; then each "chooses" another vote
+        fold_best = out / "crossfit" / f"fold{fold}" / "best"
+        run(ROOT / "adapters/text_tiny.yaml", [f"data.corpus={corpus}", f"train.output_dir={fold_best.parent}",
+                                               *steps, "model.voting.variants=auto", "train.predict_test=false",
+                                               f"data.train_split=train[^{fold}/2]"])
+        config = TextLLMBranchConfig.load(fold_best)
+        config.voting = VotingConfig(variants=["text_plain"] if fold else ["text_short", "text_plain", "text_shuffled"],
+                                     rule="plurality")
+        config.save(fold_best)
+    cross_fit_outputs(out, tmp_path / "outputs", folds=2, overrides=[f"data.corpus={corpus}"])
+    train = load_branch_outputs(tmp_path / "outputs", "text_llm", "train")
+    assert train.cross_fitted == 2 and train.variant_names == list(full.variants)
+    assert train.tensors["variant_probs"].shape[1] == len(full.variants)

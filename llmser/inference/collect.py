@@ -89,12 +89,14 @@ def collect_vote_outputs(model: Any, dataset: Dataset, collate_fn: Callable, *, 
 def collect_run_outputs(run_dir: str | Path, outputs_dir: str | Path, splits: Sequence[str] = ("train", "dev", "test"),
                         *, name: str | None = None, corpus: Any = None, overrides: Sequence[str] = (),
                         sequence_fn: SequenceFn | None = None, sequence_stride: int = 1,
-                        progress: bool = True) -> dict[str, Path]:
+                        progress: bool = True, vote_as: str | Path | None = None) -> dict[str, Path]:
     """Cache a trained branch's outputs on ``splits``, from its run folder (``best/`` with ``recipe.yaml``).
 
     Each split is read the way the engine reads its test split (every file, no augmentation, one fixed
     prompt), so training files get the same deterministic outputs as dev and test. ``name`` is the
-    folder under ``outputs_dir`` (default: the recipe's branch). Returns split -> file written.
+    folder under ``outputs_dir`` (default: the recipe's branch). An LLM branch votes as its run chose on dev,
+    or, with ``vote_as`` (another run's ``best/``), as that run chose: cross-fitting makes every fold model vote
+    as the branch it stands in for. Returns split -> file written.
     """
     from accelerate import PartialState
 
@@ -122,6 +124,8 @@ def collect_run_outputs(run_dir: str | Path, outputs_dir: str | Path, splits: Se
         setup = spec.prepare_fn(recipe, branch_config(recipe), corpus, PartialState())
         if model is None:
             model = _load_best(spec, setup.model, best)
+            if vote_as is not None:
+                adopt_saved_voting(model, vote_as)
         if votes(model, setup.test_set):  # LLM branches: the recipe's prompt vote, each variant kept
             names, tensors, variants = collect_vote_outputs(model, setup.test_set, setup.collate_fn,
                                                             batch_size=recipe.data.eval_batch_size, progress=progress,

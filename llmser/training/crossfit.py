@@ -9,6 +9,8 @@ stacking model may then learn from train outputs without the in-sample optimism 
 (which ``models/fusion/branch.py`` refuses). Costs K trainings: affordable for branches that train heads on
 cached features (frozen encoders, the classical rows), not for LLM branches on a CPU; docs/protocol.md
 says which the demo cross-fits. Fold runs live in ``RUN/crossfit/fold<k>/`` and are reused when present.
+An LLM branch's fold models vote as the full run chose on dev (``model.voting.variants: auto`` lets each fold
+choose its own, and the parts must be one branch's outputs, with the same prompt variants).
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ def cross_fit_outputs(run_dir: str | Path, outputs_dir: str | Path, folds: int =
                 run(recipe_path, [*overrides, f"data.train_split={train}[^{fold}/{folds}]",
                                   f"train.output_dir={fold_dir}", "train.predict_test=false"])
             collect_run_outputs(fold_dir, scratch, [held_out], name=branch, corpus=corpus, overrides=overrides,
-                                sequence_fn=sequence_fn, sequence_stride=sequence_stride)
+                                sequence_fn=sequence_fn, sequence_stride=sequence_stride,
+                                vote_as=run_dir / "best")
             parts.append(load_branch_outputs(scratch, branch, held_out))
         names, tensors = _join(parts)
     return save_branch_outputs(outputs_dir, branch, train, names, tensors, parts[0].variant_names, trained_on=train,
