@@ -478,3 +478,26 @@ def test_residual_fusion_refuses_outputs_without_probabilities_before_training(f
     with pytest.raises(ConfigError, match="model.residual=false"):
         prepare(recipe, branch_config(recipe), MSPPodcast.from_folder(corpus_dir), None)
 
+
+
+@pytest.mark.slow
+def test_a_fusion_fitted_outside_dev_is_scored_on_all_of_dev_by_one_refit(fake_run, tmp_path):
+    """A fusion adapter on cross-fitted train outputs never trained on dev: build-system scores it as it was
+    made (one refit on train for its best step count, predicting dev), not by K refits on dev folds."""
+    from llmser.data.msp_podcast import MSPPodcast
+    from llmser.training.crossfit import cross_fit_dev
+    from llmser.training.run import run
+
+    corpus_dir, outputs = fake_run
+    out = tmp_path / "fusion"
+    with _registered():
+        run(ROOT / "adapters/fusion_tiny.yaml", _overrides(corpus_dir, outputs, out, **{
+            "train.max_steps": 6, "train.eval_every": 3, "train.save_every": 6, "model.mode": "concat"}))
+        predictions = cross_fit_dev(out, 5, split="Development")
+    dev = MSPPodcast.from_folder(corpus_dir).utterances("dev")
+    assert sorted(predictions.file_names) == sorted(u.file_name for u in dev)
+    assert not (out / "devcv" / "fold0").exists()
+    saved = json.loads((out / "devcv" / "direct" / "metrics.json").read_text())
+    best_step = json.loads((out / "metrics.json").read_text())["best_step"]
+    assert saved["splits"]["data.train_split"]["split"] == "train" and "data.eval_split" not in saved["splits"]
+    assert saved["step"] == best_step and saved["splits"]["data.test_split"]["split"] == "Development"

@@ -90,12 +90,14 @@ def cross_fit_dev(run_dir: str | Path, folds: int = 5, *, split: str | None = No
     """Out-of-fold dev predictions of a model that learns on dev (the fusion adapter): for each ``k`` the run's
     recipe trains on ``dev[^k/K]`` for the run's best step count (no early stopping: the held-out fold is
     what gets scored) and predicts ``dev[k/K]`` (for the folds ``fold_ids`` only, default all: a split with fewer
-    speakers than folds leaves some folds empty). Returns ``Predictions`` for every dev file, so that it can be
+    speakers than folds leaves some folds empty). A run that trained on files outside dev (a fusion adapter on
+    cross-fitted train outputs) is refitted once on its own split instead and predicts all of dev. Returns ``Predictions`` for every dev file, so that it can be
     compared with other candidates on the same files and folds (``llmser.ensemble.selection``). Fold runs
     live in ``RUN/devcv/fold<k>/`` and are reused when they finished with the same settings."""
     import json
 
     from llmser.data.folds import parse_split
+    from llmser.data.splits import splits_overlap
     from llmser.evaluation.predictions import Predictions, concat_predictions
     from llmser.training.run import run
 
@@ -107,6 +109,11 @@ def cross_fit_dev(run_dir: str | Path, folds: int = 5, *, split: str | None = No
     split = split or parse_split(recipe.data.eval_split or recipe.data.train_split)[0]
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")) if (run_dir / "metrics.json").is_file() else {}
     steps = int(metrics.get("best_step") or recipe.train.max_steps)
+    if not splits_overlap(recipe.data.train_split, split):
+        # Fitted on other files (cross-fitted train outputs): dev is out of sample for it already. K refits on
+        # dev folds would score another way of training; one refit on its own split, for its best step count
+        # and with no early stopping on the files scored, predicts all of dev.
+        return _refit_and_predict(recipe_path, run_dir / "devcv" / "direct", split, steps, overrides)
     parts = []
     for fold in range(folds) if fold_ids is None else fold_ids:
         fold_dir = run_dir / "devcv" / f"fold{fold}"
@@ -121,3 +128,22 @@ def cross_fit_dev(run_dir: str | Path, folds: int = 5, *, split: str | None = No
             stamp.write_text(json.dumps(settings), encoding="utf-8")
         parts.append(Predictions.read_csv(fold_dir / "test_predictions.csv"))
     return concat_predictions(parts)
+
+
+def _refit_and_predict(recipe_path: Path, out_dir: Path, split: str, steps: int, overrides: Sequence[str]) -> Predictions:
+    """The run's recipe trained on its own train split for ``steps`` steps, no evaluation, predicting ``split``
+    (reused when it finished with the same settings)."""
+    import json
+
+    from llmser.evaluation.predictions import Predictions
+    from llmser.training.run import run
+
+    settings = [*overrides, "data.eval_split=", f"data.test_split={split}", f"train.max_steps={steps}",
+                f"train.save_every={steps}", f"train.output_dir={out_dir}", "train.predict_test=true"]
+    stamp = out_dir / "devcv.json"
+    if not (stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == settings):
+        logger.info("dev predictions of %s: one refit on its own train split for %d steps", out_dir.parent.parent.name,
+                    steps)
+        run(recipe_path, settings)
+        stamp.write_text(json.dumps(settings), encoding="utf-8")
+    return Predictions.read_csv(out_dir / "test_predictions.csv")
