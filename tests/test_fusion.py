@@ -452,6 +452,9 @@ def test_cross_fit_dev_predicts_every_dev_file_from_a_model_that_did_not_train_o
     present = sorted(set(folds.values()))
     assert len(present) == 5
     oof = cross_fit_dev(out, 7, split="Development", fold_ids=present)
+    from llmser.training.crossfit import fitted_outside_note
+
+    assert fitted_outside_note(out, "Development") is None  # trained on dev folds: the table's default wording
     assert sorted(oof.file_names) == sorted(u.file_name for u in dev)
     for k in present:
         saved = json.loads((out / "devcv" / f"fold{k}" / "metrics.json").read_text())
@@ -501,3 +504,7 @@ def test_a_fusion_fitted_outside_dev_is_scored_on_all_of_dev_by_one_refit(fake_r
     best_step = json.loads((out / "metrics.json").read_text())["best_step"]
     assert saved["splits"]["data.train_split"]["split"] == "train" and "data.eval_split" not in saved["splits"]
     assert saved["step"] == best_step and saved["splits"]["data.test_split"]["split"] == "Development"
+    from llmser.training.crossfit import fitted_outside_note  # what build-system's candidate table then says
+
+    assert fitted_outside_note(out, "Development") == ("adapter trained on train (refitted once), predicted all "
+                                                        "of Development")

@@ -124,9 +124,11 @@ def _out_of_fold(fit_predict: Any, members: Mapping[str, Predictions], reference
 
 def score_candidates(members: Mapping[str, Predictions], references: Sequence[Any], *,
                      fusion: Mapping[str, Predictions] | None = None, folds: int = 5, seed: int = 0,
-                     metric: str = "combined", stacking: StackingEnsemble | None = None) -> list[Candidate]:
+                     metric: str = "combined", stacking: StackingEnsemble | None = None,
+                     fusion_notes: Mapping[str, str] | None = None) -> list[Candidate]:
     """Every candidate's out-of-sample dev scores (see the module docstring); ``fusion`` maps each fusion run's
-    name to its out-of-fold dev predictions."""
+    name to its out-of-fold dev predictions, and ``fusion_notes`` says how a run's were made where it was not
+    by training on dev folds."""
     if metric not in SELECTION_METRICS:
         raise ValueError(f"selection metric {metric!r} is not one of {', '.join(SELECTION_METRICS)}")
     names, aligned = align_members(members, [r.file_name for r in references])
@@ -153,8 +155,8 @@ def score_candidates(members: Mapping[str, Predictions], references: Sequence[An
                                     dev_scores(_out_of_fold(stack, aligned, references, fold_ids), references),
                                     f"RandomForest fitted on dev[^k/{folds}], scored on dev[k/{folds}]"))
     for name, oof in (fusion or {}).items():
-        candidates.append(Candidate(name, "fusion", {"fusion": name}, dev_scores(oof, references),
-                                    f"adapter trained on dev[^k/{folds}], predicted dev[k/{folds}]"))
+        how = (fusion_notes or {}).get(name, f"adapter trained on dev[^k/{folds}], predicted dev[k/{folds}]")
+        candidates.append(Candidate(name, "fusion", {"fusion": name}, dev_scores(oof, references), how))
     return candidates
 
 

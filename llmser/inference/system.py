@@ -181,7 +181,7 @@ def select_and_build(out_dir: str | Path, members: dict[str, str | Path], *, out
         shipped_settings,
     )
     from llmser.models.fusion.config import FusionBranchConfig
-    from llmser.training.crossfit import cross_fit_dev
+    from llmser.training.crossfit import cross_fit_dev, fitted_outside_note
 
     reader = MSPPodcast.from_folder(corpus, ReaderConfig(labels_only=True))
     check_split_roles([SplitUse("--dev-split", dev_split, "select")], reader, flag=None)  # never test, before any work
@@ -194,7 +194,9 @@ def select_and_build(out_dir: str | Path, members: dict[str, str | Path], *, out
         logger.warning("%s has too few speakers for %d speaker-disjoint folds: %d of them hold files, and every "
                        "candidate is scored on those", dev, folds, len(present))
     oof = {name: cross_fit_dev(run, folds, split=dev, fold_ids=present) for name, run in fusions.items()}
-    candidates = score_candidates(predictions, references, fusion=oof, folds=folds, seed=seed, metric=metric)
+    notes = {name: note for name, run in fusions.items() if (note := fitted_outside_note(run, dev)) is not None}
+    candidates = score_candidates(predictions, references, fusion=oof, folds=folds, seed=seed, metric=metric,
+                                  fusion_notes=notes)
     chosen = choose(candidates, metric)
     logger.info("chosen on dev by %s:\n%s", metric, selection_markdown(candidates, chosen, metric))
     settings, stacker = shipped_settings(chosen, predictions, references, metric, seed)

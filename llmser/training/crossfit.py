@@ -18,7 +18,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -97,7 +97,6 @@ def cross_fit_dev(run_dir: str | Path, folds: int = 5, *, split: str | None = No
     import json
 
     from llmser.data.folds import parse_split
-    from llmser.data.splits import splits_overlap
     from llmser.evaluation.predictions import Predictions, concat_predictions
     from llmser.training.run import run
 
@@ -109,7 +108,7 @@ def cross_fit_dev(run_dir: str | Path, folds: int = 5, *, split: str | None = No
     split = split or parse_split(recipe.data.eval_split or recipe.data.train_split)[0]
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")) if (run_dir / "metrics.json").is_file() else {}
     steps = int(metrics.get("best_step") or recipe.train.max_steps)
-    if not splits_overlap(recipe.data.train_split, split):
+    if fitted_outside(recipe, split):
         # Fitted on other files (cross-fitted train outputs): dev is out of sample for it already. K refits on
         # dev folds would score another way of training; one refit on its own split, for its best step count
         # and with no early stopping on the files scored, predicts all of dev.
@@ -128,6 +127,21 @@ def cross_fit_dev(run_dir: str | Path, folds: int = 5, *, split: str | None = No
             stamp.write_text(json.dumps(settings), encoding="utf-8")
         parts.append(Predictions.read_csv(fold_dir / "test_predictions.csv"))
     return concat_predictions(parts)
+
+
+def fitted_outside(recipe: Any, split: str) -> bool:
+    """Whether a run's recipe trains on files outside ``split`` (its dev predictions are then out of sample)."""
+    from llmser.data.splits import splits_overlap
+
+    return not splits_overlap(recipe.data.train_split, split)
+
+
+def fitted_outside_note(run_dir: str | Path, split: str) -> str | None:
+    """How ``cross_fit_dev`` makes a run's dev predictions when it was fitted outside ``split``; None otherwise."""
+    recipe = load_recipe(Path(run_dir) / "best" / "recipe.yaml", [])
+    if not fitted_outside(recipe, split):
+        return None
+    return f"adapter trained on {recipe.data.train_split} (refitted once), predicted all of {split}"
 
 
 def _refit_and_predict(recipe_path: Path, out_dir: Path, split: str, steps: int, overrides: Sequence[str]) -> Predictions:
