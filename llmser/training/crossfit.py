@@ -91,8 +91,9 @@ def cross_fit_dev(run_dir: str | Path, folds: int = 5, *, split: str | None = No
     recipe trains on ``dev[^k/K]`` for the run's best step count (no early stopping: the held-out fold is
     what gets scored) and predicts ``dev[k/K]`` (for the folds ``fold_ids`` only, default all: a split with fewer
     speakers than folds leaves some folds empty). A run that trained on files outside dev (a fusion adapter on
-    cross-fitted train outputs) is refitted once on its own split instead and predicts all of dev. Returns ``Predictions`` for every dev file, so that it can be
-    compared with other candidates on the same files and folds (``llmser.ensemble.selection``). Fold runs
+    cross-fitted train outputs) is refitted once on its own split instead and predicts all of dev. Returns
+    ``Predictions`` for every dev file, so that it can be compared with other candidates on the same files and
+    folds (``llmser.ensemble.selection``). Fold runs
     live in ``RUN/devcv/fold<k>/`` and are reused when they finished with the same settings."""
     import json
 
