@@ -98,8 +98,7 @@ def cross_fit_dev(run_dir: str | Path, folds: int = 5, *, split: str | None = No
     import json
 
     from llmser.data.folds import parse_split
-    from llmser.evaluation.predictions import Predictions, concat_predictions
-    from llmser.training.run import run
+    from llmser.evaluation.predictions import concat_predictions
 
     run_dir = Path(run_dir)
     recipe_path = run_dir / "best" / "recipe.yaml"
@@ -113,20 +112,16 @@ def cross_fit_dev(run_dir: str | Path, folds: int = 5, *, split: str | None = No
         # Fitted on other files (cross-fitted train outputs): dev is out of sample for it already. K refits on
         # dev folds would score another way of training; one refit on its own split, for its best step count
         # and with no early stopping on the files scored, predicts all of dev.
-        return _refit_and_predict(recipe_path, run_dir / "devcv" / "direct", split, steps, overrides)
+        return _predict_by_refit(recipe_path, run_dir / "devcv" / "direct", ["data.eval_split=",
+                                 f"data.test_split={split}"], steps, overrides,
+                                 f"dev predictions of {run_dir.name}: one refit on its own train split")
     parts = []
     for fold in range(folds) if fold_ids is None else fold_ids:
-        fold_dir = run_dir / "devcv" / f"fold{fold}"
-        settings = [*overrides, f"data.train_split={split}[^{fold}/{folds}]", "data.eval_split=",
-                    f"data.test_split={split}[{fold}/{folds}]", f"train.max_steps={steps}",
-                    f"train.save_every={steps}", f"train.output_dir={fold_dir}", "train.predict_test=true"]
-        stamp = fold_dir / "devcv.json"
-        if not (stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == settings):
-            logger.info("out-of-fold dev predictions of %s: fold %d/%d trains on %s[^%d/%d] for %d steps",
-                        run_dir.name, fold + 1, folds, split, fold, folds, steps)
-            run(recipe_path, settings)
-            stamp.write_text(json.dumps(settings), encoding="utf-8")
-        parts.append(Predictions.read_csv(fold_dir / "test_predictions.csv"))
+        parts.append(_predict_by_refit(
+            recipe_path, run_dir / "devcv" / f"fold{fold}",
+            [f"data.train_split={split}[^{fold}/{folds}]", "data.eval_split=", f"data.test_split={split}[{fold}/{folds}]"],
+            steps, overrides, f"out-of-fold dev predictions of {run_dir.name}: fold {fold + 1}/{folds} trains on "
+                              f"{split}[^{fold}/{folds}]"))
     return concat_predictions(parts)
 
 
@@ -145,20 +140,20 @@ def fitted_outside_note(run_dir: str | Path, split: str) -> str | None:
     return f"adapter trained on {recipe.data.train_split} (refitted once), predicted all of {split}"
 
 
-def _refit_and_predict(recipe_path: Path, out_dir: Path, split: str, steps: int, overrides: Sequence[str]) -> Predictions:
-    """The run's recipe trained on its own train split for ``steps`` steps, no evaluation, predicting ``split``
-    (reused when it finished with the same settings)."""
+def _predict_by_refit(recipe_path: Path, out_dir: Path, splits: Sequence[str], steps: int,
+                      overrides: Sequence[str], what: str) -> Predictions:
+    """The run's recipe trained again with ``splits`` for ``steps`` steps (no early stopping), predicting its test
+    split into ``out_dir``; reused when that folder finished with the same settings."""
     import json
 
     from llmser.evaluation.predictions import Predictions
     from llmser.training.run import run
 
-    settings = [*overrides, "data.eval_split=", f"data.test_split={split}", f"train.max_steps={steps}",
-                f"train.save_every={steps}", f"train.output_dir={out_dir}", "train.predict_test=true"]
+    settings = [*overrides, *splits, f"train.max_steps={steps}", f"train.save_every={steps}",
+                f"train.output_dir={out_dir}", "train.predict_test=true"]
     stamp = out_dir / "devcv.json"
     if not (stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == settings):
-        logger.info("dev predictions of %s: one refit on its own train split for %d steps", out_dir.parent.parent.name,
-                    steps)
+        logger.info("%s for %d steps", what, steps)
         run(recipe_path, settings)
         stamp.write_text(json.dumps(settings), encoding="utf-8")
     return Predictions.read_csv(out_dir / "test_predictions.csv")
