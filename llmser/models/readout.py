@@ -148,6 +148,7 @@ class _RidgePath:
         self.y, self.y_mean = y, y.mean()
         self.z_mean, self.u, self.s, self.v = basis.z_mean, basis.u, basis.s, basis.v
         self.uy = self.u.T @ (y - self.y_mean)
+        self._scales: dict[float, float] = {}  # penalty -> rescaling; each costs a leave-one-out pass
 
     def solution(self, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(F,) weights and the intercept on standardised (not re-centred) features."""
@@ -159,8 +160,10 @@ class _RidgePath:
         (or when the out-of-sample predictions do not vary: nothing to stretch)."""
         if not self.rescale:
             return 1.0
-        spread = float(self._plain_leave_one_out(alpha).std(unbiased=False))
-        return float(self.y.std(unbiased=False)) / spread if spread > 1e-12 else 1.0
+        if alpha not in self._scales:
+            spread = float(self._plain_leave_one_out(alpha).std(unbiased=False))
+            self._scales[alpha] = float(self.y.std(unbiased=False)) / spread if spread > 1e-12 else 1.0
+        return self._scales[alpha]
 
     def leave_one_out(self, alpha: float) -> torch.Tensor:
         """Exact leave-one-out predictions, ``y - residual / (1 - leverage)`` with the intercept's 1/N in the

@@ -796,8 +796,11 @@ def _audio_llm_branch(spec: PlanSpec, assumptions: Assumptions):
     proj = q_cfg.hidden_size * llm_cfg.hidden_size + llm_cfg.hidden_size
     components.append(_trained_component(f"projection {q_cfg.hidden_size} -> {llm_cfg.hidden_size}",
                                          "nn.Linear", proj))
+    # the ridge readout reads the clip means of every Whisper state, beside the second encoder's (as the model builds it)
+    readout_features = (spec.encoder_hidden_states * whisper_cfg.d_model + encoder_dim - whisper_cfg.d_model
+                        if spec.llm_mode == "head" and spec.ridge_readout else None)
     if spec.llm_mode == "head":
-        components.append(_speech_llm_heads_component(spec, encoder_dim, llm_cfg.hidden_size))
+        components.append(_speech_llm_heads_component(spec, encoder_dim, llm_cfg.hidden_size, readout_features))
     components.append(body)
 
     # seconds of audio -> Whisper frames (50/s, every input padded to 30 s, or to a cropped window) -> windows
@@ -817,8 +820,8 @@ def _audio_llm_branch(spec: PlanSpec, assumptions: Assumptions):
                 "chunk_seconds": chunk_s,
                 "encoder_frames": frames, "frames_per_window": kernel, "windows": windows,
                 "speech_tokens": speech_tokens, "text_tokens": spec.seq_len, "llm_tokens": llm_tokens}
-    if spec.llm_mode == "head" and spec.ridge_readout:  # the clip means of every Whisper state, beside the second's
-        workload["readout_features"] = spec.encoder_hidden_states * whisper_cfg.d_model + encoder_dim - whisper_cfg.d_model
+    if readout_features is not None:
+        workload["readout_features"] = readout_features
 
     def activations(method: str, gc: bool) -> dict[str, float]:
         b = spec.batch_size
@@ -835,7 +838,8 @@ def _audio_llm_branch(spec: PlanSpec, assumptions: Assumptions):
     return components, activations, workload, unit
 
 
-def _speech_llm_heads_component(spec: PlanSpec, speech_size: int, llm_size: int) -> Component:
+def _speech_llm_heads_component(spec: PlanSpec, speech_size: int, llm_size: int,
+                                readout_features: int | None) -> Component:
     """The audio-LLM's head mode: the speech head on attentively pooled frames and the LLM-state head."""
     import torch
 
@@ -843,9 +847,8 @@ def _speech_llm_heads_component(spec: PlanSpec, speech_size: int, llm_size: int)
     from llmser.models.layers import LayerWeightedSum
 
     with torch.device("meta"):
-        readout = spec.encoder_hidden_states * speech_size if spec.ridge_readout else None  # buffers, not trained
         heads = SpeechLLMHeads(speech_size, llm_size, spec.head_hidden_size, 0.0, True, spec.pooling_attention_size,
-                               readout)
+                               readout_features)  # the readout is buffers, not trained
         weights = LayerWeightedSum(spec.encoder_hidden_states) if spec.encoder_hidden_states > 1 else None
     n = sum(p.numel() for m in (heads, weights) if m is not None for p in m.parameters())
     if not spec.freeze_speech_head:
