@@ -443,7 +443,7 @@ def test_shipped_wavlm_recipes_plan(tmp_path):
 def test_shipped_recipes_plan_as_they_train():
     """Every shipped recipe on a real model plans: presets read as the branches read them (smol is SmolLM2
     as an LLM, Whisper tiny.en as an encoder), no second encoder unless the recipe names one, the Q-Former
-    at the branch's default width, Whisper's window cropped with max_audio_seconds."""
+    at the branch's default width, Whisper's window as max_audio_seconds sets it."""
     from pathlib import Path
 
     if not Path("adapters/audio_smol.yaml").is_file():
@@ -455,7 +455,7 @@ def test_shipped_recipes_plan_as_they_train():
     assert [c.name.split(" (")[0] for c in audio.components] == [
         "Whisper encoder", "window Q-Former", "projection 384 -> 576", "layer weights + speech/LLM-state heads",
         "LLM"]  # the recipe's head mode
-    assert audio.workload["encoder_frames"] == 400  # max_audio_seconds: 8 crops the 30-s window
+    assert audio.workload["encoder_frames"] == 1500  # max_audio_seconds: 30, Whisper's whole window
     assert "WavLM" not in " ".join(c.name for c in plans["audio_llama3_8b"].components)
     speech = plans["wavlm_smol"]
     assert speech.spec.methods == ["frozen"] and speech.spec.wavlm == "openai/whisper-tiny.en"
