@@ -57,9 +57,9 @@ class PlanSpec:
     layer_weighting: bool = True
     pooling_attention_size: int = 128
     ridge_readout: bool = False  # audio_llm head mode, attribute_readout: ridge (no speech attribute MLP to train)
+    freeze_speech_head: bool = False  # audio_llm head mode: the speech head, pooling, layer weights train in stage 1 only
     # The ridge readout's closed-form fit (host memory) reads every train and dev clip at once. An assumption of
     # MSP-Podcast's scale unless the user gives theirs (llmser plan --train-clips / --dev-clips).
-    freeze_speech_head: bool = False  # audio_llm head mode: the speech head, pooling, layer weights train in stage 1 only
     train_clips: int = 85_000
     dev_clips: int = 30_000
     head_hidden_size: int = 256
